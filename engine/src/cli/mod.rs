@@ -1,0 +1,142 @@
+//! The `cairn` command line: argument parsing, diagnostics set-up, exit codes.
+//!
+//! A thin layer over the library: each subcommand parses its arguments into
+//! library types, calls the library, and renders the result for people (on a
+//! TTY) or machines (`--json`). Errors become one line on stderr and an exit
+//! code from the documented table; nothing here panics on user input.
+
+mod task;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::sandbox::FailureClass;
+
+/// Exit code: the command could not do its job (bad input, bad component, I/O).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: the command line itself was wrong (clap's convention).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: interrupted with Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+fn exit_code_help() -> String {
+    let mut help = String::from("Exit codes:\n  0    success\n  1    error: bad input, unloadable component, I/O problem\n  2    usage error\n");
+    for class in FailureClass::ALL {
+        help.push_str(&format!("  {:<4} {} ({})\n", class.exit_code(), class.describe(), class));
+    }
+    help.push_str(&format!("  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)\n"));
+    help.push_str("\nDiagnostics: -v (info), -vv (debug), or CAIRN_LOG=<filter> (e.g. CAIRN_LOG=cairn=debug).");
+    help
+}
+
+/// Cairn runs WebAssembly components as sandboxed, deterministic tasks.
+///
+/// A task gets its input as JSON and returns JSON. It runs with a fuel budget,
+/// a deadline, a memory cap and an output cap, and sees no files, network,
+/// environment, real clock or OS randomness unless you grant them.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, after_help = exit_code_help(), max_term_width = 100)]
+struct Cli {
+    /// More engine diagnostics on stderr: -v for info, -vv for debug.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Store directory (precompiled artifacts; later results and journals).
+    #[arg(long, global = true, value_name = "DIR", env = "CAIRN_HOME", default_value = ".cairn")]
+    store: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run or inspect a single task component.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+}
+
+/// Entry point of the `cairn` binary.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_diagnostics(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Task(command) => task::execute(command, &cli.store).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+/// Print one error line and return the generic error exit code.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+fn init_diagnostics(verbose: u8) {
+    let filter = match std::env::var("CAIRN_LOG") {
+        Ok(filter) if !filter.is_empty() => tracing_subscriber::EnvFilter::new(filter),
+        _ => tracing_subscriber::EnvFilter::new(match verbose {
+            0 => "cairn=warn",
+            1 => "cairn=info",
+            _ => "cairn=debug",
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// A panic is a bug in Cairn, never the user's fault: say so in one line
+/// instead of a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        eprintln!("internal error: {message}{location}. This is a bug in Cairn; please report it.");
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_every_exit_code() {
+        let help = exit_code_help();
+        for class in FailureClass::ALL {
+            assert!(help.contains(&format!("{:<4} ", class.exit_code())), "missing {class} in\n{help}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Cairn: a workflow engine whose tasks are sandboxed WebAssembly components.
+//!
+//! Data flows one way through the modules: (manifest → plan → schedule →)
+//! [`sandbox`] → [`store`]. A lower module never imports a higher one, and the
+//! [`cli`] is a thin layer over this library so tests can drive the same code.
+
+pub mod cli;
+pub mod sandbox;
+pub mod store;

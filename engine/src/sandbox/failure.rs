@@ -1,0 +1,194 @@
+//! The failure taxonomy: every way an attempt can fail, classified.
+//!
+//! A failure is a value, not a string: the scheduler decides retries from its
+//! [`FailureClass`], the CLI maps the class to a distinct exit code, and the
+//! journal records it. Each variant carries what limit was hit and by how
+//! much, so the message can tell the user what to change.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::limits::ByteSize;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The task returned an error of its own.
+    Task { kind: TaskErrorKind, message: String },
+    /// The task used up its fuel (deterministic CPU budget).
+    OutOfFuel { limit: u64 },
+    /// The task ran past its wall-clock deadline.
+    Timeout { limit: Duration },
+    /// The task tried to grow its memory past the cap.
+    MemoryLimit { limit: ByteSize, requested: ByteSize },
+    /// The task trapped: a panic, an unreachable, a stack overflow, a bad call.
+    Trap { message: String },
+    /// The task needed a capability it was not granted.
+    Denied { message: String },
+    /// The output (or a command's stdout) is larger than the cap.
+    OutputTooLarge { limit: ByteSize, size: ByteSize },
+    /// The task returned bytes that break the contract (e.g. not JSON).
+    InvalidOutput { message: String },
+}
+
+/// What a task said about its own error (`cairn:task/types.error-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskErrorKind {
+    Retryable,
+    Fatal,
+    InvalidInput,
+}
+
+/// The coarse class of a failure: what retry policies, exit codes and
+/// journal events are keyed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    TaskRetryable,
+    TaskFatal,
+    OutOfFuel,
+    Timeout,
+    MemoryLimit,
+    Trap,
+    Denied,
+    OutputTooLarge,
+    InvalidOutput,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 9] = [
+        Self::TaskRetryable,
+        Self::TaskFatal,
+        Self::OutOfFuel,
+        Self::Timeout,
+        Self::MemoryLimit,
+        Self::Trap,
+        Self::Denied,
+        Self::OutputTooLarge,
+        Self::InvalidOutput,
+    ];
+
+    /// The `cairn` process exit code for an attempt that ended in this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::TaskFatal => 10,
+            Self::TaskRetryable => 11,
+            Self::OutOfFuel => 12,
+            Self::Timeout => 13,
+            Self::MemoryLimit => 14,
+            Self::Trap => 15,
+            Self::Denied => 16,
+            Self::OutputTooLarge => 17,
+            Self::InvalidOutput => 18,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TaskRetryable => "task-retryable",
+            Self::TaskFatal => "task-fatal",
+            Self::OutOfFuel => "out-of-fuel",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory-limit",
+            Self::Trap => "trap",
+            Self::Denied => "denied",
+            Self::OutputTooLarge => "output-too-large",
+            Self::InvalidOutput => "invalid-output",
+        }
+    }
+
+    /// One line for `cairn --help`'s exit-code table.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::TaskRetryable => "the task failed with a retryable error",
+            Self::TaskFatal => "the task failed with a fatal error (or rejected its input)",
+            Self::OutOfFuel => "the task ran out of fuel (--fuel)",
+            Self::Timeout => "the task ran past its deadline (--timeout)",
+            Self::MemoryLimit => "the task hit its memory cap (--memory)",
+            Self::Trap => "the task trapped (panic, unreachable, stack overflow)",
+            Self::Denied => "the task was denied a capability it was not granted",
+            Self::OutputTooLarge => "the output exceeded its cap (--output-limit)",
+            Self::InvalidOutput => "the task returned output that is not valid JSON",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Failure {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Self::Task { kind: TaskErrorKind::Retryable, .. } => FailureClass::TaskRetryable,
+            Self::Task { .. } => FailureClass::TaskFatal,
+            Self::OutOfFuel { .. } => FailureClass::OutOfFuel,
+            Self::Timeout { .. } => FailureClass::Timeout,
+            Self::MemoryLimit { .. } => FailureClass::MemoryLimit,
+            Self::Trap { .. } => FailureClass::Trap,
+            Self::Denied { .. } => FailureClass::Denied,
+            Self::OutputTooLarge { .. } => FailureClass::OutputTooLarge,
+            Self::InvalidOutput { .. } => FailureClass::InvalidOutput,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Task { kind: TaskErrorKind::InvalidInput, message } => {
+                write!(f, "the task rejected its input: {message}")
+            }
+            Self::Task { kind, message } => {
+                let kind = if *kind == TaskErrorKind::Retryable { "retryable" } else { "fatal" };
+                write!(f, "the task failed ({kind}): {message}")
+            }
+            Self::OutOfFuel { limit } => {
+                write!(f, "out of fuel: used all {limit} units; raise --fuel if the task needs more")
+            }
+            Self::Timeout { limit } => write!(
+                f,
+                "timed out after {}; raise --timeout if the task needs longer",
+                humantime::format_duration(*limit)
+            ),
+            Self::MemoryLimit { limit, requested } => write!(
+                f,
+                "memory limit: the task asked for {requested} of linear memory, the cap is {limit}; raise --memory if it needs more"
+            ),
+            Self::Trap { message } => write!(f, "the task trapped: {message}"),
+            Self::Denied { message } => write!(f, "capability denied: {message}"),
+            Self::OutputTooLarge { limit, size } => write!(
+                f,
+                "output too large: {size} exceeds the cap of {limit}; raise --output-limit if it is expected"
+            ),
+            Self::InvalidOutput { message } => write!(f, "invalid output: {message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_has_its_own_exit_code_outside_clap_and_engine_codes() {
+        let mut codes: Vec<u8> = FailureClass::ALL.iter().map(|c| c.exit_code()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), FailureClass::ALL.len());
+        assert!(codes.iter().all(|c| *c >= 10), "0-2 belong to success, engine errors and usage");
+    }
+
+    #[test]
+    fn messages_say_what_limit_was_hit_and_what_to_change() {
+        let m = Failure::MemoryLimit { limit: ByteSize(64 << 20), requested: ByteSize(65 << 20) }.to_string();
+        assert!(m.contains("64 MiB") && m.contains("65 MiB") && m.contains("--memory"), "{m}");
+        let t = Failure::Timeout { limit: Duration::from_millis(1500) }.to_string();
+        assert!(t.contains("1s 500ms") && t.contains("--timeout"), "{t}");
+    }
+}
