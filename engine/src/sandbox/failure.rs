@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn messages_say_what_limit_was_hit_and_what_to_change() {
         let m = Failure::MemoryLimit { limit: ByteSize(64 << 20), requested: ByteSize(65 << 20) }.to_string();
-        assert!(m.contains("64 MiB") && m.contains("65 MiB") && m.contains("--memory"), "{m}");
+        assert!(m.contains("64.0 MiB") && m.contains("65.0 MiB") && m.contains("--memory"), "{m}");
         let t = Failure::Timeout { limit: Duration::from_millis(1500) }.to_string();
         assert!(t.contains("1s 500ms") && t.contains("--timeout"), "{t}");
     }

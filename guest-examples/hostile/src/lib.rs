@@ -43,6 +43,8 @@ enum Attack {
     StdoutFlood,
     /// Panic with a message.
     Panic,
+    /// Block in a host call (a WASI sleep) for an hour.
+    Sleep,
     /// Fail with a retryable task error.
     Retryable,
     /// Write a file into a path given in the input (tests the scratch grant).
@@ -145,6 +147,10 @@ fn attack_with(attack: Attack) -> Result<Vec<u8>, TaskError> {
             }
         }
         Attack::Panic => panic!("the hostile task panicked on purpose"),
+        Attack::Sleep => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(json("woke up".into()))
+        }
         Attack::Retryable => Err(TaskError::retryable("try me again")),
         Attack::WriteFile { path } => {
             std::fs::write(&path, b"written from inside the sandbox")?;

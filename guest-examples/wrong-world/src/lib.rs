@@ -1,0 +1,28 @@
+//! `wrong-world`: a valid component that exports `example:greeter/greet`
+//! instead of `cairn:task/task`. Used to test that the engine refuses it
+//! with a message naming what it does export.
+
+wit_bindgen::generate!({
+    inline: "
+        package example:greeter@1.0.0;
+
+        interface greet {
+            hello: func(name: string) -> string;
+        }
+
+        world greeter {
+            export greet;
+        }
+    ",
+    world: "greeter",
+});
+
+struct Greeter;
+
+impl exports::example::greeter::greet::Guest for Greeter {
+    fn hello(name: String) -> String {
+        format!("hello, {name}")
+    }
+}
+
+export!(Greeter);

@@ -1,0 +1,14 @@
+//! End-to-end tests: the real `cairn` binary on real components and files,
+//! checking what a user sees (stdout, stderr, exit code, `--json` reports).
+//!
+//! The guest components are built once per test run from `guest-examples/`
+//! (`cargo build --release --target wasm32-wasip2`).
+
+mod support;
+
+mod artifacts;
+mod determinism;
+mod examples;
+mod malformed;
+mod sandbox_denials;
+mod sandbox_limits;
