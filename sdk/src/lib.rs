@@ -158,8 +158,13 @@ pub enum Level {
 }
 
 /// Write a log line to the engine. The engine labels it with the task and
-/// keeps it apart from its own diagnostics.
+/// keeps it apart from its own diagnostics. Outside WebAssembly (a task's
+/// unit tests on the host) the line goes to stderr instead.
 pub fn log(level: Level, message: &str) {
+    if cfg!(not(target_arch = "wasm32")) {
+        eprintln!("[{level:?}] {message}");
+        return;
+    }
     let level = match level {
         Level::Trace => wit::LogLevel::Trace,
         Level::Debug => wit::LogLevel::Debug,
@@ -172,6 +177,10 @@ pub fn log(level: Level, message: &str) {
 
 /// Report progress: `done` of `total` units (`total = 0` when unknown).
 pub fn progress(done: u64, total: u64, message: &str) {
+    if cfg!(not(target_arch = "wasm32")) {
+        eprintln!("[progress] {done}/{total} {message}");
+        return;
+    }
     bindings::cairn::task::host::progress(done, total, message);
 }
 
@@ -247,7 +256,14 @@ macro_rules! task {
             }
         }
 
+        // Only a wasm build exports the contract; on the host the crate
+        // builds (and its unit tests run) without the component exports.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_cairn_task!(__CairnTask);
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn() = || {
+            let _ = $run;
+        };
     };
 }
 

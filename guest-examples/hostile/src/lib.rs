@@ -9,6 +9,9 @@
 //! This crate implements the `cairn:task` contract by hand (no `task!`), so it
 //! can also return bytes that are not JSON.
 
+// Exports exist only in the wasm build; on the host nothing calls this code.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 use std::hint::black_box;
 
 use cairn_sdk::bindings::cairn::task::types::{Descriptor, ErrorKind, TaskError as WitError};
@@ -177,4 +180,5 @@ fn recurse(depth: u64) -> u64 {
     black_box(recurse(depth + 1)) + frame[(depth % 64) as usize]
 }
 
+#[cfg(target_arch = "wasm32")]
 cairn_sdk::bindings::__export_cairn_task!(Hostile);
