@@ -118,9 +118,9 @@ mod raw {
         }
     }
 
-    impl cairn::task::types::Host for State {}
-    impl cairn::task::host::Host for State {
-        fn log(&mut self, _: cairn::task::types::LogLevel, _: String) {}
+    impl self::cairn::task::types::Host for State {}
+    impl self::cairn::task::host::Host for State {
+        fn log(&mut self, _: self::cairn::task::types::LogLevel, _: String) {}
         fn progress(&mut self, _: u64, _: u64, _: String) {}
     }
 

@@ -18,8 +18,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use cairn::task::types::{Capability, Descriptor, ErrorKind, TaskError};
-use cairn::task::types::LogLevel;
+pub use self::cairn::task::types::{Capability, Descriptor, ErrorKind, TaskError};
+use self::cairn::task::types::LogLevel;
 
 /// Longest log line kept; the rest is cut and marked.
 pub const MAX_LOG_LINE: usize = 16 << 10;
@@ -165,9 +165,9 @@ impl WasiView for RunState {
     }
 }
 
-impl cairn::task::types::Host for RunState {}
+impl self::cairn::task::types::Host for RunState {}
 
-impl cairn::task::host::Host for RunState {
+impl self::cairn::task::host::Host for RunState {
     fn log(&mut self, level: LogLevel, message: String) {
         let level = match level {
             LogLevel::Trace => Level::Trace,
