@@ -13,21 +13,41 @@ use cairn::sandbox::{Grants, Limits, RunRequest, Sandbox, SandboxConfig};
 use cairn::store::{ArtifactStore, DirArtifactStore};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const EXAMPLES: &[&str] = &["echo", "csv_parse", "aggregate", "word_count", "json_transform", "clock_random", "hostile", "shout"];
+const EXAMPLES: &[&str] = &[
+    "echo",
+    "csv_parse",
+    "aggregate",
+    "word_count",
+    "json_transform",
+    "clock_random",
+    "hostile",
+    "shout",
+];
 
 fn guest(name: &str) -> Vec<u8> {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "guest-examples", "target", "wasm32-wasip2", "release"]
-        .iter()
-        .collect::<PathBuf>()
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; build the guest examples first", path.display()))
+    let path: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "guest-examples",
+        "target",
+        "wasm32-wasip2",
+        "release",
+    ]
+    .iter()
+    .collect::<PathBuf>()
+    .join(format!("{name}.wasm"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; build the guest examples first", path.display()))
 }
 
 /// An artifact store that never has anything: every load compiles.
 struct NoArtifacts;
 
 impl ArtifactStore for NoArtifacts {
-    fn get(&self, _: &cairn::store::ArtifactKey) -> Result<Option<Vec<u8>>, cairn::store::StoreError> {
+    fn get(
+        &self,
+        _: &cairn::store::ArtifactKey,
+    ) -> Result<Option<Vec<u8>>, cairn::store::StoreError> {
         Ok(None)
     }
     fn put(&self, _: &cairn::store::ArtifactKey, _: &[u8]) -> Result<(), cairn::store::StoreError> {
@@ -47,15 +67,21 @@ fn compile_and_load(c: &mut Criterion) {
         group.bench_function(format!("compile-cold/{name}"), |b| {
             b.iter(|| {
                 // A fresh sandbox each time: nothing in memory, nothing on disk.
-                let sandbox = Sandbox::new(SandboxConfig { max_instances: 8 }, Arc::new(NoArtifacts)).unwrap();
+                let sandbox =
+                    Sandbox::new(SandboxConfig { max_instances: 8 }, Arc::new(NoArtifacts))
+                        .unwrap();
                 sandbox.load(&wasm).unwrap()
             })
         });
         let artifacts = Arc::new(DirArtifactStore::open(dir.path()).unwrap());
-        Sandbox::new(SandboxConfig { max_instances: 8 }, artifacts.clone()).unwrap().load(&wasm).unwrap();
+        Sandbox::new(SandboxConfig { max_instances: 8 }, artifacts.clone())
+            .unwrap()
+            .load(&wasm)
+            .unwrap();
         group.bench_function(format!("load-from-artifact-cache/{name}"), |b| {
             b.iter(|| {
-                let sandbox = Sandbox::new(SandboxConfig { max_instances: 8 }, artifacts.clone()).unwrap();
+                let sandbox =
+                    Sandbox::new(SandboxConfig { max_instances: 8 }, artifacts.clone()).unwrap();
                 let loaded = sandbox.load(&wasm).unwrap();
                 assert_eq!(loaded.source, cairn::sandbox::CodeSource::ArtifactCache);
                 loaded
@@ -66,7 +92,10 @@ fn compile_and_load(c: &mut Criterion) {
 }
 
 fn instantiate_and_run(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let wasm = guest("echo");
     let input = br#"{"hello":"world"}"#;
 
@@ -76,8 +105,13 @@ fn instantiate_and_run(c: &mut Criterion) {
     let mut group = c.benchmark_group("run");
     group.bench_function("cairn-sandbox/echo", |b| {
         b.to_async(&runtime).iter(|| async {
-            let request =
-                RunRequest { input, args: &[], limits: Limits::default(), grants: &grants, observer: None };
+            let request = RunRequest {
+                input,
+                args: &[],
+                limits: Limits::default(),
+                grants: &grants,
+                observer: None,
+            };
             let attempt = sandbox.run(&loaded, request).await.unwrap();
             assert_eq!(attempt.result.as_deref().unwrap(), input);
         })
@@ -114,7 +148,10 @@ mod raw {
 
     impl WasiView for State {
         fn ctx(&mut self) -> WasiCtxView<'_> {
-            WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
         }
     }
 
@@ -141,10 +178,17 @@ mod raw {
         }
 
         pub async fn run(&self, input: &[u8]) -> Vec<u8> {
-            let state = State { wasi: WasiCtx::builder().build(), table: ResourceTable::new() };
+            let state = State {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            };
             let mut store = Store::new(&self.engine, state);
             let task = self.pre.instantiate_async(&mut store).await.unwrap();
-            task.cairn_task_task().call_run(&mut store, input).await.unwrap().unwrap()
+            task.cairn_task_task()
+                .call_run(&mut store, input)
+                .await
+                .unwrap()
+                .unwrap()
         }
     }
 }

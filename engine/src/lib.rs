@@ -1,9 +1,12 @@
 //! Cairn: a workflow engine whose tasks are sandboxed WebAssembly components.
 //!
-//! Data flows one way through the modules: (manifest → plan → schedule →)
-//! [`sandbox`] → [`store`]. A lower module never imports a higher one, and the
+//! Data flows one way through the modules: [`manifest`] → [`plan`] →
+//! [`schedule`] → [`sandbox`] → [`store`]. A lower module never imports a higher one, and the
 //! [`cli`] is a thin layer over this library so tests can drive the same code.
 
 pub mod cli;
+pub mod manifest;
+pub mod plan;
 pub mod sandbox;
+pub mod schedule;
 pub mod store;

@@ -7,7 +7,10 @@ fn code_source(cairn: &Cairn) -> String {
     let (run, report) = cairn.task_json(&guest("word_count"), r#"{"text": "a b a"}"#, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(report["output"]["total_words"], 3);
-    report["component"]["code_source"].as_str().unwrap().to_owned()
+    report["component"]["code_source"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -40,8 +43,16 @@ fn corrupted_artifact_is_recompiled_not_executed() {
     let (run, report) = cairn.task_json(&guest("word_count"), r#"{"text": "a b a"}"#, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(report["component"]["code_source"], "compiled");
-    assert!(run.stderr.contains("checksum"), "the corruption is reported: {}", run.stderr);
-    assert_eq!(code_source(&cairn), "artifact-cache", "the rebuilt artifact is good");
+    assert!(
+        run.stderr.contains("checksum"),
+        "the corruption is reported: {}",
+        run.stderr
+    );
+    assert_eq!(
+        code_source(&cairn),
+        "artifact-cache",
+        "the rebuilt artifact is good"
+    );
 }
 
 #[test]

@@ -25,7 +25,11 @@ fn a_core_module_is_not_a_component() {
     // The smallest valid core module: magic + version 1.
     let run = run_file(&Cairn::new(), b"\0asm\x01\0\0\0");
     run.assert_clean_error(1, "core WebAssembly module, not a component");
-    assert!(run.stderr.contains("wasm32-wasip2"), "says how to fix it: {}", run.stderr);
+    assert!(
+        run.stderr.contains("wasm32-wasip2"),
+        "says how to fix it: {}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -40,14 +44,27 @@ fn a_component_of_another_world_is_refused_naming_its_exports() {
     let cairn = Cairn::new();
     let run = cairn.run(&["task", "run", guest("wrong_world").to_str().unwrap()]);
     run.assert_clean_error(1, "exports neither `cairn:task/task@0.1.0`");
-    assert!(run.stderr.contains("example:greeter/greet@1.0.0"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("example:greeter/greet@1.0.0"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn invalid_json_input_is_refused_before_running() {
     let cairn = Cairn::new();
-    let run = cairn.run(&["task", "run", guest("echo").to_str().unwrap(), "--input", "{not json"]);
-    run.assert_clean_error(1, "the input is not valid JSON (--input: key must be a string at line 1 column 2)");
+    let run = cairn.run(&[
+        "task",
+        "run",
+        guest("echo").to_str().unwrap(),
+        "--input",
+        "{not json",
+    ]);
+    run.assert_clean_error(
+        1,
+        "the input is not valid JSON (--input: key must be a string at line 1 column 2)",
+    );
 }
 
 #[test]
@@ -74,7 +91,15 @@ fn bad_limits_are_usage_errors_that_teach() {
 fn help_lists_the_exit_codes() {
     let run = Cairn::new().run(&["--help"]);
     assert_eq!(run.code, 0);
-    for line in ["12   the task ran out of fuel", "13   the task ran past its deadline", "16   the task was denied"] {
-        assert!(run.stdout.contains(line), "missing {line:?} in:\n{}", run.stdout);
+    for line in [
+        "12   the task ran out of fuel",
+        "13   the task ran past its deadline",
+        "16   the task was denied",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "missing {line:?} in:\n{}",
+            run.stdout
+        );
     }
 }

@@ -9,9 +9,17 @@ fn etc_passwd_is_denied_and_readable_only_when_granted() {
     let cairn = Cairn::new();
     let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"read-passwd"}"#, &[]);
     assert_failed(&report, &run, "denied", 16);
-    assert!(!run.stdout.contains("root:"), "leaked /etc/passwd: {}", run.stdout);
+    assert!(
+        !run.stdout.contains("root:"),
+        "leaked /etc/passwd: {}",
+        run.stdout
+    );
 
-    let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"read-passwd"}"#, &["--allow-read", "/etc"]);
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        r#"{"attack":"read-passwd"}"#,
+        &["--allow-read", "/etc"],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(report["output"].as_str().unwrap().contains("root:"));
 }
@@ -22,7 +30,11 @@ fn root_directory_cannot_be_listed() {
     let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"list-root"}"#, &[]);
     assert_failed(&report, &run, "denied", 16);
     for host_dir in ["etc", "usr", "proc"] {
-        assert!(!run.stdout.contains(&format!("\"{host_dir}\"")), "leaked / listing: {}", run.stdout);
+        assert!(
+            !run.stdout.contains(&format!("\"{host_dir}\"")),
+            "leaked / listing: {}",
+            run.stdout
+        );
     }
 }
 
@@ -32,7 +44,14 @@ fn environment_is_empty_unless_a_variable_is_granted() {
     let run = cairn
         .command()
         .env("CAIRN_E2E_SECRET", "hunter2")
-        .args(["task", "run", guest("hostile").to_str().unwrap(), "--json", "--input", r#"{"attack":"read-env"}"#])
+        .args([
+            "task",
+            "run",
+            guest("hostile").to_str().unwrap(),
+            "--json",
+            "--input",
+            r#"{"attack":"read-env"}"#,
+        ])
         .output()
         .unwrap();
     let run = crate::support::Run::from(run);
@@ -43,13 +62,24 @@ fn environment_is_empty_unless_a_variable_is_granted() {
     let run = cairn
         .command()
         .env("CAIRN_E2E_SECRET", "hunter2")
-        .args(["task", "run", guest("hostile").to_str().unwrap(), "--json", "--env", "CAIRN_E2E_SECRET"])
+        .args([
+            "task",
+            "run",
+            guest("hostile").to_str().unwrap(),
+            "--json",
+            "--env",
+            "CAIRN_E2E_SECRET",
+        ])
         .args(["--input", r#"{"attack":"read-env"}"#])
         .output()
         .unwrap();
     let run = crate::support::Run::from(run);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.json()["output"], serde_json::json!(["CAIRN_E2E_SECRET=hunter2"]), "only the granted variable");
+    assert_eq!(
+        run.json()["output"],
+        serde_json::json!(["CAIRN_E2E_SECRET=hunter2"]),
+        "only the granted variable"
+    );
 }
 
 #[test]
@@ -71,13 +101,24 @@ fn files_are_written_only_inside_the_scratch_grant() {
     let target = scratch.path().join("out.txt");
     let input = format!(r#"{{"attack":"write-file","path":"{}"}}"#, target.display());
 
-    let (run, _) = cairn.task_json(&guest("hostile"), &input, &["--allow-read", scratch.path().to_str().unwrap()]);
+    let (run, _) = cairn.task_json(
+        &guest("hostile"),
+        &input,
+        &["--allow-read", scratch.path().to_str().unwrap()],
+    );
     assert_ne!(run.code, 0, "a read-only grant must not allow writes");
     assert!(!target.exists());
 
-    let (run, _) = cairn.task_json(&guest("hostile"), &input, &["--scratch", scratch.path().to_str().unwrap()]);
+    let (run, _) = cairn.task_json(
+        &guest("hostile"),
+        &input,
+        &["--scratch", scratch.path().to_str().unwrap()],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "written from inside the sandbox");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "written from inside the sandbox"
+    );
 }
 
 #[test]
@@ -87,8 +128,19 @@ fn granted_directories_cannot_be_escaped_with_dot_dot() {
     let granted = dir.path().join("granted");
     std::fs::create_dir(&granted).unwrap();
     std::fs::write(dir.path().join("secret.txt"), "outside").unwrap();
-    let input = format!(r#"{{"attack":"read-file","path":"{}/../secret.txt"}}"#, granted.display());
-    let (run, _) = cairn.task_json(&guest("hostile"), &input, &["--allow-read", granted.to_str().unwrap()]);
+    let input = format!(
+        r#"{{"attack":"read-file","path":"{}/../secret.txt"}}"#,
+        granted.display()
+    );
+    let (run, _) = cairn.task_json(
+        &guest("hostile"),
+        &input,
+        &["--allow-read", granted.to_str().unwrap()],
+    );
     assert_ne!(run.code, 0);
-    assert!(!run.stdout.contains("outside"), "escaped the grant: {}", run.stdout);
+    assert!(
+        !run.stdout.contains("outside"),
+        "escaped the grant: {}",
+        run.stdout
+    );
 }

@@ -6,21 +6,36 @@ use crate::support::{Cairn, assert_failed, guest};
 #[test]
 fn infinite_loop_is_stopped_by_fuel() {
     let cairn = Cairn::new();
-    let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"spin"}"#, &["--fuel", "50_000_000"]);
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        r#"{"attack":"spin"}"#,
+        &["--fuel", "50_000_000"],
+    );
     assert_failed(&report, &run, "out-of-fuel", 12);
     assert_eq!(report["fuel_used"], 50_000_000, "used exactly its budget");
-    assert!(report["failure"]["message"].as_str().unwrap().contains("--fuel"));
+    assert!(
+        report["failure"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--fuel")
+    );
 }
 
 #[test]
 fn infinite_loop_with_unlimited_fuel_is_stopped_by_the_timeout() {
     let cairn = Cairn::new();
     let unlimited = u64::MAX.to_string();
-    let (run, report) =
-        cairn.task_json(&guest("hostile"), r#"{"attack":"spin"}"#, &["--fuel", &unlimited, "--timeout", "300ms"]);
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        r#"{"attack":"spin"}"#,
+        &["--fuel", &unlimited, "--timeout", "300ms"],
+    );
     assert_failed(&report, &run, "timeout", 13);
     let micros = report["duration_us"].as_u64().unwrap();
-    assert!(micros >= 300_000, "stopped before its deadline: {micros} µs");
+    assert!(
+        micros >= 300_000,
+        "stopped before its deadline: {micros} µs"
+    );
     // Generous bound: proves it did not run on to the 30 s default.
     assert!(micros < 10_000_000, "overran its deadline: {micros} µs");
 }
@@ -28,7 +43,11 @@ fn infinite_loop_with_unlimited_fuel_is_stopped_by_the_timeout() {
 #[test]
 fn blocking_host_call_is_stopped_by_the_timeout() {
     let cairn = Cairn::new();
-    let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"sleep"}"#, &["--timeout", "300ms"]);
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        r#"{"attack":"sleep"}"#,
+        &["--timeout", "300ms"],
+    );
     assert_failed(&report, &run, "timeout", 13);
     assert!(report["duration_us"].as_u64().unwrap() < 10_000_000);
 }
@@ -44,13 +63,23 @@ fn default_limits_stop_an_infinite_loop() {
 #[test]
 fn memory_bomb_stops_at_the_cap() {
     let cairn = Cairn::new();
-    let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"memory-bomb"}"#, &["--memory", "32MiB"]);
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        r#"{"attack":"memory-bomb"}"#,
+        &["--memory", "32MiB"],
+    );
     assert_failed(&report, &run, "memory-limit", 14);
     let peak = report["peak_memory_bytes"].as_u64().unwrap();
     assert!(peak <= 32 << 20, "peak {peak} exceeds the cap");
-    assert!(peak >= 16 << 20, "the bomb should have got close to the cap, peak {peak}");
+    assert!(
+        peak >= 16 << 20,
+        "the bomb should have got close to the cap, peak {peak}"
+    );
     let message = report["failure"]["message"].as_str().unwrap();
-    assert!(message.contains("32.0 MiB") && message.contains("--memory"), "{message}");
+    assert!(
+        message.contains("32.0 MiB") && message.contains("--memory"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -80,7 +109,10 @@ fn oversized_output_is_refused() {
     assert_failed(&report, &run, "output-too-large", 17);
     assert_eq!(report["output"], serde_json::Value::Null);
     let message = report["failure"]["message"].as_str().unwrap();
-    assert!(message.contains("2.9 MiB") && message.contains("1.0 MiB"), "{message}");
+    assert!(
+        message.contains("2.9 MiB") && message.contains("1.0 MiB"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -96,7 +128,12 @@ fn log_flood_is_capped_and_the_task_still_finishes() {
     let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"log-flood"}"#, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(report["output"], "still alive");
-    let kept: usize = report["logs"]["lines"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().len()).sum();
+    let kept: usize = report["logs"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().len())
+        .sum();
     assert!(kept <= (1 << 20) + (16 << 10) + 64, "kept {kept} log bytes");
     assert!(report["logs"]["dropped"].as_u64().unwrap() > 90_000);
 }
@@ -104,11 +141,22 @@ fn log_flood_is_capped_and_the_task_still_finishes() {
 #[test]
 fn stdout_flood_is_bounded_and_ends_by_fuel() {
     let cairn = Cairn::new();
-    let (run, report) =
-        cairn.task_json(&guest("hostile"), r#"{"attack":"stdout-flood"}"#, &["--fuel", "100_000_000"]);
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        r#"{"attack":"stdout-flood"}"#,
+        &["--fuel", "100_000_000"],
+    );
     assert_failed(&report, &run, "out-of-fuel", 12);
-    let kept: usize = report["logs"]["lines"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().len()).sum();
-    assert!(kept <= 80 << 10, "stdout kept as logs must stay near its 64 KiB cap, kept {kept}");
+    let kept: usize = report["logs"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().len())
+        .sum();
+    assert!(
+        kept <= 80 << 10,
+        "stdout kept as logs must stay near its 64 KiB cap, kept {kept}"
+    );
 }
 
 #[test]
@@ -118,5 +166,10 @@ fn task_errors_keep_their_kind() {
     assert_failed(&report, &run, "task-retryable", 11);
     let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"no-such-attack"}"#, &[]);
     assert_failed(&report, &run, "task-fatal", 10);
-    assert!(report["failure"]["message"].as_str().unwrap().contains("rejected its input"));
+    assert!(
+        report["failure"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rejected its input")
+    );
 }

@@ -7,7 +7,10 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("engine/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("engine/ has a parent")
+        .to_owned()
 }
 
 /// Path of a built guest component, e.g. `guest("word_count")`.
@@ -16,13 +19,22 @@ pub fn guest(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let root = repo_root().join("guest-examples");
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(root.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(root.join("target"))
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "building guest-examples failed (is the wasm32-wasip2 target installed?)");
+        assert!(
+            status.success(),
+            "building guest-examples failed (is the wasm32-wasip2 target installed?)"
+        );
         root.join("target/wasm32-wasip2/release")
     });
     let path = dir.join(format!("{name}.wasm"));
@@ -37,12 +49,16 @@ pub struct Cairn {
 
 impl Cairn {
     pub fn new() -> Self {
-        Self { store: tempfile::tempdir().expect("temp dir") }
+        Self {
+            store: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-        cmd.env("CAIRN_HOME", self.store.path()).env_remove("CAIRN_LOG").stdin(Stdio::null());
+        cmd.env("CAIRN_HOME", self.store.path())
+            .env_remove("CAIRN_LOG")
+            .stdin(Stdio::null());
         cmd
     }
 
@@ -52,7 +68,14 @@ impl Cairn {
 
     /// `cairn task run <component> --input <input> --json <extra...>`, parsed.
     pub fn task_json(&self, component: &Path, input: &str, extra: &[&str]) -> (Run, Value) {
-        let mut args = vec!["task", "run", component.to_str().expect("utf-8 path"), "--input", input, "--json"];
+        let mut args = vec![
+            "task",
+            "run",
+            component.to_str().expect("utf-8 path"),
+            "--input",
+            input,
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let run = self.run(&args);
         let report = run.json();
@@ -69,7 +92,10 @@ pub struct Run {
 impl From<Output> for Run {
     fn from(out: Output) -> Self {
         Run {
-            code: out.status.code().expect("cairn exited normally, not by a signal"),
+            code: out
+                .status
+                .code()
+                .expect("cairn exited normally, not by a signal"),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -78,19 +104,36 @@ impl From<Output> for Run {
 
 impl Run {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     /// The clean-failure contract: a one-line `error:` message, no panic, no backtrace.
     pub fn assert_clean_error(&self, code: i32, needle: &str) {
         assert_eq!(self.code, code, "exit code; stderr:\n{}", self.stderr);
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one line on stderr, got:\n{}", self.stderr);
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got:\n{}",
+            self.stderr
+        );
         assert!(lines[0].starts_with("error: "), "{}", lines[0]);
-        assert!(lines[0].contains(needle), "expected {needle:?} in: {}", lines[0]);
+        assert!(
+            lines[0].contains(needle),
+            "expected {needle:?} in: {}",
+            lines[0]
+        );
         for bad in ["panicked", "backtrace", "RUST_BACKTRACE", "internal error"] {
-            assert!(!self.stderr.contains(bad), "stderr mentions {bad}: {}", self.stderr);
+            assert!(
+                !self.stderr.contains(bad),
+                "stderr mentions {bad}: {}",
+                self.stderr
+            );
         }
     }
 }

@@ -5,27 +5,39 @@
 //! TTY) or machines (`--json`). Errors become one line on stderr and an exit
 //! code from the documented table; nothing here panics on user input.
 
+mod pipeline;
 mod task;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::sandbox::FailureClass;
+use crate::sandbox::{FailureClass, Sandbox, SandboxConfig};
+use crate::store::DirArtifactStore;
 
 /// Exit code: the command could not do its job (bad input, bad component, I/O).
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code: the command line itself was wrong (clap's convention).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: `cairn run` finished but a required step failed.
+pub const EXIT_PIPELINE_FAILED: u8 = 3;
 /// Exit code: interrupted with Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn exit_code_help() -> String {
-    let mut help = String::from("Exit codes:\n  0    success\n  1    error: bad input, unloadable component, I/O problem\n  2    usage error\n");
+    let mut help = String::from(
+        "Exit codes:\n  0    success\n  1    error: bad input, invalid manifest, unloadable component, I/O problem\n  2    usage error\n  3    cairn run: a required step failed\n",
+    );
     for class in FailureClass::ALL {
-        help.push_str(&format!("  {:<4} {} ({})\n", class.exit_code(), class.describe(), class));
+        help.push_str(&format!(
+            "  {:<4} {} ({})\n",
+            class.exit_code(),
+            class.describe(),
+            class
+        ));
     }
     help.push_str(&format!("  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)\n"));
     help.push_str("\nDiagnostics: -v (info), -vv (debug), or CAIRN_LOG=<filter> (e.g. CAIRN_LOG=cairn=debug).");
@@ -45,7 +57,13 @@ struct Cli {
     verbose: u8,
 
     /// Store directory (precompiled artifacts; later results and journals).
-    #[arg(long, global = true, value_name = "DIR", env = "CAIRN_HOME", default_value = ".cairn")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CAIRN_HOME",
+        default_value = ".cairn"
+    )]
     store: PathBuf,
 
     #[command(subcommand)]
@@ -54,6 +72,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a pipeline: plan it, then run its steps in dependency order.
+    ///
+    /// Independent steps run in parallel (up to --jobs), failed attempts are
+    /// retried as each step's policy says, and a failed step's dependents are
+    /// skipped while the rest of the pipeline goes on (unless --fail-fast).
+    /// Progress goes to stderr, the pipeline's output to stdout.
+    Run(pipeline::RunArgs),
+
+    /// Check a pipeline without running it: references, cycles, components,
+    /// limits, grants and schemas.
+    Check(pipeline::CheckArgs),
+
+    /// Print a pipeline's DAG as a Mermaid flowchart or Graphviz DOT.
+    Graph(pipeline::GraphArgs),
+
     /// Run or inspect a single task component.
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -71,12 +104,18 @@ pub fn main() -> ExitCode {
         }
     };
     init_diagnostics(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     let code = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => pipeline::run(args, &cli.store).await,
+            Command::Check(args) => pipeline::check(args, &cli.store).await,
+            Command::Graph(args) => pipeline::graph(args, &cli.store).await,
             Command::Task(command) => task::execute(command, &cli.store).await,
         }
     });
@@ -85,8 +124,18 @@ pub fn main() -> ExitCode {
 
 /// Print one error line and return the generic error exit code.
 fn fail(message: &str) -> ExitCode {
+    ExitCode::from(report_error(message))
+}
+
+fn report_error(message: &str) -> u8 {
     eprintln!("error: {message}");
-    ExitCode::from(EXIT_ERROR)
+    EXIT_ERROR
+}
+
+/// The process's sandbox, with its artifact cache under the store directory.
+fn open_sandbox(store: &Path) -> Result<Sandbox, String> {
+    let artifacts = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
+    Sandbox::new(SandboxConfig::for_this_machine(), Arc::new(artifacts)).map_err(|e| e.to_string())
 }
 
 fn init_diagnostics(verbose: u8) {
@@ -111,7 +160,10 @@ fn init_diagnostics(verbose: u8) {
 /// instead of a backtrace.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         let message = info
             .payload()
             .downcast_ref::<&str>()
@@ -136,7 +188,10 @@ mod tests {
     fn help_documents_every_exit_code() {
         let help = exit_code_help();
         for class in FailureClass::ALL {
-            assert!(help.contains(&format!("{:<4} ", class.exit_code())), "missing {class} in\n{help}");
+            assert!(
+                help.contains(&format!("{:<4} ", class.exit_code())),
+                "missing {class} in\n{help}"
+            );
         }
     }
 }

@@ -8,14 +8,13 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{EXIT_ERROR, EXIT_INTERRUPTED};
+use super::{EXIT_ERROR, EXIT_INTERRUPTED, open_sandbox};
 use crate::sandbox::host::Capability;
 use crate::sandbox::limits::{parse_duration, parse_fuel};
 use crate::sandbox::{
-    Attempt, ByteSize, ComponentKind, Descriptor, Grants, Limits, LoadedComponent, LogLine, Observer, Progress,
-    RunRequest, Sandbox, SandboxConfig,
+    Attempt, ByteSize, ComponentKind, Descriptor, Grants, Limits, LoadedComponent, LogLine,
+    Observer, Progress, RunRequest, Sandbox,
 };
-use crate::store::DirArtifactStore;
 
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {
@@ -118,13 +117,10 @@ pub async fn execute(command: TaskCommand, store: &Path) -> u8 {
     })
 }
 
-fn open_sandbox(store: &Path) -> Result<Sandbox, String> {
-    let artifacts = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
-    Sandbox::new(SandboxConfig::for_this_machine(), Arc::new(artifacts)).map_err(|e| e.to_string())
-}
-
 fn load(sandbox: &Sandbox, path: &Path) -> Result<Arc<LoadedComponent>, String> {
-    sandbox.load_file(path).map_err(|e| format!("{}: {e}", path.display()))
+    sandbox
+        .load_file(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Prints task logs to stderr as they arrive, labelled with the task.
@@ -138,8 +134,14 @@ impl Observer for StderrObserver {
     }
     fn progress(&self, progress: &Progress) {
         match progress.total {
-            0 => eprintln!("[{}] progress: {} {}", self.label, progress.done, progress.message),
-            total => eprintln!("[{}] progress: {}/{} {}", self.label, progress.done, total, progress.message),
+            0 => eprintln!(
+                "[{}] progress: {} {}",
+                self.label, progress.done, progress.message
+            ),
+            total => eprintln!(
+                "[{}] progress: {}/{} {}",
+                self.label, progress.done, total, progress.message
+            ),
         }
     }
 }
@@ -147,14 +149,25 @@ impl Observer for StderrObserver {
 async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
     let grants = grants(&args)?;
     if args.memory > Limits::MAX_MEMORY {
-        return Err(format!("--memory {} is more than the most a task can address ({})", args.memory, Limits::MAX_MEMORY));
+        return Err(format!(
+            "--memory {} is more than the most a task can address ({})",
+            args.memory,
+            Limits::MAX_MEMORY
+        ));
     }
-    let limits = Limits { fuel: args.fuel, timeout: args.timeout, memory: args.memory, output: args.output_limit };
+    let limits = Limits {
+        fuel: args.fuel,
+        timeout: args.timeout,
+        memory: args.memory,
+        output: args.output_limit,
+    };
     let sandbox = open_sandbox(store)?;
     let loaded = load(&sandbox, &args.component)?;
     let raw_input = read_input(args.input.as_deref())?;
     let input = match loaded.kind {
-        ComponentKind::Task => canonical_json(raw_input.as_deref().unwrap_or(b"{}"), args.input.as_deref())?,
+        ComponentKind::Task => {
+            canonical_json(raw_input.as_deref().unwrap_or(b"{}"), args.input.as_deref())?
+        }
         ComponentKind::Command => {
             if !args.args.is_empty() || raw_input.is_some() {
                 raw_input.unwrap_or_default()
@@ -167,9 +180,20 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
         return Err("arguments after `--` are only for command components; a task takes its input from --input".into());
     }
     let label = task_label(&args.component);
-    let observer: Option<Arc<dyn Observer>> =
-        if args.quiet || args.json { None } else { Some(Arc::new(StderrObserver { label: label.clone() })) };
-    let request = RunRequest { input: &input, args: &args.args, limits, grants: &grants, observer };
+    let observer: Option<Arc<dyn Observer>> = if args.quiet || args.json {
+        None
+    } else {
+        Some(Arc::new(StderrObserver {
+            label: label.clone(),
+        }))
+    };
+    let request = RunRequest {
+        input: &input,
+        args: &args.args,
+        limits,
+        grants: &grants,
+        observer,
+    };
     let attempt = tokio::select! {
         attempt = sandbox.run(&loaded, request) => attempt.map_err(|e| e.to_string())?,
         _ = tokio::signal::ctrl_c() => {
@@ -183,10 +207,14 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
 fn grants(args: &RunArgs) -> Result<Grants, String> {
     let mut grants = Grants::default();
     for dir in &args.allow_read {
-        grants.allow_read(dir).map_err(|e| format!("--allow-read: {e}"))?;
+        grants
+            .allow_read(dir)
+            .map_err(|e| format!("--allow-read: {e}"))?;
     }
     if let Some(dir) = &args.scratch {
-        grants.allow_scratch(dir).map_err(|e| format!("--scratch: {e}"))?;
+        grants
+            .allow_scratch(dir)
+            .map_err(|e| format!("--scratch: {e}"))?;
     }
     for spec in &args.env {
         grants.allow_env(spec).map_err(|e| format!("--env: {e}"))?;
@@ -197,7 +225,9 @@ fn grants(args: &RunArgs) -> Result<Grants, String> {
 }
 
 fn task_label(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "task".into())
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "task".into())
 }
 
 /// `None` when no input was given; otherwise the bytes of the literal, the
@@ -206,11 +236,15 @@ fn read_input(spec: Option<&str>) -> Result<Option<Vec<u8>>, String> {
     let Some(spec) = spec else { return Ok(None) };
     if spec == "-" {
         let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes).map_err(|e| format!("cannot read the input from stdin: {e}"))?;
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read the input from stdin: {e}"))?;
         return Ok(Some(bytes));
     }
     if let Some(path) = spec.strip_prefix('@') {
-        return std::fs::read(path).map(Some).map_err(|e| format!("cannot read the input file {path}: {e}"));
+        return std::fs::read(path)
+            .map(Some)
+            .map_err(|e| format!("cannot read the input file {path}: {e}"));
     }
     Ok(Some(spec.as_bytes().to_vec()))
 }
@@ -223,12 +257,18 @@ fn canonical_json(bytes: &[u8], spec: Option<&str>) -> Result<Vec<u8>, String> {
         Some(s) if s.starts_with('@') => s[1..].to_owned(),
         _ => "--input".to_owned(),
     };
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| format!("the input is not valid JSON ({source}: {e}); a task takes one JSON document"))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        format!("the input is not valid JSON ({source}: {e}); a task takes one JSON document")
+    })?;
     serde_json::to_vec(&value).map_err(|e| format!("cannot encode the input: {e}"))
 }
 
-fn report(args: &RunArgs, label: &str, loaded: &LoadedComponent, attempt: &Attempt) -> Result<u8, String> {
+fn report(
+    args: &RunArgs,
+    label: &str,
+    loaded: &LoadedComponent,
+    attempt: &Attempt,
+) -> Result<u8, String> {
     let code = match &attempt.result {
         Ok(_) => 0,
         Err(failure) => failure.class().exit_code(),
@@ -236,7 +276,11 @@ fn report(args: &RunArgs, label: &str, loaded: &LoadedComponent, attempt: &Attem
     if args.json {
         let (status, output, failure) = match &attempt.result {
             Ok(bytes) => ("succeeded", output_value(loaded.kind, bytes), Value::Null),
-            Err(f) => ("failed", Value::Null, json!({"class": f.class(), "message": f.to_string()})),
+            Err(f) => (
+                "failed",
+                Value::Null,
+                json!({"class": f.class(), "message": f.to_string()}),
+            ),
         };
         let report = json!({
             "status": status,
@@ -270,10 +314,16 @@ fn report(args: &RunArgs, label: &str, loaded: &LoadedComponent, attempt: &Attem
                 eprintln!("ok: {label} succeeded in {stats}");
             }
         }
-        Err(failure) => eprintln!("error: {label} failed [{}]: {failure} ({stats})", failure.class()),
+        Err(failure) => eprintln!(
+            "error: {label} failed [{}]: {failure} ({stats})",
+            failure.class()
+        ),
     }
     if attempt.log.dropped > 0 {
-        eprintln!("note: {} log lines from {label} were dropped (log cap reached)", attempt.log.dropped);
+        eprintln!(
+            "note: {} log lines from {label} were dropped (log cap reached)",
+            attempt.log.dropped
+        );
     }
     Ok(code)
 }
@@ -293,9 +343,17 @@ fn write_output(kind: ComponentKind, bytes: &[u8]) -> Result<(), String> {
         let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
         writeln!(stdout, "{pretty}")
     } else {
-        stdout.write_all(bytes).and_then(|()| if kind == ComponentKind::Task { writeln!(stdout) } else { Ok(()) })
+        stdout.write_all(bytes).and_then(|()| {
+            if kind == ComponentKind::Task {
+                writeln!(stdout)
+            } else {
+                Ok(())
+            }
+        })
     };
-    written.and_then(|()| stdout.flush()).map_err(|e| format!("cannot write the output: {e}"))
+    written
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot write the output: {e}"))
 }
 
 async fn inspect(args: InspectArgs, store: &Path) -> Result<u8, String> {
@@ -307,7 +365,11 @@ async fn inspect(args: InspectArgs, store: &Path) -> Result<u8, String> {
         ComponentKind::Task => match sandbox.describe(&loaded).await.map_err(|e| e.to_string())? {
             Ok(descriptor) => Some(descriptor),
             Err(failure) => {
-                return Err(format!("{}: `describe` failed [{}]: {failure}", args.component.display(), failure.class()));
+                return Err(format!(
+                    "{}: `describe` failed [{}]: {failure}",
+                    args.component.display(),
+                    failure.class()
+                ));
             }
         },
     };
@@ -326,16 +388,35 @@ async fn inspect(args: InspectArgs, store: &Path) -> Result<u8, String> {
     }
     let mut out = String::new();
     out.push_str(&format!("component  {}\n", args.component.display()));
-    out.push_str(&format!("kind       {}\n", serde_json::to_value(loaded.kind).unwrap_or_default().as_str().unwrap_or("?")));
+    out.push_str(&format!(
+        "kind       {}\n",
+        serde_json::to_value(loaded.kind)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?")
+    ));
     out.push_str(&format!("hash       {}\n", loaded.hash.to_hex()));
     out.push_str(&format!("size       {}\n", ByteSize(loaded.size as u64)));
     if let Some(d) = &descriptor {
         let caps: Vec<String> = d.capabilities.iter().map(capability_name).collect();
         out.push_str(&format!("name       {} {}\n", d.name, d.version));
         out.push_str(&format!("about      {}\n", d.description));
-        out.push_str(&format!("wants      {}\n", if caps.is_empty() { "nothing".into() } else { caps.join(", ") }));
-        out.push_str(&format!("input schema:\n{}\n", indent(&pretty_schema(&d.input_schema))));
-        out.push_str(&format!("output schema:\n{}\n", indent(&pretty_schema(&d.output_schema))));
+        out.push_str(&format!(
+            "wants      {}\n",
+            if caps.is_empty() {
+                "nothing".into()
+            } else {
+                caps.join(", ")
+            }
+        ));
+        out.push_str(&format!(
+            "input schema:\n{}\n",
+            indent(&pretty_schema(&d.input_schema))
+        ));
+        out.push_str(&format!(
+            "output schema:\n{}\n",
+            indent(&pretty_schema(&d.output_schema))
+        ));
     } else {
         out.push_str("about      a wasi:cli command: stdin in, stdout out, arguments after `--`\n");
     }
@@ -373,7 +454,10 @@ fn pretty_schema(schema: &str) -> String {
 }
 
 fn indent(text: &str) -> String {
-    text.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn capability_name(cap: &Capability) -> String {

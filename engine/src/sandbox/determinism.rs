@@ -60,7 +60,9 @@ impl SeededRng {
         let mut hasher = blake3::Hasher::new_derive_key("cairn sandbox random stream v1");
         hasher.update(purpose.as_bytes());
         hasher.update(seed);
-        Self { stream: hasher.finalize_xof() }
+        Self {
+            stream: hasher.finalize_xof(),
+        }
     }
 }
 
@@ -97,7 +99,10 @@ mod tests {
     #[test]
     fn same_seed_same_stream_different_purpose_different_stream() {
         let seed = [7; 32];
-        let (mut a, mut b) = (SeededRng::new(&seed, "secure"), SeededRng::new(&seed, "secure"));
+        let (mut a, mut b) = (
+            SeededRng::new(&seed, "secure"),
+            SeededRng::new(&seed, "secure"),
+        );
         assert_eq!(a.next_u64(), b.next_u64());
         let mut c = SeededRng::new(&seed, "insecure");
         assert_ne!(a.next_u64(), c.next_u64());

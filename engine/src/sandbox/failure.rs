@@ -16,13 +16,19 @@ use super::limits::ByteSize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// The task returned an error of its own.
-    Task { kind: TaskErrorKind, message: String },
+    Task {
+        kind: TaskErrorKind,
+        message: String,
+    },
     /// The task used up its fuel (deterministic CPU budget).
     OutOfFuel { limit: u64 },
     /// The task ran past its wall-clock deadline.
     Timeout { limit: Duration },
     /// The task tried to grow its memory past the cap.
-    MemoryLimit { limit: ByteSize, requested: ByteSize },
+    MemoryLimit {
+        limit: ByteSize,
+        requested: ByteSize,
+    },
     /// The task trapped: a panic, an unreachable, a stack overflow, a bad call.
     Trap { message: String },
     /// The task needed a capability it was not granted.
@@ -125,7 +131,10 @@ impl fmt::Display for FailureClass {
 impl Failure {
     pub fn class(&self) -> FailureClass {
         match self {
-            Self::Task { kind: TaskErrorKind::Retryable, .. } => FailureClass::TaskRetryable,
+            Self::Task {
+                kind: TaskErrorKind::Retryable,
+                ..
+            } => FailureClass::TaskRetryable,
             Self::Task { .. } => FailureClass::TaskFatal,
             Self::OutOfFuel { .. } => FailureClass::OutOfFuel,
             Self::Timeout { .. } => FailureClass::Timeout,
@@ -141,15 +150,25 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Task { kind: TaskErrorKind::InvalidInput, message } => {
+            Self::Task {
+                kind: TaskErrorKind::InvalidInput,
+                message,
+            } => {
                 write!(f, "the task rejected its input: {message}")
             }
             Self::Task { kind, message } => {
-                let kind = if *kind == TaskErrorKind::Retryable { "retryable" } else { "fatal" };
+                let kind = if *kind == TaskErrorKind::Retryable {
+                    "retryable"
+                } else {
+                    "fatal"
+                };
                 write!(f, "the task failed ({kind}): {message}")
             }
             Self::OutOfFuel { limit } => {
-                write!(f, "out of fuel: used all {limit} units; raise --fuel if the task needs more")
+                write!(
+                    f,
+                    "out of fuel: used all {limit} units; raise --fuel if the task needs more"
+                )
             }
             Self::Timeout { limit } => write!(
                 f,
@@ -181,14 +200,27 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), FailureClass::ALL.len());
-        assert!(codes.iter().all(|c| *c >= 10), "0-2 belong to success, engine errors and usage");
+        assert!(
+            codes.iter().all(|c| *c >= 10),
+            "0-2 belong to success, engine errors and usage"
+        );
     }
 
     #[test]
     fn messages_say_what_limit_was_hit_and_what_to_change() {
-        let m = Failure::MemoryLimit { limit: ByteSize(64 << 20), requested: ByteSize(65 << 20) }.to_string();
-        assert!(m.contains("64.0 MiB") && m.contains("65.0 MiB") && m.contains("--memory"), "{m}");
-        let t = Failure::Timeout { limit: Duration::from_millis(1500) }.to_string();
+        let m = Failure::MemoryLimit {
+            limit: ByteSize(64 << 20),
+            requested: ByteSize(65 << 20),
+        }
+        .to_string();
+        assert!(
+            m.contains("64.0 MiB") && m.contains("65.0 MiB") && m.contains("--memory"),
+            "{m}"
+        );
+        let t = Failure::Timeout {
+            limit: Duration::from_millis(1500),
+        }
+        .to_string();
         assert!(t.contains("1s 500ms") && t.contains("--timeout"), "{t}");
     }
 }

@@ -56,13 +56,18 @@ impl Grants {
             None => {
                 let value = std::env::var(spec).map_err(|e| GrantError::Env {
                     name: spec.to_owned(),
-                    reason: format!("{e} in the engine's environment; pass NAME=VALUE to set it explicitly"),
+                    reason: format!(
+                        "{e} in the engine's environment; pass NAME=VALUE to set it explicitly"
+                    ),
                 })?;
                 (spec.to_owned(), value)
             }
         };
         if name.is_empty() || name.contains('\0') || value.contains('\0') {
-            return Err(GrantError::Env { name, reason: "names must be non-empty and neither may contain NUL".into() });
+            return Err(GrantError::Env {
+                name,
+                reason: "names must be non-empty and neither may contain NUL".into(),
+            });
         }
         self.env.push((name, value));
         Ok(())
@@ -70,13 +75,18 @@ impl Grants {
 }
 
 fn existing_dir(dir: &Path) -> Result<PathBuf, GrantError> {
-    let fail = |reason: String| GrantError::Dir { path: dir.to_owned(), reason };
+    let fail = |reason: String| GrantError::Dir {
+        path: dir.to_owned(),
+        reason,
+    };
     let abs = std::path::absolute(dir).map_err(|e| fail(e.to_string()))?;
     let meta = std::fs::metadata(&abs).map_err(|e| fail(e.to_string()))?;
     if !meta.is_dir() {
         return Err(fail("not a directory".into()));
     }
-    let path = abs.to_str().ok_or_else(|| fail("path is not valid UTF-8".into()))?;
+    let path = abs
+        .to_str()
+        .ok_or_else(|| fail("path is not valid UTF-8".into()))?;
     Ok(PathBuf::from(path))
 }
 
@@ -99,7 +109,12 @@ mod tests {
         assert!(g.read_dirs[0].is_absolute());
         let file = dir.path().join("f");
         std::fs::write(&file, "x").unwrap();
-        assert!(g.allow_read(&file).unwrap_err().to_string().contains("not a directory"));
+        assert!(
+            g.allow_read(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
         assert!(g.allow_read(&dir.path().join("missing")).is_err());
     }
 
@@ -108,7 +123,10 @@ mod tests {
         let mut g = Grants::default();
         g.allow_env("GREETING=hi=there").unwrap();
         assert_eq!(g.env, [("GREETING".to_owned(), "hi=there".to_owned())]);
-        let err = g.allow_env("CAIRN_TEST_SURELY_UNSET_VARIABLE").unwrap_err().to_string();
+        let err = g
+            .allow_env("CAIRN_TEST_SURELY_UNSET_VARIABLE")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("NAME=VALUE"), "{err}");
         assert!(g.allow_env("=x").is_err());
     }

@@ -18,8 +18,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::cairn::task::types::{Capability, Descriptor, ErrorKind, TaskError};
 use self::cairn::task::types::LogLevel;
+pub use self::cairn::task::types::{Capability, Descriptor, ErrorKind, TaskError};
 
 /// Longest log line kept; the rest is cut and marked.
 pub const MAX_LOG_LINE: usize = 16 << 10;
@@ -115,7 +115,12 @@ pub struct MemoryCap {
 
 impl MemoryCap {
     pub fn new(cap: usize) -> Self {
-        Self { cap, total: 0, peak: 0, refused: None }
+        Self {
+            cap,
+            total: 0,
+            peak: 0,
+            refused: None,
+        }
     }
 }
 
@@ -124,7 +129,12 @@ impl MemoryCap {
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let total = self.total - current.min(self.total) + desired;
         if total > self.cap {
             self.refused = Some(total);
@@ -135,7 +145,12 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }
@@ -161,7 +176,10 @@ impl RunState {
 
 impl WasiView for RunState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -182,7 +200,11 @@ impl self::cairn::task::host::Host for RunState {
     fn progress(&mut self, done: u64, total: u64, mut message: String) {
         message.truncate(message.floor_char_boundary(1024));
         if let Some(observer) = &self.observer {
-            observer.progress(&Progress { done, total, message });
+            observer.progress(&Progress {
+                done,
+                total,
+                message,
+            });
         }
     }
 }

@@ -70,10 +70,10 @@ pub struct SizeError {
 impl FromStr for ByteSize {
     type Err = SizeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parsed: bytesize::ByteSize = s
-            .trim()
-            .parse()
-            .map_err(|reason: String| SizeError { input: s.to_owned(), reason })?;
+        let parsed: bytesize::ByteSize = s.trim().parse().map_err(|reason: String| SizeError {
+            input: s.to_owned(),
+            reason,
+        })?;
         Ok(ByteSize(parsed.as_u64()))
     }
 }
@@ -87,10 +87,15 @@ pub struct DurationError {
 
 /// Parse a duration such as `500ms`, `5s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let duration = humantime::parse_duration(s.trim())
-        .map_err(|e| DurationError { input: s.to_owned(), reason: e.to_string() })?;
+    let duration = humantime::parse_duration(s.trim()).map_err(|e| DurationError {
+        input: s.to_owned(),
+        reason: e.to_string(),
+    })?;
     if duration.is_zero() {
-        return Err(DurationError { input: s.to_owned(), reason: "must be greater than zero".into() });
+        return Err(DurationError {
+            input: s.to_owned(),
+            reason: "must be greater than zero".into(),
+        });
     }
     Ok(duration)
 }
@@ -101,7 +106,9 @@ pub fn parse_fuel(s: &str) -> Result<u64, String> {
     match digits.parse::<u64>() {
         Ok(0) => Err(format!("invalid fuel {s:?}: must be greater than zero")),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("invalid fuel {s:?}: write a whole number such as 100000000 or 100_000_000")),
+        Err(_) => Err(format!(
+            "invalid fuel {s:?}: write a whole number such as 100000000 or 100_000_000"
+        )),
     }
 }
 
@@ -127,8 +134,18 @@ mod tests {
     fn durations_parse_and_reject_zero_and_garbage() {
         assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("0s").unwrap_err().to_string().contains("greater than zero"));
-        assert!(parse_duration("soon").unwrap_err().to_string().contains("\"soon\""));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .to_string()
+                .contains("greater than zero")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .to_string()
+                .contains("\"soon\"")
+        );
     }
 
     #[test]

@@ -34,15 +34,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::store::{ArtifactKey, ArtifactStore, StoreError};
 pub use failure::{Failure, FailureClass, TaskErrorKind};
 pub use grants::{GrantError, Grants};
-pub use host::{Descriptor, Level, LogLine, Observer, Progress, TaskLog};
 use host::{CairnTaskPre, MemoryCap, RunState};
+pub use host::{Descriptor, Level, LogLine, Observer, Progress, TaskLog};
 pub use limits::{ByteSize, Limits};
 use pipe::{CappedPipe, WhenFull};
 
@@ -128,7 +130,9 @@ pub enum LoadError {
         "the component exports neither `{TASK_EXPORT}` (a Cairn task) nor `wasi:cli/run` (a command); it exports: {exports}. Build tasks with cairn-sdk's `task!` macro"
     )]
     WrongWorld { exports: String },
-    #[error("the component's `{TASK_EXPORT}` export does not match the contract this engine speaks: {reason}")]
+    #[error(
+        "the component's `{TASK_EXPORT}` export does not match the contract this engine speaks: {reason}"
+    )]
     ContractMismatch { reason: String },
     #[error("the component imports something Cairn does not provide: {reason}")]
     UnsupportedImport { reason: String },
@@ -159,7 +163,9 @@ impl SandboxConfig {
     /// Each slot reserves (but does not commit) 4 GiB of address space.
     pub fn for_this_machine() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
-        Self { max_instances: (cores * 4).clamp(8, 256) }
+        Self {
+            max_instances: (cores * 4).clamp(8, 256),
+        }
     }
 }
 
@@ -210,20 +216,37 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Create the engine (and its epoch ticker thread) and the linker.
-    pub fn new(config: SandboxConfig, artifacts: Arc<dyn ArtifactStore>) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(config)).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        host::CairnTask::add_to_linker::<RunState, wasmtime::component::HasSelf<RunState>>(&mut linker, |s| s)
+    pub fn new(
+        config: SandboxConfig,
+        artifacts: Arc<dyn ArtifactStore>,
+    ) -> Result<Self, SandboxError> {
+        let engine = Engine::new(&engine_config(config))
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        host::CairnTask::add_to_linker::<RunState, wasmtime::component::HasSelf<RunState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let fingerprint = engine_fingerprint(&engine);
         start_epoch_ticker(&engine);
-        Ok(Self { engine, linker, artifacts, fingerprint, loaded: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            engine,
+            linker,
+            artifacts,
+            fingerprint,
+            loaded: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Load a component from a file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         self.load(&bytes)
     }
 
@@ -235,18 +258,30 @@ impl Sandbox {
         if let Some(loaded) = self.lock_loaded().get(&hash) {
             return Ok(loaded.clone());
         }
-        let key = ArtifactKey { component: hash, engine: self.fingerprint };
+        let key = ArtifactKey {
+            component: hash,
+            engine: self.fingerprint,
+        };
         let (component, source) = match self.load_artifact(&key) {
             Some(component) => (component, CodeSource::ArtifactCache),
             None => (self.compile(&key, wasm)?, CodeSource::Compiled),
         };
         let (kind, entry) = self.link(&component)?;
-        let loaded = Arc::new(LoadedComponent { hash, size: wasm.len(), kind, source, component, entry });
+        let loaded = Arc::new(LoadedComponent {
+            hash,
+            size: wasm.len(),
+            kind,
+            source,
+            component,
+            entry,
+        });
         self.lock_loaded().insert(hash, loaded.clone());
         Ok(loaded)
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<blake3::Hash, Arc<LoadedComponent>>> {
+    fn lock_loaded(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<blake3::Hash, Arc<LoadedComponent>>> {
         // The map holds only finished entries, so a panic elsewhere cannot
         // leave it half-updated.
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
@@ -286,13 +321,20 @@ impl Sandbox {
 
     fn compile(&self, key: &ArtifactKey, wasm: &[u8]) -> Result<Component, LoadError> {
         let started = Instant::now();
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid { reason: format!("{e:#}") })?;
-        tracing::info!("compiled component {} in {:?}", key.component.to_hex(), started.elapsed());
+        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::Invalid {
+            reason: format!("{e:#}"),
+        })?;
+        tracing::info!(
+            "compiled component {} in {:?}",
+            key.component.to_hex(),
+            started.elapsed()
+        );
         match component.serialize() {
             Ok(payload) => {
                 if let Err(e) = self.artifacts.put(key, &payload) {
-                    tracing::warn!("cannot store precompiled artifact {key}: {e}; the next run compiles again");
+                    tracing::warn!(
+                        "cannot store precompiled artifact {key}: {e}; the next run compiles again"
+                    );
                 }
             }
             Err(e) => tracing::warn!("cannot serialize component {key}: {e:#}"),
@@ -302,57 +344,96 @@ impl Sandbox {
 
     fn link(&self, component: &Component) -> Result<(ComponentKind, Entry), LoadError> {
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let kind = if exports.iter().any(|e| e.starts_with("cairn:task/task@")) {
             ComponentKind::Task
         } else if exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
             ComponentKind::Command
         } else {
-            let exports = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
+            let exports = if exports.is_empty() {
+                "nothing".to_owned()
+            } else {
+                exports.join(", ")
+            };
             return Err(LoadError::WrongWorld { exports });
         };
-        let pre = self
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| LoadError::UnsupportedImport { reason: format!("{e:#}") })?;
-        let entry = match kind {
-            ComponentKind::Task => Entry::Task(
-                CairnTaskPre::new(pre).map_err(|e| LoadError::ContractMismatch { reason: format!("{e:#}") })?,
-            ),
-            ComponentKind::Command => Entry::Command(
-                CommandPre::new(pre).map_err(|e| LoadError::ContractMismatch { reason: format!("{e:#}") })?,
-            ),
-        };
+        let pre =
+            self.linker
+                .instantiate_pre(component)
+                .map_err(|e| LoadError::UnsupportedImport {
+                    reason: format!("{e:#}"),
+                })?;
+        let entry =
+            match kind {
+                ComponentKind::Task => Entry::Task(CairnTaskPre::new(pre).map_err(|e| {
+                    LoadError::ContractMismatch {
+                        reason: format!("{e:#}"),
+                    }
+                })?),
+                ComponentKind::Command => Entry::Command(CommandPre::new(pre).map_err(|e| {
+                    LoadError::ContractMismatch {
+                        reason: format!("{e:#}"),
+                    }
+                })?),
+            };
         Ok((kind, entry))
     }
 
     /// Names of the component's imports and exports, for `cairn task inspect`.
     pub fn interface(&self, loaded: &LoadedComponent) -> (Vec<String>, Vec<String>) {
         let ty = loaded.component.component_type();
-        let imports = ty.imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
-        let exports = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         (imports, exports)
     }
 
     /// Ask a task component to describe itself (under small fixed limits).
-    pub async fn describe(&self, loaded: &LoadedComponent) -> Result<Result<Descriptor, Failure>, SandboxError> {
+    pub async fn describe(
+        &self,
+        loaded: &LoadedComponent,
+    ) -> Result<Result<Descriptor, Failure>, SandboxError> {
         let Entry::Task(pre) = &loaded.entry else {
-            return Err(SandboxError::Setup("only task components can describe themselves".into()));
+            return Err(SandboxError::Setup(
+                "only task components can describe themselves".into(),
+            ));
         };
         let grants = Grants::default();
-        let request = RunRequest { input: b"", args: &[], limits: DESCRIBE_LIMITS, grants: &grants, observer: None };
+        let request = RunRequest {
+            input: b"",
+            args: &[],
+            limits: DESCRIBE_LIMITS,
+            grants: &grants,
+            observer: None,
+        };
         let mut run = self.prepare(loaded, &request, None)?;
         let call = async {
             let task = pre.instantiate_async(&mut run.store).await?;
             task.cairn_task_task().call_describe(&mut run.store).await
         };
         let result = tokio::time::timeout(DESCRIBE_LIMITS.timeout + EPOCH_TICK * 10, call).await;
-        let attempt = run.finish(result.map(|r| r.map(|d| Ok(Ok(d)))), &DESCRIBE_LIMITS, loaded.kind);
+        let attempt = run.finish(
+            result.map(|r| r.map(|d| Ok(Ok(d)))),
+            &DESCRIBE_LIMITS,
+            loaded.kind,
+        );
         Ok(attempt.result)
     }
 
     /// Run one attempt of a loaded component.
-    pub async fn run(&self, loaded: &LoadedComponent, request: RunRequest<'_>) -> Result<Attempt, SandboxError> {
+    pub async fn run(
+        &self,
+        loaded: &LoadedComponent,
+        request: RunRequest<'_>,
+    ) -> Result<Attempt, SandboxError> {
         let stdout = match loaded.kind {
             ComponentKind::Task => CappedPipe::new(STDIO_LOG_CAP, WhenFull::Discard),
             ComponentKind::Command => {
@@ -369,7 +450,10 @@ impl Sandbox {
             Entry::Task(pre) => {
                 let call = async {
                     let task = pre.instantiate_async(&mut run.store).await?;
-                    let result = task.cairn_task_task().call_run(&mut run.store, request.input).await?;
+                    let result = task
+                        .cairn_task_task()
+                        .call_run(&mut run.store, request.input)
+                        .await?;
                     CallResult::Ok(Ok(result))
                 };
                 tokio::time::timeout(request.limits.timeout + grace, call).await
@@ -400,7 +484,9 @@ impl Sandbox {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         if loaded.kind == ComponentKind::Command {
-            wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(request.input.to_vec()));
+            wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
+                request.input.to_vec(),
+            ));
             let mut argv = vec![format!("{}.wasm", &loaded.hash.to_hex()[..12])];
             argv.extend(request.args.iter().cloned());
             wasi.args(&argv);
@@ -409,12 +495,24 @@ impl Sandbox {
         for dir in &grants.read_dirs {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
-                .map_err(|e| SandboxError::Setup(format!("cannot open granted directory {}: {e:#}", dir.display())))?;
+                .map_err(|e| {
+                    SandboxError::Setup(format!(
+                        "cannot open granted directory {}: {e:#}",
+                        dir.display()
+                    ))
+                })?;
         }
         if let Some(dir) = &grants.scratch {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadWrite)
-                .map_err(|e| SandboxError::Setup(format!("cannot open scratch directory {}: {e:#}", dir.display())))?;
+                .map_err(|e| {
+                    SandboxError::Setup(format!(
+                        "cannot open scratch directory {}: {e:#}",
+                        dir.display()
+                    ))
+                })?;
+            // Tells the task where its scratch space is.
+            wasi.env("CAIRN_SCRATCH", guest.as_ref());
         }
         let seed = run_seed(&loaded.hash, request.input);
         if !grants.wall_clock {
@@ -436,7 +534,9 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
-        store.set_fuel(request.limits.fuel).map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
+        store
+            .set_fuel(request.limits.fuel)
+            .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
         let started = Instant::now();
         let deadline = started + request.limits.timeout;
         store.set_epoch_deadline(1);
@@ -447,13 +547,19 @@ impl Sandbox {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        Ok(PreparedRun { store, stdout, stderr, started })
+        Ok(PreparedRun {
+            store,
+            stdout,
+            stderr,
+            started,
+        })
     }
 }
 
 /// What a call produced: for tasks the WIT result, for commands (`Err`) the
 /// `wasi:cli/run` status.
-type CallResult<T> = wasmtime::Result<Result<Result<T, host::TaskError>, wasmtime::Result<Result<(), ()>>>>;
+type CallResult<T> =
+    wasmtime::Result<Result<Result<T, host::TaskError>, wasmtime::Result<Result<(), ()>>>>;
 /// A call result, or the host timer's verdict.
 type RawResult<T> = Result<CallResult<T>, tokio::time::error::Elapsed>;
 
@@ -475,19 +581,27 @@ impl PreparedRun {
         let stderr_text = String::from_utf8_lossy(&self.stderr.contents()).into_owned();
         if kind == ComponentKind::Task {
             let stdout_text = String::from_utf8_lossy(&self.stdout.contents()).into_owned();
-            for line in stdout_text.lines() {
-                self.store.data_mut().record_log(Level::Info, format!("stdout: {line}"));
+            for line in stdout_text.lines().filter(|l| !l.trim().is_empty()) {
+                self.store
+                    .data_mut()
+                    .record_log(Level::Info, format!("stdout: {line}"));
             }
         }
-        for line in stderr_text.lines() {
-            self.store.data_mut().record_log(Level::Warn, format!("stderr: {line}"));
+        for line in stderr_text.lines().filter(|l| !l.trim().is_empty()) {
+            self.store
+                .data_mut()
+                .record_log(Level::Warn, format!("stderr: {line}"));
         }
         let result = match raw {
-            Err(_elapsed) => Err(Failure::Timeout { limit: limits.timeout }),
+            Err(_elapsed) => Err(Failure::Timeout {
+                limit: limits.timeout,
+            }),
             Ok(Err(error)) => Err(self.classify_trap(&error, limits, kind, &stderr_text, duration)),
             Ok(Ok(Ok(Ok(value)))) => T::accept(value, limits),
             Ok(Ok(Ok(Err(task_error)))) => Err(task_failure(task_error)),
-            Ok(Ok(Err(status))) => self.command_result(status, limits, &stderr_text).and_then(T::from_stdout),
+            Ok(Ok(Err(status))) => self
+                .command_result(status, limits, &stderr_text)
+                .and_then(T::from_stdout),
         };
         let state = self.store.data_mut();
         Attempt {
@@ -506,14 +620,25 @@ impl PreparedRun {
         stderr: &str,
     ) -> Result<Vec<u8>, Failure> {
         if self.stdout.overflowed() {
-            return Err(Failure::OutputTooLarge { limit: limits.output, size: ByteSize(limits.output.bytes() + 1) });
+            return Err(Failure::OutputTooLarge {
+                limit: limits.output,
+                size: ByteSize(limits.output.bytes() + 1),
+            });
         }
         let code = match status {
             Ok(Ok(())) => 0,
             Ok(Err(())) => 1,
             Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(exit) => exit.0,
-                None => return Err(self.classify_trap(&e, limits, ComponentKind::Command, stderr, Duration::ZERO)),
+                None => {
+                    return Err(self.classify_trap(
+                        &e,
+                        limits,
+                        ComponentKind::Command,
+                        stderr,
+                        Duration::ZERO,
+                    ));
+                }
             },
         };
         if code == 0 {
@@ -524,7 +649,10 @@ impl PreparedRun {
             message.push_str(": ");
             message.push_str(&tail);
         }
-        Err(Failure::Task { kind: TaskErrorKind::Fatal, message })
+        Err(Failure::Task {
+            kind: TaskErrorKind::Fatal,
+            message,
+        })
     }
 
     fn classify_trap(
@@ -540,16 +668,26 @@ impl PreparedRun {
             return Failure::OutOfFuel { limit: limits.fuel };
         }
         if error.is::<DeadlineExceeded>() || duration >= limits.timeout {
-            return Failure::Timeout { limit: limits.timeout };
+            return Failure::Timeout {
+                limit: limits.timeout,
+            };
         }
         if let Some(requested) = self.store.data().memory.refused {
-            return Failure::MemoryLimit { limit: limits.memory, requested: ByteSize(requested as u64) };
+            return Failure::MemoryLimit {
+                limit: limits.memory,
+                requested: ByteSize(requested as u64),
+            };
         }
         if kind == ComponentKind::Command && self.stdout.overflowed() {
-            return Failure::OutputTooLarge { limit: limits.output, size: ByteSize(limits.output.bytes() + 1) };
+            return Failure::OutputTooLarge {
+                limit: limits.output,
+                size: ByteSize(limits.output.bytes() + 1),
+            };
         }
         let mut message = match trap {
-            Some(wasmtime::Trap::StackOverflow) => "stack overflow (the task recursed too deeply)".to_owned(),
+            Some(wasmtime::Trap::StackOverflow) => {
+                "stack overflow (the task recursed too deeply)".to_owned()
+            }
             Some(trap) => trap.to_string(),
             None => format!("{error:#}"),
         };
@@ -570,10 +708,15 @@ trait DescribeOrBytes: Sized {
 impl DescribeOrBytes for Vec<u8> {
     fn accept(self, limits: &Limits) -> Result<Self, Failure> {
         if self.len() as u64 > limits.output.bytes() {
-            return Err(Failure::OutputTooLarge { limit: limits.output, size: ByteSize(self.len() as u64) });
+            return Err(Failure::OutputTooLarge {
+                limit: limits.output,
+                size: ByteSize(self.len() as u64),
+            });
         }
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&self) {
-            return Err(Failure::InvalidOutput { message: format!("the output is not valid JSON: {e}") });
+            return Err(Failure::InvalidOutput {
+                message: format!("the output is not valid JSON: {e}"),
+            });
         }
         Ok(self)
     }
@@ -587,18 +730,27 @@ impl DescribeOrBytes for Descriptor {
         Ok(self)
     }
     fn from_stdout(_stdout: Vec<u8>) -> Result<Self, Failure> {
-        Err(Failure::InvalidOutput { message: "a command component has no description".into() })
+        Err(Failure::InvalidOutput {
+            message: "a command component has no description".into(),
+        })
     }
 }
 
 fn task_failure(error: host::TaskError) -> Failure {
     let kind = match error.kind {
-        host::ErrorKind::Denied => return Failure::Denied { message: error.message },
+        host::ErrorKind::Denied => {
+            return Failure::Denied {
+                message: error.message,
+            };
+        }
         host::ErrorKind::Retryable => TaskErrorKind::Retryable,
         host::ErrorKind::Fatal => TaskErrorKind::Fatal,
         host::ErrorKind::InvalidInput => TaskErrorKind::InvalidInput,
     };
-    Failure::Task { kind, message: error.message }
+    Failure::Task {
+        kind,
+        message: error.message,
+    }
 }
 
 /// The last few lines of a task's stderr (where a Rust panic message lands).
@@ -629,7 +781,9 @@ fn check_header(wasm: &[u8]) -> Result<(), LoadError> {
     match wasm[6..8] {
         [0, 0] => Err(LoadError::CoreModule),
         [1, 0] => Ok(()),
-        _ => Err(LoadError::Invalid { reason: "unknown binary layer in the header".into() }),
+        _ => Err(LoadError::Invalid {
+            reason: "unknown binary layer in the header".into(),
+        }),
     }
 }
 
@@ -681,15 +835,17 @@ fn engine_fingerprint(engine: &Engine) -> u64 {
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
 fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new().name("cairn-epoch".into()).spawn(move || {
-        loop {
-            std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => return,
+    let spawned = std::thread::Builder::new()
+        .name("cairn-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
         // Without the ticker the deadline callback never runs; the host
         // timer around each call still bounds every attempt.
@@ -703,9 +859,15 @@ mod tests {
 
     #[test]
     fn headers_are_classified_before_any_parsing() {
-        assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(LoadError::NotWasm)
+        ));
         assert!(matches!(check_header(b"\0asm"), Err(LoadError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
     }
 

@@ -38,8 +38,15 @@ struct Buffer {
 
 impl CappedPipe {
     pub fn new(capacity: usize, when_full: WhenFull) -> Self {
-        let buffer = Buffer { bytes: Vec::new(), capacity, overflowed: false, when_full };
-        Self { inner: Arc::new(Mutex::new(buffer)) }
+        let buffer = Buffer {
+            bytes: Vec::new(),
+            capacity,
+            overflowed: false,
+            when_full,
+        };
+        Self {
+            inner: Arc::new(Mutex::new(buffer)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Buffer> {
@@ -74,7 +81,11 @@ impl CappedPipe {
 
 impl OutputStream for CappedPipe {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        if self.append(&bytes) { Ok(()) } else { Err(StreamError::Closed) }
+        if self.append(&bytes) {
+            Ok(())
+        } else {
+            Err(StreamError::Closed)
+        }
     }
     fn flush(&mut self) -> Result<(), StreamError> {
         Ok(())
@@ -100,11 +111,18 @@ impl Pollable for CappedPipe {
 }
 
 impl tokio::io::AsyncWrite for CappedPipe {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         if self.append(data) {
             Poll::Ready(Ok(data.len()))
         } else {
-            Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "output cap reached")))
+            Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "output cap reached",
+            )))
         }
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

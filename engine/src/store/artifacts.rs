@@ -79,17 +79,21 @@ impl ArtifactStore for DirArtifactStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io(&path, e)),
         };
-        decode(&bytes).map(|payload| Some(payload.to_vec())).map_err(|reason| StoreError::Corrupt { path, reason })
+        decode(&bytes)
+            .map(|payload| Some(payload.to_vec()))
+            .map_err(|reason| StoreError::Corrupt { path, reason })
     }
 
     fn put(&self, key: &ArtifactKey, payload: &[u8]) -> Result<(), StoreError> {
         let path = self.path_of(key);
-        let mut file = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        let mut file =
+            tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         file.write_all(&encode_header(payload))
             .and_then(|()| file.write_all(payload))
             .and_then(|()| file.as_file().sync_data())
             .map_err(|e| StoreError::io(file.path(), e))?;
-        file.persist(&path).map_err(|e| StoreError::io(&path, e.error))?;
+        file.persist(&path)
+            .map_err(|e| StoreError::io(&path, e.error))?;
         Ok(())
     }
 
@@ -113,7 +117,10 @@ fn encode_header(payload: &[u8]) -> Vec<u8> {
 
 fn decode(bytes: &[u8]) -> Result<&[u8], String> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!("file is {} bytes, shorter than its {HEADER_LEN}-byte header", bytes.len()));
+        return Err(format!(
+            "file is {} bytes, shorter than its {HEADER_LEN}-byte header",
+            bytes.len()
+        ));
     }
     let (header, payload) = bytes.split_at(HEADER_LEN);
     if &header[..8] != MAGIC {
@@ -121,11 +128,16 @@ fn decode(bytes: &[u8]) -> Result<&[u8], String> {
     }
     let format = u32::from_le_bytes(header[8..12].try_into().expect("slice of 4 bytes"));
     if format != FORMAT {
-        return Err(format!("artifact format {format}, this engine reads {FORMAT}"));
+        return Err(format!(
+            "artifact format {format}, this engine reads {FORMAT}"
+        ));
     }
     let len = u64::from_le_bytes(header[12..20].try_into().expect("slice of 8 bytes"));
     if len != payload.len() as u64 {
-        return Err(format!("payload is {} bytes, header says {len} (truncated?)", payload.len()));
+        return Err(format!(
+            "payload is {} bytes, header says {len} (truncated?)",
+            payload.len()
+        ));
     }
     let expected = blake3::Hash::from_bytes(header[20..52].try_into().expect("slice of 32 bytes"));
     if blake3::hash(payload) != expected {
@@ -139,7 +151,10 @@ mod tests {
     use super::*;
 
     fn key() -> ArtifactKey {
-        ArtifactKey { component: blake3::hash(b"component"), engine: 7 }
+        ArtifactKey {
+            component: blake3::hash(b"component"),
+            engine: 7,
+        }
     }
 
     #[test]
@@ -148,7 +163,10 @@ mod tests {
         let store = DirArtifactStore::open(dir.path()).unwrap();
         assert_eq!(store.get(&key()).unwrap(), None);
         store.put(&key(), b"native code").unwrap();
-        assert_eq!(store.get(&key()).unwrap().as_deref(), Some(&b"native code"[..]));
+        assert_eq!(
+            store.get(&key()).unwrap().as_deref(),
+            Some(&b"native code"[..])
+        );
         store.remove(&key()).unwrap();
         assert_eq!(store.get(&key()).unwrap(), None);
         store.remove(&key()).unwrap();
@@ -175,8 +193,20 @@ mod tests {
         let path = store.path_of(&key());
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        assert!(store.get(&key()).unwrap_err().to_string().contains("truncated"));
+        assert!(
+            store
+                .get(&key())
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
         std::fs::write(&path, &bytes[..10]).unwrap();
-        assert!(store.get(&key()).unwrap_err().to_string().contains("header"));
+        assert!(
+            store
+                .get(&key())
+                .unwrap_err()
+                .to_string()
+                .contains("header")
+        );
     }
 }

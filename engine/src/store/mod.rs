@@ -19,13 +19,17 @@ pub use artifacts::{ArtifactKey, ArtifactStore, DirArtifactStore};
 
 /// Where the store lives: `--store DIR`, else `$CAIRN_HOME`, else `./.cairn`.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("CAIRN_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".cairn"))
+    std::env::var_os("CAIRN_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".cairn"))
 }
 
 /// Errors from the store. Messages name the file and say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot use the store at {path}: {source} (check the path and its permissions, or pick another with --store)")]
+    #[error(
+        "cannot use the store at {path}: {source} (check the path and its permissions, or pick another with --store)"
+    )]
     Io {
         path: PathBuf,
         #[source]
@@ -37,6 +41,9 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_owned(), source }
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }

@@ -1,0 +1,565 @@
+//! `cairn run`, `cairn check` and `cairn graph`: pipelines from a manifest.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, open_sandbox};
+use crate::manifest::Manifest;
+use crate::plan::{Plan, Source};
+use crate::sandbox::Sandbox;
+use crate::schedule::{
+    self, Event, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline manifest, or a directory holding `pipeline.toml`.
+    manifest: PathBuf,
+
+    /// Most steps running at once (default: the number of CPU cores).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    jobs: Option<u32>,
+
+    /// Stop at the first failure of a required step instead of running the
+    /// rest of the DAG.
+    #[arg(long)]
+    fail_fast: bool,
+
+    /// Print one JSON report on stdout (status, every step, the output).
+    #[arg(long)]
+    json: bool,
+
+    /// Print only the output and errors: no progress, no task logs, no summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The pipeline manifest, or a directory holding `pipeline.toml`.
+    manifest: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    /// A Mermaid flowchart (renders on GitHub and in many editors).
+    Mermaid,
+    /// Graphviz DOT (`cairn graph p.toml --format dot | dot -Tsvg > p.svg`).
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The pipeline manifest, or a directory holding `pipeline.toml`.
+    manifest: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "mermaid")]
+    format: GraphFormat,
+}
+
+/// Load and validate a manifest, printing every problem.
+async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Plan, u8> {
+    let (path, manifest) = Manifest::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_ERROR
+    })?;
+    Plan::build(&path, manifest, sandbox)
+        .await
+        .map_err(|errors| {
+            for error in &errors.0 {
+                eprintln!("error: {error}");
+            }
+            let n = errors.0.len();
+            eprintln!(
+                "error: {n} problem{} in {}; nothing was run",
+                if n == 1 { "" } else { "s" },
+                path.display()
+            );
+            EXIT_ERROR
+        })
+}
+
+pub async fn check(args: CheckArgs, store: &Path) -> u8 {
+    let sandbox = match open_sandbox(store) {
+        Ok(s) => s,
+        Err(e) => return super::report_error(&e),
+    };
+    let plan = match plan(&args.manifest, &sandbox).await {
+        Ok(plan) => plan,
+        Err(code) => return code,
+    };
+    if args.json {
+        let steps: Vec<_> = plan
+            .order
+            .iter()
+            .map(|&id| {
+                let s = &plan.steps[id];
+                json!({
+                    "name": s.name,
+                    "component": s.component_path,
+                    "kind": s.component.kind,
+                    "after": s.deps.iter().map(|&d| plan.steps[d].name.as_str()).collect::<Vec<_>>(),
+                    "map": s.map.as_ref().map(|r| r.to_string()),
+                    "when": s.when.as_ref().map(|c| c.reference.to_string()),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"ok": true, "pipeline": plan.name, "steps": steps})
+        );
+    } else {
+        let edges: usize = plan.steps.iter().map(|s| s.deps.len()).sum();
+        println!(
+            "ok: {} is valid: {} steps, {} dependencies",
+            plan.name,
+            plan.steps.len(),
+            edges
+        );
+        if plan.steps.len() <= 50 {
+            let order: Vec<&str> = plan
+                .order
+                .iter()
+                .map(|&id| plan.steps[id].name.as_str())
+                .collect();
+            println!("order: {}", order.join(" → "));
+        }
+    }
+    0
+}
+
+pub async fn graph(args: GraphArgs, store: &Path) -> u8 {
+    let sandbox = match open_sandbox(store) {
+        Ok(s) => s,
+        Err(e) => return super::report_error(&e),
+    };
+    let plan = match plan(&args.manifest, &sandbox).await {
+        Ok(plan) => plan,
+        Err(code) => return code,
+    };
+    print!(
+        "{}",
+        match args.format {
+            GraphFormat::Mermaid => mermaid(&plan),
+            GraphFormat::Dot => dot(&plan),
+        }
+    );
+    0
+}
+
+/// A step's label: its name, its component file, and map/when notes.
+fn label(plan: &Plan, id: usize, newline: &str) -> String {
+    let step = &plan.steps[id];
+    let file = step
+        .component_path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut label = format!("{}{newline}{file}", step.name);
+    if let Some(map) = &step.map {
+        label.push_str(&format!("{newline}map over {map}"));
+    }
+    if let Some(when) = &step.when {
+        label.push_str(&format!(
+            "{newline}when {}{}",
+            if when.negate { "!" } else { "" },
+            when.reference
+        ));
+    }
+    label
+}
+
+/// Dependencies that carry data (references), as opposed to `after` order.
+fn data_deps(plan: &Plan, id: usize) -> Vec<usize> {
+    let step = &plan.steps[id];
+    let mut refs = step.input.references();
+    refs.extend(step.map.iter());
+    refs.extend(step.when.iter().map(|c| &c.reference));
+    refs.iter()
+        .filter_map(|r| match &r.source {
+            Source::Step(name) => plan.id(name),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mermaid(plan: &Plan) -> String {
+    let mut out = format!("---\ntitle: {}\n---\nflowchart TD\n", plan.name);
+    for &id in &plan.order {
+        let text = label(plan, id, "<br/>").replace('"', "#quot;");
+        let shape = if plan.steps[id].map.is_some() {
+            ("[[", "]]")
+        } else {
+            ("[", "]")
+        };
+        out.push_str(&format!("    s{id}{}\"{text}\"{}\n", shape.0, shape.1));
+    }
+    for &id in &plan.order {
+        let data = data_deps(plan, id);
+        for &dep in &plan.steps[id].deps {
+            let arrow = if data.contains(&dep) { "-->" } else { "-.->" };
+            out.push_str(&format!("    s{dep} {arrow} s{id}\n"));
+        }
+    }
+    out
+}
+
+fn dot(plan: &Plan) -> String {
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = format!(
+        "digraph \"{}\" {{\n    rankdir=LR;\n    node [shape=box];\n",
+        quote(&plan.name)
+    );
+    for &id in &plan.order {
+        let shape = if plan.steps[id].map.is_some() {
+            ", shape=box3d"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "    \"{}\" [label=\"{}\"{shape}];\n",
+            quote(&plan.steps[id].name),
+            quote(&label(plan, id, "\\n"))
+        ));
+    }
+    for &id in &plan.order {
+        let data = data_deps(plan, id);
+        for &dep in &plan.steps[id].deps {
+            let style = if data.contains(&dep) {
+                ""
+            } else {
+                " [style=dashed]"
+            };
+            out.push_str(&format!(
+                "    \"{}\" -> \"{}\"{style};\n",
+                quote(&plan.steps[dep].name),
+                quote(&plan.steps[id].name)
+            ));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+pub async fn run(args: RunArgs, store: &Path) -> u8 {
+    let sandbox = match open_sandbox(store) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return super::report_error(&e),
+    };
+    let plan = match plan(&args.manifest, &sandbox).await {
+        Ok(plan) => Arc::new(plan),
+        Err(code) => return code,
+    };
+    let mut options = RunOptions {
+        fail_fast: args.fail_fast,
+        ..RunOptions::default()
+    };
+    if let Some(jobs) = args.jobs {
+        options.jobs = jobs as usize;
+    }
+    let live = std::io::stderr().is_terminal() && !args.quiet && !args.json;
+    let observer: Arc<dyn RunObserver> = if args.quiet {
+        Arc::new(schedule::Silent)
+    } else if live {
+        Arc::new(LiveProgress::new(&plan))
+    } else {
+        Arc::new(EventLines)
+    };
+    let cancel = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handler: never cancel.
+            std::future::pending::<()>().await;
+        }
+    };
+    let executor = Arc::new(SandboxExecutor { sandbox });
+    let report = schedule::run(plan.clone(), executor, options, observer.clone(), cancel).await;
+    drop(observer);
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        );
+    } else {
+        if !args.quiet {
+            eprint!("{}", summary(&report));
+        }
+        if let Some(output) = &report.output
+            && report.status == RunStatus::Succeeded
+        {
+            let text = if std::io::stdout().is_terminal() {
+                serde_json::to_string_pretty(output)
+            } else {
+                serde_json::to_string(output)
+            };
+            println!("{}", text.unwrap_or_default());
+        }
+    }
+    match report.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Failed => {
+            if !args.json {
+                eprintln!(
+                    "error: pipeline {} failed; see the failed steps above",
+                    report.pipeline
+                );
+            }
+            EXIT_PIPELINE_FAILED
+        }
+        RunStatus::Cancelled => {
+            eprintln!("interrupted: the run was cancelled; running steps were stopped");
+            EXIT_INTERRUPTED
+        }
+    }
+}
+
+/// The final table: step, status, attempts, duration, fuel.
+fn summary(report: &RunReport) -> String {
+    let width = report
+        .steps
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!(
+        "\n{:<width$}  {:<9}  {:>8}  {:>10}  {:>14}\n",
+        "step", "status", "attempts", "duration", "fuel"
+    );
+    for step in &report.steps {
+        let mut status = step.status.label().to_owned();
+        if step.allow_failure && matches!(step.status, StepStatus::Failed(_)) {
+            status.push('*');
+        }
+        out.push_str(&format!(
+            "{:<width$}  {:<9}  {:>8}  {:>10}  {:>14}\n",
+            step.name,
+            status,
+            step.attempts,
+            format_duration(step.duration),
+            group_digits(step.fuel)
+        ));
+        match &step.status {
+            StepStatus::Failed(f) => out.push_str(&format!("{:width$}  └ {}\n", "", f.message)),
+            StepStatus::Skipped { reason } => out.push_str(&format!("{:width$}  └ {reason}\n", "")),
+            _ => {}
+        }
+    }
+    let status = match report.status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
+    };
+    out.push_str(&format!(
+        "pipeline {} {status} in {}\n",
+        report.pipeline,
+        format_duration(report.duration)
+    ));
+    out
+}
+
+fn format_duration(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{}µs", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{:.1}ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2}s", d.as_secs_f64())
+    }
+}
+
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn describe_event(event: &Event<'_>) -> Option<String> {
+    Some(match event {
+        Event::StepStarted { step, items } if step.map.is_some() => {
+            format!("start  {} ({items} elements)", step.name)
+        }
+        Event::StepStarted { step, .. } => format!("start  {}", step.name),
+        Event::AttemptFailed {
+            step,
+            index,
+            attempt,
+            failure,
+            retry_in,
+        } => {
+            let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
+            match retry_in {
+                Some(delay) => format!(
+                    "retry  {}{at} attempt {attempt} failed: {}; retrying in {}",
+                    step.name,
+                    failure.message,
+                    format_duration(*delay)
+                ),
+                None => format!(
+                    "fail   {}{at} attempt {attempt}: {}",
+                    step.name, failure.message
+                ),
+            }
+        }
+        Event::StepFinished { step, report } => match &report.status {
+            StepStatus::Succeeded => format!(
+                "done   {} in {}",
+                step.name,
+                format_duration(report.duration)
+            ),
+            StepStatus::Failed(_) => format!("failed {}", step.name),
+            StepStatus::Skipped { reason } => format!("skip   {} ({reason})", step.name),
+            other => format!("{}  {}", other.label(), step.name),
+        },
+        Event::TaskLog { step, index, line } => {
+            let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
+            format!(
+                "[{}{at}] {}: {}",
+                step.name,
+                line.level.as_str(),
+                line.message
+            )
+        }
+        Event::TaskProgress { .. } | Event::ItemFinished { .. } => return None,
+    })
+}
+
+/// Not a terminal: one plain line per event on stderr.
+struct EventLines;
+
+impl RunObserver for EventLines {
+    fn event(&self, event: Event<'_>) {
+        if let Some(line) = describe_event(&event) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// A terminal: a total bar, one line per running step, logs above them.
+struct LiveProgress {
+    multi: MultiProgress,
+    total: ProgressBar,
+    running: Mutex<HashMap<usize, ProgressBar>>,
+}
+
+impl LiveProgress {
+    fn new(plan: &Plan) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let total = multi.add(ProgressBar::new(plan.steps.len() as u64));
+        total.set_style(
+            ProgressStyle::with_template(
+                "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        total.set_prefix(plan.name.clone());
+        Self {
+            multi,
+            total,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn bars(&self) -> std::sync::MutexGuard<'_, HashMap<usize, ProgressBar>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RunObserver for LiveProgress {
+    fn event(&self, event: Event<'_>) {
+        match &event {
+            Event::StepStarted { step, items } => {
+                let bar = if step.map.is_some() {
+                    let bar = ProgressBar::new(*items as u64);
+                    bar.set_style(
+                        ProgressStyle::with_template("  {spinner} {prefix} {pos}/{len} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar
+                } else {
+                    let bar = ProgressBar::new_spinner();
+                    bar.set_style(
+                        ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar
+                };
+                bar.set_prefix(step.name.clone());
+                bar.enable_steady_tick(Duration::from_millis(100));
+                let bar = self.multi.insert_before(&self.total, bar);
+                self.bars().insert(step.id, bar);
+            }
+            Event::ItemFinished { step, .. } => {
+                if let Some(bar) = self.bars().get(&step.id) {
+                    bar.inc(1);
+                }
+            }
+            Event::TaskProgress { step, progress } => {
+                if let Some(bar) = self.bars().get(&step.id) {
+                    bar.set_message(format!(
+                        "{}/{} {}",
+                        progress.done, progress.total, progress.message
+                    ));
+                }
+            }
+            Event::StepFinished { step, .. } => {
+                if let Some(bar) = self.bars().remove(&step.id) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
+                self.total.inc(1);
+                if let Some(line) = describe_event(&event) {
+                    let _ = self.multi.println(line);
+                }
+            }
+            _ => {
+                if let Some(line) = describe_event(&event) {
+                    let _ = self.multi.println(line);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LiveProgress {
+    fn drop(&mut self) {
+        self.total.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(0), "0");
+        assert_eq!(group_digits(1234), "1,234");
+        assert_eq!(group_digits(5_000_000_000), "5,000,000,000");
+    }
+
+    #[test]
+    fn durations_pick_a_readable_unit() {
+        assert_eq!(format_duration(Duration::from_micros(340)), "340µs");
+        assert_eq!(format_duration(Duration::from_micros(12_340)), "12.3ms");
+        assert_eq!(format_duration(Duration::from_millis(2_500)), "2.50s");
+    }
+}

@@ -1,0 +1,273 @@
+//! The pipeline manifest (`pipeline.toml`): its syntax, read from disk.
+//!
+//! This module only turns TOML text into the [`Manifest`] structure, rejecting
+//! unknown keys and ill-typed values with the file, line and column that the
+//! TOML parser reports. It does not resolve references, read components or
+//! check schemas — that is [`crate::plan`]'s job. Untrusted input: a
+//! manifest may come from anyone, so nothing here panics or reads anything
+//! but the one file it is given.
+//!
+//! ```toml
+//! name = "orders"
+//! output = "${report}"            # optional: what `cairn run` prints
+//!
+//! [defaults]                      # limits and retry policy for every step
+//! timeout = "10s"
+//! retry = { attempts = 3, backoff = "exponential", delay = "100ms" }
+//!
+//! [steps.parse]
+//! component = "csv_parse.wasm"    # relative to this file
+//! input = { csv = { "$file" = "orders.csv" } }
+//!
+//! [steps.totals]
+//! component = "aggregate.wasm"
+//! input = { rows = "${parse.rows}", group_by = "region", sum = ["amount"] }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// The largest manifest Cairn reads (a generated 100 000-step DAG fits easily).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// A parsed (not yet validated) pipeline manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The pipeline's name.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What the pipeline returns: a template over step outputs. Defaults to an
+    /// object holding the output of every step nothing else depends on.
+    #[serde(default)]
+    pub output: Option<toml::Value>,
+    /// Settings every step inherits unless it overrides them.
+    #[serde(default)]
+    pub defaults: StepSettings,
+    /// The steps, in the order written.
+    pub steps: IndexMap<String, StepSpec>,
+}
+
+/// Limits and retry policy, as written (strings not yet parsed).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSettings {
+    pub fuel: Option<u64>,
+    pub timeout: Option<String>,
+    pub memory: Option<String>,
+    pub output_limit: Option<String>,
+    pub retry: Option<RetrySpec>,
+}
+
+/// One step, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Path to the component, relative to the manifest.
+    pub component: String,
+    /// The input document: any TOML value, where a string `"${step.field}"`
+    /// is replaced by that upstream value, `{ "$file" = "path" }` by a file's
+    /// text and `{ "$json" = "path" }` by a file's JSON.
+    #[serde(default)]
+    pub input: Option<toml::Value>,
+    /// Run once per element of this upstream list (`"${split.parts}"`);
+    /// the input may use `${item}` for the element and `${index}` for its position.
+    #[serde(default)]
+    pub map: Option<String>,
+    /// Run only if this upstream value is truthy; `"!${x}"` negates.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Order-only dependencies.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// A failure of this step does not fail the pipeline (its dependents are still skipped).
+    #[serde(default)]
+    pub allow_failure: bool,
+    /// Arguments for a command component.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub grants: GrantSpec,
+    pub fuel: Option<u64>,
+    pub timeout: Option<String>,
+    pub memory: Option<String>,
+    pub output_limit: Option<String>,
+    pub retry: Option<RetrySpec>,
+}
+
+impl StepSpec {
+    /// This step's settings over the pipeline defaults.
+    pub fn settings(&self, defaults: &StepSettings) -> StepSettings {
+        StepSettings {
+            fuel: self.fuel.or(defaults.fuel),
+            timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
+            memory: self.memory.clone().or_else(|| defaults.memory.clone()),
+            output_limit: self
+                .output_limit
+                .clone()
+                .or_else(|| defaults.output_limit.clone()),
+            retry: self.retry.clone().or_else(|| defaults.retry.clone()),
+        }
+    }
+}
+
+/// Capabilities a step asks for, as written. Paths are relative to the manifest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSpec {
+    #[serde(default)]
+    pub read: Vec<String>,
+    pub scratch: Option<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub clock: bool,
+    #[serde(default)]
+    pub random: bool,
+}
+
+/// A retry policy, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Total attempts, including the first (default 1: no retry).
+    pub attempts: Option<u32>,
+    /// `"fixed"` or `"exponential"` (default).
+    pub backoff: Option<String>,
+    /// First delay (default `"100ms"`).
+    pub delay: Option<String>,
+    /// Cap on any one delay (default `"30s"`).
+    pub max_delay: Option<String>,
+    /// Draw each delay uniformly below its bound (default true).
+    pub jitter: Option<bool>,
+    /// Failure classes to retry (default `["task-retryable", "timeout"]`).
+    pub on: Option<Vec<String>>,
+}
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is {size} bytes; manifests are limited to {MAX_MANIFEST_BYTES} bytes")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+}
+
+impl Manifest {
+    /// Read `path`, or `path/pipeline.toml` if `path` is a directory.
+    pub fn load(path: &Path) -> Result<(PathBuf, Manifest), ManifestError> {
+        let path = if path.is_dir() {
+            path.join("pipeline.toml")
+        } else {
+            path.to_owned()
+        };
+        let read_error = |source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        };
+        let size = std::fs::metadata(&path).map_err(read_error)?.len();
+        if size > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge { path, size });
+        }
+        let bytes = std::fs::read(&path).map_err(read_error)?;
+        let manifest = Self::parse(&bytes).map_err(|message| ManifestError::Syntax {
+            path: path.clone(),
+            message,
+        })?;
+        Ok((path, manifest))
+    }
+
+    /// Parse manifest text. The error names the line and column.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
+        toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))
+    }
+}
+
+/// toml's errors are multi-line with a source excerpt; keep the position and
+/// the message on one line.
+fn one_line_toml_error(err: &toml::de::Error, input: &str) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let before = &input[..span.start.min(input.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_steps_in_written_order_with_defaults() {
+        let m = Manifest::parse(
+            br#"
+            name = "p"
+            [defaults]
+            timeout = "5s"
+            [steps.b]
+            component = "b.wasm"
+            [steps.a]
+            component = "a.wasm"
+            timeout = "1s"
+            after = ["b"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.steps.keys().collect::<Vec<_>>(), ["b", "a"]);
+        assert_eq!(
+            m.steps["a"].settings(&m.defaults).timeout.as_deref(),
+            Some("1s")
+        );
+        assert_eq!(
+            m.steps["b"].settings(&m.defaults).timeout.as_deref(),
+            Some("5s")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_position() {
+        let err =
+            Manifest::parse(b"name = \"p\"\n[steps.a]\ncomponent = \"a.wasm\"\ntimout = \"1s\"\n")
+                .unwrap_err();
+        assert!(
+            err.starts_with("line 4, column 1: unknown field `timout`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_step_names_are_rejected() {
+        let err = Manifest::parse(
+            b"name = \"p\"\n[steps.a]\ncomponent = \"a\"\n[steps.a]\ncomponent = \"b\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("line 4") && err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [
+            &b"\xff\xfe"[..],
+            b"[[[",
+            b"name = ",
+            b"steps = 3\nname = \"x\"",
+        ] {
+            assert!(Manifest::parse(bytes).is_err());
+        }
+    }
+}

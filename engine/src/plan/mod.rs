@@ -1,0 +1,954 @@
+//! Planning: a parsed manifest → a validated DAG of steps, or every reason it
+//! cannot be one.
+//!
+//! The plan is where a miswired pipeline is rejected before anything runs:
+//! unknown or self references, cycles (printed), missing components,
+//! components of the wrong world, bad durations and sizes, bad grants,
+//! references to fields the upstream output schema does not have, and inputs
+//! that do not fit the downstream input schema. Every error names the file,
+//! the step and the field, and all of them are reported at once.
+//!
+//! Invariants of a [`Plan`]: step ids index `steps`; every dependency of a
+//! step comes before it in `order`; every reference in a template points at a
+//! dependency (or at the mapped item). The scheduler relies on these and does
+//! not re-check them.
+//!
+//! Uses the sandbox only to load components and ask them to describe
+//! themselves; never runs a step.
+
+pub mod retry;
+pub mod schema;
+pub mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::manifest::{GrantSpec, Manifest, StepSpec};
+use crate::sandbox::limits::{ByteSize, parse_duration};
+use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
+pub use retry::{Backoff, RetryPolicy};
+use schema::Lookup;
+pub use template::{Reference, Source, Template};
+
+/// Index of a step in [`Plan::steps`].
+pub type StepId = usize;
+
+/// Largest data file a manifest may inline with `$file` / `$json`.
+pub const MAX_INLINE_FILE: u64 = 256 << 20;
+
+/// A validated pipeline.
+#[derive(Debug)]
+pub struct Plan {
+    pub name: String,
+    pub manifest: PathBuf,
+    /// In manifest order; a [`StepId`] indexes this.
+    pub steps: Vec<Step>,
+    /// A topological order: every step after all of its dependencies.
+    pub order: Vec<StepId>,
+    /// For each step, the steps that depend on it.
+    pub dependents: Vec<Vec<StepId>>,
+    /// What the pipeline returns; `None` means "every sink step's output".
+    pub output: Option<Template>,
+    ids: HashMap<String, StepId>,
+}
+
+/// One validated step.
+#[derive(Debug)]
+pub struct Step {
+    pub id: StepId,
+    pub name: String,
+    pub component_path: PathBuf,
+    pub component: Arc<LoadedComponent>,
+    /// What the component said in `describe` (task components only).
+    pub describe: Option<Arc<Described>>,
+    /// The schema of this step's output: the component's output schema, or
+    /// for a mapped step a list of those. `None` when not known.
+    pub output_schema: Option<Arc<Value>>,
+    pub input: Template,
+    /// Run once per element of this list.
+    pub map: Option<Reference>,
+    /// Run only if this holds.
+    pub when: Option<Condition>,
+    /// Every step this one waits for (data and order-only), deduplicated.
+    pub deps: Vec<StepId>,
+    pub limits: Limits,
+    pub grants: Grants,
+    pub retry: RetryPolicy,
+    pub allow_failure: bool,
+    pub args: Vec<String>,
+}
+
+/// A `when` condition: a reference, maybe negated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub reference: Reference,
+    pub negate: bool,
+}
+
+/// A task's self-description with its schemas parsed.
+#[derive(Debug)]
+pub struct Described {
+    pub name: String,
+    pub version: String,
+    pub input_schema: Value,
+    pub output_schema: Value,
+}
+
+/// One reason a manifest is not a valid plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub file: PathBuf,
+    pub step: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.step {
+            Some(step) => write!(
+                f,
+                "{}: step `{step}`: {}",
+                self.file.display(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every reason a manifest is not a valid plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanErrors(pub Vec<PlanError>);
+
+impl fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PlanErrors {}
+
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<PlanError>,
+}
+
+impl Errors<'_> {
+    fn step(&mut self, step: &str, message: impl Into<String>) {
+        self.list.push(PlanError {
+            file: self.file.to_owned(),
+            step: Some(step.to_owned()),
+            message: message.into(),
+        });
+    }
+    fn pipeline(&mut self, message: impl Into<String>) {
+        self.list.push(PlanError {
+            file: self.file.to_owned(),
+            step: None,
+            message: message.into(),
+        });
+    }
+}
+
+/// A step before references are resolved and schemas checked.
+struct Draft {
+    name: String,
+    component_path: PathBuf,
+    component: Option<Arc<LoadedComponent>>,
+    input: Template,
+    map: Option<Reference>,
+    when: Option<Condition>,
+    after: Vec<String>,
+    limits: Limits,
+    grants: Grants,
+    retry: RetryPolicy,
+    allow_failure: bool,
+    args: Vec<String>,
+}
+
+impl Plan {
+    /// Validate `manifest` (read from `path`) into a plan. Components are
+    /// loaded (compiled or taken from the artifact cache) and described.
+    pub async fn build(
+        path: &Path,
+        manifest: Manifest,
+        sandbox: &Sandbox,
+    ) -> Result<Plan, PlanErrors> {
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let mut errors = Errors {
+            file: path,
+            list: Vec::new(),
+        };
+        if manifest.steps.is_empty() {
+            errors.pipeline("the pipeline has no steps; add a [steps.<name>] table");
+        }
+
+        let mut components: HashMap<PathBuf, Option<Arc<LoadedComponent>>> = HashMap::new();
+        let mut drafts = Vec::with_capacity(manifest.steps.len());
+        for (name, spec) in &manifest.steps {
+            if let Some(draft) = draft_step(
+                name,
+                spec,
+                &manifest,
+                &base,
+                sandbox,
+                &mut components,
+                &mut errors,
+            ) {
+                drafts.push(draft);
+            }
+        }
+        let described = describe_all(&drafts, sandbox, &mut errors).await;
+
+        let ids: HashMap<&str, StepId> = drafts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.as_str(), i))
+            .collect();
+        let names: Vec<&str> = drafts.iter().map(|d| d.name.as_str()).collect();
+        let mut deps: Vec<Vec<StepId>> = Vec::with_capacity(drafts.len());
+        for draft in &drafts {
+            deps.push(resolve_deps(draft, &ids, &names, &mut errors));
+        }
+        let output = manifest.output.as_ref().and_then(|value| {
+            let template = to_json(value).and_then(|v| Template::parse(&v));
+            match template {
+                Ok(t) => {
+                    for r in t.references() {
+                        match &r.source {
+                            Source::Step(name) if !ids.contains_key(name.as_str()) => errors
+                                .pipeline(format!(
+                                    "output: {r} names no step{}",
+                                    suggest(name, &names)
+                                )),
+                            Source::Step(_) => {}
+                            _ => errors.pipeline(format!(
+                                "output: {r} is only meaningful inside a mapped step"
+                            )),
+                        }
+                    }
+                    Some(t)
+                }
+                Err(e) => {
+                    errors.pipeline(format!("output: {e}"));
+                    None
+                }
+            }
+        });
+        if !errors.list.is_empty() {
+            return Err(PlanErrors(errors.list));
+        }
+
+        let order = match topological_order(&deps) {
+            Ok(order) => order,
+            Err(cycle) => {
+                let path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+                errors.pipeline(format!(
+                    "the steps form a cycle: {}; break it by removing one reference",
+                    path.join(" → ")
+                ));
+                return Err(PlanErrors(errors.list));
+            }
+        };
+
+        let steps: Vec<Step> = drafts
+            .into_iter()
+            .zip(deps)
+            .enumerate()
+            .map(|(id, (d, deps))| {
+                let describe = d
+                    .component
+                    .as_ref()
+                    .and_then(|c| described.get(&c.hash).cloned());
+                let output_schema = describe.as_ref().map(|desc| match d.map {
+                    Some(_) => Arc::new(list_of(&desc.output_schema)),
+                    None => Arc::new(desc.output_schema.clone()),
+                });
+                Step {
+                    id,
+                    describe,
+                    output_schema,
+                    component: d
+                        .component
+                        .expect("drafts without a component were reported as errors"),
+                    name: d.name,
+                    component_path: d.component_path,
+                    input: d.input,
+                    map: d.map,
+                    when: d.when,
+                    deps,
+                    limits: d.limits,
+                    grants: d.grants,
+                    retry: d.retry,
+                    allow_failure: d.allow_failure,
+                    args: d.args,
+                }
+            })
+            .collect();
+        let mut dependents = vec![Vec::new(); steps.len()];
+        for step in &steps {
+            for &dep in &step.deps {
+                dependents[dep].push(step.id);
+            }
+        }
+        let ids = steps.iter().map(|s| (s.name.clone(), s.id)).collect();
+        let plan = Plan {
+            name: manifest.name,
+            manifest: path.to_owned(),
+            steps,
+            order,
+            dependents,
+            output,
+            ids,
+        };
+        check_schemas(&plan, &mut errors);
+        if !errors.list.is_empty() {
+            return Err(PlanErrors(errors.list));
+        }
+        Ok(plan)
+    }
+
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.id(name).map(|id| &self.steps[id])
+    }
+
+    pub fn id(&self, name: &str) -> Option<StepId> {
+        self.ids.get(name).copied()
+    }
+
+    /// Steps nothing depends on.
+    pub fn sinks(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .filter(|s| self.dependents[s.id].is_empty())
+    }
+}
+
+fn valid_step_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draft_step(
+    name: &str,
+    spec: &StepSpec,
+    manifest: &Manifest,
+    base: &Path,
+    sandbox: &Sandbox,
+    components: &mut HashMap<PathBuf, Option<Arc<LoadedComponent>>>,
+    errors: &mut Errors<'_>,
+) -> Option<Draft> {
+    if !valid_step_name(name) {
+        errors.step(name, "step names may use only letters, digits, `_` and `-` (they appear in ${...} references)");
+        return None;
+    }
+    if name == "item" || name == "index" {
+        errors.step(
+            name,
+            format!("`{name}` is reserved for mapped steps (${{{name}}}); rename the step"),
+        );
+        return None;
+    }
+    let component_path = base.join(&spec.component);
+    let component = components
+        .entry(component_path.clone())
+        .or_insert_with(|| match sandbox.load_file(&component_path) {
+            Ok(loaded) => Some(loaded),
+            Err(crate::sandbox::LoadError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                errors.step(
+                    name,
+                    format!(
+                        "component {} does not exist (component paths are relative to the manifest; build the guests first?)",
+                        component_path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                errors.step(name, format!("component {}: {e}", component_path.display()));
+                None
+            }
+        })
+        .clone();
+
+    let settings = spec.settings(&manifest.defaults);
+    let mut limits = Limits::default();
+    if let Some(fuel) = settings.fuel {
+        if fuel == 0 {
+            errors.step(name, "fuel must be greater than zero");
+        }
+        limits.fuel = fuel;
+    }
+    if let Some(timeout) = &settings.timeout {
+        match parse_duration(timeout) {
+            Ok(t) => limits.timeout = t,
+            Err(e) => errors.step(name, format!("timeout: {e}")),
+        }
+    }
+    for (field, text, slot) in [
+        ("memory", &settings.memory, &mut limits.memory),
+        ("output_limit", &settings.output_limit, &mut limits.output),
+    ] {
+        if let Some(text) = text {
+            match text.parse::<ByteSize>() {
+                Ok(size) => *slot = size,
+                Err(e) => errors.step(name, format!("{field}: {e}")),
+            }
+        }
+    }
+    if limits.memory > Limits::MAX_MEMORY {
+        errors.step(
+            name,
+            format!(
+                "memory: {} is more than a task can address ({})",
+                limits.memory,
+                Limits::MAX_MEMORY
+            ),
+        );
+    }
+    let retry = match &settings.retry {
+        Some(spec) => RetryPolicy::from_spec(spec).unwrap_or_else(|e| {
+            errors.step(name, e);
+            RetryPolicy::default()
+        }),
+        None => RetryPolicy::default(),
+    };
+    let grants = grants(&spec.grants, base).unwrap_or_else(|e| {
+        errors.step(name, format!("grants: {e}"));
+        Grants::default()
+    });
+
+    let is_command = component
+        .as_ref()
+        .is_some_and(|c| c.kind == ComponentKind::Command);
+    let default_input = if is_command {
+        Value::String(String::new())
+    } else {
+        Value::Object(Default::default())
+    };
+    let input = match spec
+        .input
+        .as_ref()
+        .map(to_json)
+        .unwrap_or(Ok(default_input))
+    {
+        Ok(value) => match inline_files(value, base).and_then(|v| Template::parse(&v)) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.step(name, format!("input: {e}"));
+                Template::Literal(Value::Null)
+            }
+        },
+        Err(e) => {
+            errors.step(name, format!("input: {e}"));
+            Template::Literal(Value::Null)
+        }
+    };
+    let map = spec.map.as_deref().and_then(|text| match whole_reference(text) {
+        Ok(r) if r.source == Source::Step(name.to_owned()) || !matches!(r.source, Source::Step(_)) => {
+            errors.step(name, format!("map = {text:?}: must name an upstream step's list, e.g. \"${{split.parts}}\""));
+            None
+        }
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.step(name, format!("map: {e}"));
+            None
+        }
+    });
+    let when = spec.when.as_deref().and_then(|text| {
+        let (negate, rest) = match text.trim().strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, text.trim()),
+        };
+        match whole_reference(rest) {
+            Ok(reference) => Some(Condition { reference, negate }),
+            Err(e) => {
+                errors.step(name, format!("when: {e}"));
+                None
+            }
+        }
+    });
+    if map.is_none() {
+        let uses_item = input
+            .references()
+            .iter()
+            .any(|r| matches!(r.source, Source::Item | Source::Index))
+            || when
+                .as_ref()
+                .is_some_and(|c| !matches!(c.reference.source, Source::Step(_)));
+        if uses_item && spec.map.is_none() {
+            errors.step(
+                name,
+                "uses ${item} or ${index}, which only exist in a step with `map`",
+            );
+        }
+    }
+    if !spec.args.is_empty() && !is_command && component.is_some() {
+        errors.step(
+            name,
+            "`args` are only for command components; a task takes its input from `input`",
+        );
+    }
+    Some(Draft {
+        name: name.to_owned(),
+        component_path,
+        component,
+        input,
+        map,
+        when,
+        after: spec.after.clone(),
+        limits,
+        grants,
+        retry,
+        allow_failure: spec.allow_failure,
+        args: spec.args.clone(),
+    })
+}
+
+/// Describe each distinct task component once.
+async fn describe_all(
+    drafts: &[Draft],
+    sandbox: &Sandbox,
+    errors: &mut Errors<'_>,
+) -> HashMap<blake3::Hash, Arc<Described>> {
+    let mut described = HashMap::new();
+    for draft in drafts {
+        let Some(component) = &draft.component else {
+            continue;
+        };
+        if component.kind != ComponentKind::Task || described.contains_key(&component.hash) {
+            continue;
+        }
+        match sandbox.describe(component).await {
+            Ok(Ok(d)) => {
+                let schema = |text: &str| {
+                    serde_json::from_str(text).unwrap_or(Value::Object(Default::default()))
+                };
+                let entry = Described {
+                    input_schema: schema(&d.input_schema),
+                    output_schema: schema(&d.output_schema),
+                    name: d.name,
+                    version: d.version,
+                };
+                described.insert(component.hash, Arc::new(entry));
+            }
+            Ok(Err(failure)) => errors.step(
+                &draft.name,
+                format!(
+                    "component {}: `describe` failed [{}]: {failure}",
+                    draft.component_path.display(),
+                    failure.class()
+                ),
+            ),
+            Err(e) => errors.step(
+                &draft.name,
+                format!("component {}: {e}", draft.component_path.display()),
+            ),
+        }
+    }
+    described
+}
+
+fn resolve_deps(
+    draft: &Draft,
+    ids: &HashMap<&str, StepId>,
+    names: &[&str],
+    errors: &mut Errors<'_>,
+) -> Vec<StepId> {
+    let mut deps = Vec::new();
+    let mut seen = HashSet::new();
+    let mut add = |dep: StepId, deps: &mut Vec<StepId>| {
+        if seen.insert(dep) {
+            deps.push(dep);
+        }
+    };
+    let mut refs: Vec<(&str, &Reference)> = draft
+        .input
+        .references()
+        .into_iter()
+        .map(|r| ("input", r))
+        .collect();
+    refs.extend(draft.map.iter().map(|r| ("map", r)));
+    refs.extend(draft.when.iter().map(|c| ("when", &c.reference)));
+    for (field, reference) in refs {
+        let Source::Step(target) = &reference.source else {
+            continue;
+        };
+        if target == &draft.name {
+            errors.step(
+                &draft.name,
+                format!("{field}: {reference} refers to the step itself"),
+            );
+            continue;
+        }
+        match ids.get(target.as_str()) {
+            Some(&id) => add(id, &mut deps),
+            None => errors.step(
+                &draft.name,
+                format!(
+                    "{field}: {reference} names no step{}",
+                    suggest(target, names)
+                ),
+            ),
+        }
+    }
+    for target in &draft.after {
+        if target == &draft.name {
+            errors.step(&draft.name, "after: a step cannot wait for itself");
+            continue;
+        }
+        match ids.get(target.as_str()) {
+            Some(&id) => add(id, &mut deps),
+            None => errors.step(
+                &draft.name,
+                format!("after: {target:?} names no step{}", suggest(target, names)),
+            ),
+        }
+    }
+    deps
+}
+
+/// ` (did you mean `x`?)` when a name is close to an existing one.
+fn suggest(name: &str, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|candidate| (strsim::levenshtein(name, candidate), candidate))
+        .filter(|(distance, _)| *distance <= 2.max(name.len() / 3))
+        .min()
+        .map(|(_, candidate)| format!(" (did you mean `{candidate}`?)"))
+        .unwrap_or_default()
+}
+
+/// Kahn's algorithm in manifest order; on failure, one cycle as a closed path.
+fn topological_order(deps: &[Vec<StepId>]) -> Result<Vec<StepId>, Vec<StepId>> {
+    let n = deps.len();
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents = vec![Vec::new(); n];
+    for (id, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(id);
+        }
+    }
+    let mut ready: std::collections::VecDeque<StepId> =
+        (0..n).filter(|&i| waiting[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(id) = ready.pop_front() {
+        order.push(id);
+        for &next in &dependents[id] {
+            waiting[next] -= 1;
+            if waiting[next] == 0 {
+                ready.push_back(next);
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Every unordered step waits on another unordered step, so walking
+    // dependencies from one of them must revisit a step: that is a cycle.
+    let start = (0..n)
+        .find(|&i| waiting[i] > 0)
+        .expect("some step is unordered");
+    let mut path = vec![start];
+    let mut position = HashMap::from([(start, 0)]);
+    let mut current = start;
+    loop {
+        let next = *deps[current]
+            .iter()
+            .find(|&&d| waiting[d] > 0)
+            .expect("an unordered step waits on an unordered step");
+        if let Some(&at) = position.get(&next) {
+            let mut cycle: Vec<StepId> = path[at..].to_vec();
+            cycle.reverse();
+            cycle.push(cycle[0]);
+            return Err(cycle);
+        }
+        position.insert(next, path.len());
+        path.push(next);
+        current = next;
+    }
+}
+
+fn whole_reference(text: &str) -> Result<Reference, String> {
+    match Template::parse(&Value::String(text.to_owned()))? {
+        Template::Ref(r) => Ok(r),
+        _ => Err(format!(
+            "{text:?} must be exactly one reference, e.g. \"${{step.field}}\""
+        )),
+    }
+}
+
+fn to_json(value: &toml::Value) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| format!("cannot be expressed as JSON: {e}"))
+}
+
+/// Replace `{ "$file" = "p" }` with the file's text and `{ "$json" = "p" }`
+/// with its JSON. Paths are relative to the manifest and may not leave its
+/// directory, so a manifest cannot make the host read arbitrary files.
+fn inline_files(value: Value, base: &Path) -> Result<Value, String> {
+    Ok(match value {
+        Value::Object(map)
+            if map.len() == 1 && (map.contains_key("$file") || map.contains_key("$json")) =>
+        {
+            let (kind, target) = map.into_iter().next().expect("one entry");
+            let Value::String(relative) = target else {
+                return Err(format!("{kind} must be a path string"));
+            };
+            let path = confined_path(base, &relative)?;
+            let size = std::fs::metadata(&path)
+                .map_err(|e| format!("{kind} {relative:?}: {e}"))?
+                .len();
+            if size > MAX_INLINE_FILE {
+                return Err(format!(
+                    "{kind} {relative:?} is {} (the limit is {})",
+                    ByteSize(size),
+                    ByteSize(MAX_INLINE_FILE)
+                ));
+            }
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{kind} {relative:?}: {e}"))?;
+            if kind == "$json" {
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("$json {relative:?} is not valid JSON: {e}"))?
+            } else {
+                Value::String(text)
+            }
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| Ok((k, inline_files(v, base)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| inline_files(v, base))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other,
+    })
+}
+
+/// `relative` under `base`, refusing absolute paths, `..` and symlinks out.
+fn confined_path(base: &Path, relative: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(relative);
+    if rel
+        .components()
+        .any(|c| !matches!(c, PathComponent::Normal(_) | PathComponent::CurDir))
+    {
+        return Err(format!(
+            "{relative:?} must be a relative path inside the manifest's directory (no `..`, no absolute paths)"
+        ));
+    }
+    let path = base.join(rel);
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("{relative:?}: {e}"))?;
+    let real_base = base
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", base.display()))?;
+    if !real.starts_with(&real_base) {
+        return Err(format!(
+            "{relative:?} resolves outside the manifest's directory (through a symlink)"
+        ));
+    }
+    Ok(real)
+}
+
+fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
+    let mut grants = Grants::default();
+    for dir in &spec.read {
+        grants
+            .allow_read(&base.join(dir))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(dir) = &spec.scratch {
+        grants
+            .allow_scratch(&base.join(dir))
+            .map_err(|e| e.to_string())?;
+    }
+    for var in &spec.env {
+        grants.allow_env(var).map_err(|e| e.to_string())?;
+    }
+    grants.wall_clock = spec.clock;
+    grants.random = spec.random;
+    Ok(grants)
+}
+
+/// Check every reference against upstream output schemas and every input
+/// against its step's input schema.
+fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
+    for step in &plan.steps {
+        let item = step.map.as_ref().and_then(|m| schema_of_ref(plan, m));
+        let mut refs: Vec<(&str, &Reference)> = step
+            .input
+            .references()
+            .into_iter()
+            .map(|r| ("input", r))
+            .collect();
+        refs.extend(step.map.iter().map(|r| ("map", r)));
+        refs.extend(step.when.iter().map(|c| ("when", &c.reference)));
+        for (field, reference) in refs {
+            let problem = match &reference.source {
+                Source::Step(name) => {
+                    let upstream = plan.step(name).expect("references were resolved");
+                    match upstream
+                        .output_schema
+                        .as_ref()
+                        .map(|root| schema::follow(root, &reference.path))
+                    {
+                        Some(Lookup::Missing(why)) => {
+                            Some(format!("the output of `{name}` does not fit: {why}"))
+                        }
+                        _ => None,
+                    }
+                }
+                Source::Item => match &item {
+                    Some((root, list)) => match schema::items(root, list)
+                        .map(|s| schema::follow_at(root, s, &reference.path))
+                    {
+                        Some(Lookup::Missing(why)) => {
+                            Some(format!("each mapped element does not fit: {why}"))
+                        }
+                        _ => None,
+                    },
+                    None => None,
+                },
+                Source::Index => None,
+            };
+            if let Some(problem) = problem {
+                errors.step(&step.name, format!("{field}: {reference}: {problem}"));
+            }
+        }
+        if let Some(described) = &step.describe {
+            let resolver = PlanRefs {
+                plan,
+                item: item.clone(),
+            };
+            for problem in schema::check_input(&step.input, &described.input_schema, &resolver) {
+                errors.step(
+                    &step.name,
+                    format!(
+                        "{problem} (see `cairn task inspect {}`)",
+                        step.component_path.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The (root, schema) of the value a step reference points at, if known.
+fn schema_of_ref<'p>(plan: &'p Plan, reference: &Reference) -> Option<(&'p Value, &'p Value)> {
+    let Source::Step(name) = &reference.source else {
+        return None;
+    };
+    let root = plan.step(name)?.output_schema.as_deref()?;
+    match schema::follow(root, &reference.path) {
+        Lookup::Found(schema) => Some((root, schema)),
+        _ => None,
+    }
+}
+
+/// The schema of a list whose elements follow `element`; `$defs` stay at the
+/// root so the element's local `$ref`s still resolve.
+fn list_of(element: &Value) -> Value {
+    let mut items = element.clone();
+    let defs = items.as_object_mut().and_then(|o| {
+        o.remove("$schema");
+        o.remove("$defs")
+    });
+    let mut list = serde_json::json!({"type": "array", "items": items});
+    if let Some(defs) = defs {
+        list["$defs"] = defs;
+    }
+    list
+}
+
+struct PlanRefs<'p> {
+    plan: &'p Plan,
+    item: Option<(&'p Value, &'p Value)>,
+}
+
+impl schema::RefSchemas for PlanRefs<'_> {
+    fn schema_of(&self, reference: &Reference) -> Option<(&Value, &Value)> {
+        match &reference.source {
+            Source::Step(_) => schema_of_ref(self.plan, reference),
+            Source::Item if reference.path.is_empty() => {
+                let (root, list) = self.item?;
+                Some((root, schema::items(root, list)?))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topological_order_respects_dependencies() {
+        let deps = vec![vec![], vec![0], vec![0], vec![1, 2]];
+        let order = topological_order(&deps).unwrap();
+        let pos = |id| order.iter().position(|&x| x == id).unwrap();
+        assert!(pos(0) < pos(1) && pos(1) < pos(3) && pos(2) < pos(3));
+    }
+
+    #[test]
+    fn cycles_are_reported_as_a_closed_path() {
+        // 0 ← 1 ← 2 ← 1 (1 and 2 form a cycle), 3 independent
+        let deps = vec![vec![], vec![0, 2], vec![1], vec![]];
+        let cycle = topological_order(&deps).unwrap_err();
+        assert_eq!(cycle.first(), cycle.last());
+        assert_eq!(cycle.len(), 3);
+        assert!(cycle.contains(&1) && cycle.contains(&2));
+    }
+
+    #[test]
+    fn suggestions_for_near_misses_only() {
+        assert_eq!(
+            suggest("pars", &["parse", "clean"]),
+            " (did you mean `parse`?)"
+        );
+        assert_eq!(suggest("zzzzzz", &["parse", "clean"]), "");
+    }
+
+    #[test]
+    fn inline_files_stay_inside_the_manifest_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.csv"), "a,b\n").unwrap();
+        let v = inline_files(
+            serde_json::json!({"csv": {"$file": "data.csv"}}),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(v, serde_json::json!({"csv": "a,b\n"}));
+        for bad in ["../x", "/etc/passwd", "a/../../x"] {
+            let err = inline_files(serde_json::json!({"$file": bad}), dir.path()).unwrap_err();
+            assert!(
+                err.contains("inside the manifest's directory"),
+                "{bad}: {err}"
+            );
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+            let err = inline_files(serde_json::json!({"$file": "link"}), dir.path()).unwrap_err();
+            assert!(err.contains("symlink"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,715 @@
+//! Scheduling: runs a [`Plan`] — a ready-queue over the DAG on tokio, at most
+//! `jobs` sandboxes at once, retries as each step asks, fan-out for `map`,
+//! skips for `when`, cancellation on request.
+//!
+//! Rules:
+//! - A step starts when all its dependencies have finished. If one of them
+//!   did not succeed, the step is *skipped* (not failed) and so, in turn, are
+//!   its dependents; the rest of the DAG goes on unless `fail_fast` is set.
+//! - A failure of a step with `allow_failure` does not fail the run.
+//! - An attempt is retried only if the step's policy lists its failure class
+//!   and attempts remain; the wait (backoff with full jitter) does not hold a
+//!   job slot.
+//! - Cancelling drops every running sandbox (wasmtime stops the guest at its
+//!   next yield) and marks unfinished steps cancelled.
+//!
+//! The edge to execution is the narrow [`Executor`] trait ("run this step on
+//! these input bytes"), so a benchmark can measure the scheduler alone and a
+//! shared backend can later claim work from elsewhere. This module never
+//! reads manifests or touches the store directly.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::plan::template::{Reference, Resolve, Source, lookup, truthy};
+use crate::plan::{Plan, Step, StepId};
+use crate::sandbox::{
+    Attempt, ComponentKind, FailureClass, LogLine, Observer, Progress, RunRequest, Sandbox,
+    SandboxError,
+};
+
+/// Runs one attempt of one step. The scheduler's only way to execute work.
+pub trait Executor: Send + Sync + 'static {
+    fn execute(
+        &self,
+        step: &Step,
+        input: Vec<u8>,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> impl Future<Output = Result<Attempt, SandboxError>> + Send;
+}
+
+/// Executes steps in the process's sandbox.
+pub struct SandboxExecutor {
+    pub sandbox: Arc<Sandbox>,
+}
+
+impl Executor for SandboxExecutor {
+    async fn execute(
+        &self,
+        step: &Step,
+        input: Vec<u8>,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Attempt, SandboxError> {
+        let request = RunRequest {
+            input: &input,
+            args: &step.args,
+            limits: step.limits,
+            grants: &step.grants,
+            observer,
+        };
+        self.sandbox.run(&step.component, request).await
+    }
+}
+
+/// How to run a plan.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Most attempts running at once.
+    pub jobs: usize,
+    /// Stop everything at the first failure of a required step.
+    pub fail_fast: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            fail_fast: false,
+        }
+    }
+}
+
+/// Why a step did not succeed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepFailure {
+    /// The sandbox's class, or `None` for a problem before the sandbox (an
+    /// input that could not be built from upstream outputs).
+    pub class: Option<FailureClass>,
+    pub message: String,
+}
+
+/// Where a step ended up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed(StepFailure),
+    Skipped { reason: String },
+    Cancelled,
+}
+
+impl StepStatus {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed(_) => "failed",
+            StepStatus::Skipped { .. } => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+    fn is_finished(&self) -> bool {
+        !matches!(self, StepStatus::Pending | StepStatus::Running)
+    }
+}
+
+/// What happened to one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub name: String,
+    #[serde(flatten)]
+    pub status: StepStatus,
+    /// Attempts made, summed over mapped elements.
+    pub attempts: u32,
+    /// Wall time from the first attempt's start to the step's end.
+    #[serde(serialize_with = "micros", rename = "duration_us")]
+    pub duration: Duration,
+    pub fuel: u64,
+    /// Number of mapped elements, for a `map` step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items: Option<usize>,
+    /// Waits before each retry.
+    #[serde(serialize_with = "micros_list", rename = "retry_delays_us")]
+    pub retry_delays: Vec<Duration>,
+    #[serde(skip)]
+    pub output: Option<Arc<Value>>,
+    #[serde(skip)]
+    pub allow_failure: bool,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}
+
+fn micros_list<S: serde::Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ds.iter().map(|d| d.as_micros() as u64))
+}
+
+/// How the run as a whole ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// What happened to a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub status: RunStatus,
+    #[serde(serialize_with = "micros", rename = "duration_us")]
+    pub duration: Duration,
+    pub steps: Vec<StepReport>,
+    /// The pipeline's output (absent if it could not be built).
+    pub output: Option<Value>,
+}
+
+/// Something that happened during a run, for progress displays.
+#[derive(Debug)]
+pub enum Event<'a> {
+    StepStarted {
+        step: &'a Step,
+        items: usize,
+    },
+    AttemptFailed {
+        step: &'a Step,
+        index: Option<usize>,
+        attempt: u32,
+        failure: &'a StepFailure,
+        retry_in: Option<Duration>,
+    },
+    ItemFinished {
+        step: &'a Step,
+        index: usize,
+    },
+    StepFinished {
+        step: &'a Step,
+        report: &'a StepReport,
+    },
+    TaskLog {
+        step: &'a Step,
+        index: Option<usize>,
+        line: &'a LogLine,
+    },
+    TaskProgress {
+        step: &'a Step,
+        progress: &'a Progress,
+    },
+}
+
+/// Receives [`Event`]s; called from many tasks at once.
+pub trait RunObserver: Send + Sync {
+    fn event(&self, event: Event<'_>);
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl RunObserver for Silent {
+    fn event(&self, _: Event<'_>) {}
+}
+
+struct WorkDone {
+    step: StepId,
+    index: Option<usize>,
+    result: Result<Value, StepFailure>,
+    attempts: u32,
+    fuel: u64,
+    delays: Vec<Duration>,
+}
+
+struct StepState {
+    waiting: usize,
+    started: Option<Instant>,
+    items_left: usize,
+    items: Vec<Option<Value>>,
+    first_failure: Option<StepFailure>,
+}
+
+/// Run `plan` to completion (or until `cancel` resolves).
+pub async fn run<E: Executor>(
+    plan: Arc<Plan>,
+    executor: Arc<E>,
+    options: RunOptions,
+    observer: Arc<dyn RunObserver>,
+    cancel: impl Future<Output = ()>,
+) -> RunReport {
+    let started = Instant::now();
+    let mut run = Run {
+        reports: plan
+            .steps
+            .iter()
+            .map(|s| StepReport {
+                name: s.name.clone(),
+                status: StepStatus::Pending,
+                attempts: 0,
+                duration: Duration::ZERO,
+                fuel: 0,
+                items: None,
+                retry_delays: Vec::new(),
+                output: None,
+                allow_failure: s.allow_failure,
+            })
+            .collect(),
+        states: plan
+            .steps
+            .iter()
+            .map(|s| StepState {
+                waiting: s.deps.len(),
+                started: None,
+                items_left: 0,
+                items: Vec::new(),
+                first_failure: None,
+            })
+            .collect(),
+        ready: plan
+            .order
+            .iter()
+            .copied()
+            .filter(|&id| plan.steps[id].deps.is_empty())
+            .collect(),
+        jobs: Arc::new(Semaphore::new(options.jobs.max(1))),
+        work: JoinSet::new(),
+        stop: false,
+        plan,
+        executor,
+        observer,
+        options,
+    };
+    tokio::pin!(cancel);
+    let mut cancelled = false;
+    loop {
+        while let Some(id) = run.ready.pop_front() {
+            run.start(id);
+        }
+        if run.stop || run.work.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = &mut cancel => {
+                cancelled = true;
+                break;
+            }
+            Some(joined) = run.work.join_next() => match joined {
+                Ok(done) => run.complete(done),
+                // A work future only ends in a panic if the executor has a
+                // bug; record it against nothing and keep the run going.
+                Err(e) if e.is_panic() => tracing::error!("a step's task panicked: {e}"),
+                Err(_) => {}
+            },
+        }
+    }
+    run.work.abort_all();
+    for report in &mut run.reports {
+        if !report.status.is_finished() {
+            report.status = StepStatus::Cancelled;
+        }
+    }
+    let failed = run
+        .reports
+        .iter()
+        .any(|r| matches!(r.status, StepStatus::Failed(_)) && !r.allow_failure);
+    let status = if cancelled {
+        RunStatus::Cancelled
+    } else if failed || run.stop {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    let output = run.pipeline_output();
+    RunReport {
+        pipeline: run.plan.name.clone(),
+        status,
+        duration: started.elapsed(),
+        steps: run.reports,
+        output,
+    }
+}
+
+struct Run<E: Executor> {
+    plan: Arc<Plan>,
+    executor: Arc<E>,
+    observer: Arc<dyn RunObserver>,
+    options: RunOptions,
+    reports: Vec<StepReport>,
+    states: Vec<StepState>,
+    ready: VecDeque<StepId>,
+    jobs: Arc<Semaphore>,
+    work: JoinSet<WorkDone>,
+    /// Set by fail-fast: start nothing more.
+    stop: bool,
+}
+
+/// Resolves references against finished steps' outputs (and the mapped item).
+struct Outputs<'a> {
+    plan: &'a Plan,
+    reports: &'a [StepReport],
+    item: Option<(&'a Value, usize)>,
+}
+
+impl Resolve for Outputs<'_> {
+    fn resolve(&self, reference: &Reference) -> Result<Value, String> {
+        match &reference.source {
+            Source::Step(name) => {
+                let id = self
+                    .plan
+                    .id(name)
+                    .ok_or_else(|| format!("{reference}: no step `{name}`"))?;
+                let output = self.reports[id]
+                    .output
+                    .as_deref()
+                    .ok_or_else(|| format!("{reference}: `{name}` has no output"))?;
+                lookup(output, &reference.path)
+                    .map(Value::clone)
+                    .map_err(|e| format!("{reference}: {e}"))
+            }
+            Source::Item => {
+                let (item, _) = self
+                    .item
+                    .ok_or_else(|| format!("{reference}: not in a mapped step"))?;
+                lookup(item, &reference.path)
+                    .map(Value::clone)
+                    .map_err(|e| format!("{reference}: {e}"))
+            }
+            Source::Index => {
+                let (_, index) = self
+                    .item
+                    .ok_or_else(|| format!("{reference}: not in a mapped step"))?;
+                Ok(Value::from(index))
+            }
+        }
+    }
+}
+
+impl<E: Executor> Run<E> {
+    fn outputs(&self) -> Outputs<'_> {
+        Outputs {
+            plan: &self.plan,
+            reports: &self.reports,
+            item: None,
+        }
+    }
+
+    /// All dependencies are finished: skip, fail, or launch the step's work.
+    fn start(&mut self, id: StepId) {
+        let plan = self.plan.clone();
+        let step = &plan.steps[id];
+        if let Some(&dep) = step
+            .deps
+            .iter()
+            .find(|&&d| self.reports[d].status != StepStatus::Succeeded)
+        {
+            let reason = format!(
+                "`{}` {}",
+                plan.steps[dep].name,
+                self.reports[dep].status.label()
+            );
+            return self.finish(
+                id,
+                StepStatus::Skipped {
+                    reason: format!("upstream {reason}"),
+                },
+            );
+        }
+        if let Some(condition) = &step.when {
+            // A value that is not there is false: `when = "${x.items.9}"`
+            // reads "when x has a tenth item".
+            let value = self.outputs().resolve(&condition.reference).unwrap_or(Value::Null);
+            if truthy(&value) == condition.negate {
+                let shown = if condition.negate { format!("!{}", condition.reference) } else { condition.reference.to_string() };
+                return self.finish(id, StepStatus::Skipped { reason: format!("condition {shown} is false") });
+            }
+        }
+        let items: Vec<Option<(Value, usize)>> = match &step.map {
+            None => vec![None],
+            Some(list) => match self.outputs().resolve(list) {
+                Ok(Value::Array(items)) => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| Some((v, i)))
+                    .collect(),
+                Ok(other) => {
+                    let kind = crate::plan::template::json_type(&other);
+                    return self
+                        .fail_before_running(id, format!("map: {list} is {kind}, not a list"));
+                }
+                Err(e) => return self.fail_before_running(id, format!("map: {e}")),
+            },
+        };
+        let mut inputs = Vec::with_capacity(items.len());
+        for item in &items {
+            let resolver = Outputs {
+                item: item.as_ref().map(|(v, i)| (v, *i)),
+                ..self.outputs()
+            };
+            match step.input.render(&resolver) {
+                Ok(value) => inputs.push(encode_input(step, value)),
+                Err(e) => return self.fail_before_running(id, format!("input: {e}")),
+            }
+        }
+        let state = &mut self.states[id];
+        state.started = Some(Instant::now());
+        self.reports[id].status = StepStatus::Running;
+        if step.map.is_some() {
+            self.reports[id].items = Some(inputs.len());
+            state.items = vec![None; inputs.len()];
+            state.items_left = inputs.len();
+        } else {
+            state.items_left = 1;
+        }
+        self.observer.event(Event::StepStarted {
+            step,
+            items: inputs.len(),
+        });
+        if inputs.is_empty() {
+            self.reports[id].output = Some(Arc::new(Value::Array(Vec::new())));
+            return self.finish(id, StepStatus::Succeeded);
+        }
+        let mapped = step.map.is_some();
+        for (i, input) in inputs.into_iter().enumerate() {
+            let index = mapped.then_some(i);
+            self.work.spawn(attempt_loop(
+                plan.clone(),
+                id,
+                index,
+                input,
+                self.executor.clone(),
+                self.jobs.clone(),
+                self.observer.clone(),
+            ));
+        }
+    }
+
+    fn fail_before_running(&mut self, id: StepId, message: String) {
+        self.finish(
+            id,
+            StepStatus::Failed(StepFailure {
+                class: None,
+                message,
+            }),
+        );
+    }
+
+    fn complete(&mut self, done: WorkDone) {
+        let id = done.step;
+        if self.reports[id].status.is_finished() {
+            return;
+        }
+        let report = &mut self.reports[id];
+        report.attempts += done.attempts;
+        report.fuel += done.fuel;
+        report.retry_delays.extend(done.delays);
+        let state = &mut self.states[id];
+        state.items_left -= 1;
+        match (done.result, done.index) {
+            (Ok(value), None) => report.output = Some(Arc::new(value)),
+            (Ok(value), Some(i)) => {
+                state.items[i] = Some(value);
+                self.observer.event(Event::ItemFinished {
+                    step: &self.plan.steps[id],
+                    index: i,
+                });
+            }
+            (Err(failure), index) => {
+                let failure = match index {
+                    Some(i) => StepFailure {
+                        message: format!("element {i}: {}", failure.message),
+                        ..failure
+                    },
+                    None => failure,
+                };
+                state.first_failure.get_or_insert(failure);
+            }
+        }
+        if state.items_left > 0 {
+            return;
+        }
+        if let Some(failure) = state.first_failure.take() {
+            return self.finish(id, StepStatus::Failed(failure));
+        }
+        if self.plan.steps[id].map.is_some() {
+            let items = std::mem::take(&mut state.items)
+                .into_iter()
+                .map(|v| v.unwrap_or(Value::Null))
+                .collect();
+            self.reports[id].output = Some(Arc::new(Value::Array(items)));
+        }
+        self.finish(id, StepStatus::Succeeded);
+    }
+
+    fn finish(&mut self, id: StepId, status: StepStatus) {
+        let step = &self.plan.steps[id];
+        let report = &mut self.reports[id];
+        report.duration = self.states[id]
+            .started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let required_failure = matches!(status, StepStatus::Failed(_)) && !step.allow_failure;
+        report.status = status;
+        self.observer.event(Event::StepFinished { step, report });
+        if required_failure && self.options.fail_fast {
+            self.stop = true;
+            self.ready.clear();
+            return;
+        }
+        for &next in &self.plan.dependents[id] {
+            let state = &mut self.states[next];
+            state.waiting -= 1;
+            if state.waiting == 0 {
+                self.ready.push_back(next);
+            }
+        }
+    }
+
+    fn pipeline_output(&self) -> Option<Value> {
+        match &self.plan.output {
+            Some(template) => match template.render(&self.outputs()) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    tracing::warn!("the pipeline output cannot be built: {e}");
+                    None
+                }
+            },
+            None => {
+                let sinks = self.plan.sinks().filter_map(|s| {
+                    let output = self.reports[s.id].output.as_deref()?;
+                    Some((s.name.clone(), output.clone()))
+                });
+                Some(Value::Object(sinks.collect()))
+            }
+        }
+    }
+}
+
+/// A task takes JSON; a command takes its input string as raw stdin.
+fn encode_input(step: &Step, value: Value) -> Vec<u8> {
+    match (step.component.kind, value) {
+        (ComponentKind::Command, Value::String(text)) => text.into_bytes(),
+        (_, value) => serde_json::to_vec(&value).expect("a JSON value always encodes"),
+    }
+}
+
+/// Forwards a sandboxed attempt's logs and progress to the run observer.
+struct StepLogs {
+    plan: Arc<Plan>,
+    step: StepId,
+    index: Option<usize>,
+    observer: Arc<dyn RunObserver>,
+}
+
+impl Observer for StepLogs {
+    fn log(&self, line: &LogLine) {
+        self.observer.event(Event::TaskLog {
+            step: &self.plan.steps[self.step],
+            index: self.index,
+            line,
+        });
+    }
+    fn progress(&self, progress: &Progress) {
+        self.observer.event(Event::TaskProgress {
+            step: &self.plan.steps[self.step],
+            progress,
+        });
+    }
+}
+
+/// One unit of work (a step, or one element of a mapped step) through all
+/// its attempts.
+async fn attempt_loop<E: Executor>(
+    plan: Arc<Plan>,
+    id: StepId,
+    index: Option<usize>,
+    input: Vec<u8>,
+    executor: Arc<E>,
+    jobs: Arc<Semaphore>,
+    observer: Arc<dyn RunObserver>,
+) -> WorkDone {
+    let step = &plan.steps[id];
+    let logs: Arc<dyn Observer> = Arc::new(StepLogs {
+        plan: plan.clone(),
+        step: id,
+        index,
+        observer: observer.clone(),
+    });
+    let mut done = WorkDone {
+        step: id,
+        index,
+        result: Ok(Value::Null),
+        attempts: 0,
+        fuel: 0,
+        delays: Vec::new(),
+    };
+    loop {
+        done.attempts += 1;
+        let attempt = {
+            let _slot = jobs
+                .acquire()
+                .await
+                .expect("the job semaphore is never closed");
+            executor
+                .execute(step, input.clone(), Some(logs.clone()))
+                .await
+        };
+        let failure = match attempt {
+            Err(e) => StepFailure {
+                class: None,
+                message: e.to_string(),
+            },
+            Ok(attempt) => {
+                done.fuel += attempt.fuel_used;
+                match attempt.result {
+                    Ok(bytes) => {
+                        done.result = Ok(decode_output(step, &bytes));
+                        return done;
+                    }
+                    Err(failure) => StepFailure {
+                        class: Some(failure.class()),
+                        message: failure.to_string(),
+                    },
+                }
+            }
+        };
+        let retry = failure
+            .class
+            .is_some_and(|class| step.retry.retries(class, done.attempts));
+        let retry_in = retry.then(|| step.retry.delay(done.attempts, rand::random::<f64>()));
+        observer.event(Event::AttemptFailed {
+            step,
+            index,
+            attempt: done.attempts,
+            failure: &failure,
+            retry_in,
+        });
+        match retry_in {
+            Some(delay) => {
+                done.delays.push(delay);
+                tokio::time::sleep(delay).await;
+            }
+            None => {
+                done.result = Err(failure);
+                return done;
+            }
+        }
+    }
+}
+
+fn decode_output(step: &Step, bytes: &[u8]) -> Value {
+    match step.component.kind {
+        // The sandbox accepted the bytes only after checking they are JSON.
+        ComponentKind::Task => serde_json::from_slice(bytes).unwrap_or(Value::Null),
+        ComponentKind::Command => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
