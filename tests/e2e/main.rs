@@ -10,5 +10,7 @@ mod artifacts;
 mod determinism;
 mod examples;
 mod malformed;
+mod manifest_errors;
+mod pipelines;
 mod sandbox_denials;
 mod sandbox_limits;

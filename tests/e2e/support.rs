@@ -145,3 +145,43 @@ pub fn assert_failed(report: &Value, run: &Run, class: &str, code: i32) {
     assert_eq!(run.code, code, "exit code for {class}; report {report}");
     assert_eq!(report["exit_code"], code);
 }
+
+/// A pipeline written into a temporary directory.
+pub struct Pipeline {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pipeline {
+    /// Write `manifest` (with `{name}` placeholders replaced by the path of
+    /// that guest component) as `pipeline.toml`.
+    pub fn new(manifest: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut text = manifest.to_owned();
+        while let Some(start) = text.find("{wasm:") {
+            let end = start + text[start..].find('}').expect("closed placeholder");
+            let name = &text[start + 6..end];
+            text.replace_range(start..=end, guest(name).to_str().expect("utf-8 path"));
+        }
+        std::fs::write(dir.path().join("pipeline.toml"), text).expect("write manifest");
+        Self { dir }
+    }
+
+    pub fn file(&self, name: &str, contents: &str) -> &Self {
+        std::fs::write(self.dir.path().join(name), contents).expect("write file");
+        self
+    }
+
+    pub fn path(&self) -> &str {
+        self.dir.path().to_str().expect("utf-8 path")
+    }
+}
+
+/// The report of one step in a `cairn run --json` report.
+pub fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+}

@@ -231,7 +231,7 @@ fn dot(plan: &Plan) -> String {
         out.push_str(&format!(
             "    \"{}\" [label=\"{}\"{shape}];\n",
             quote(&plan.steps[id].name),
-            quote(&label(plan, id, "\\n"))
+            quote(&label(plan, id, "\n")).replace('\n', "\\n")
         ));
     }
     for &id in &plan.order {

@@ -1,0 +1,256 @@
+//! `cairn run` on the example pipelines and on purpose-built ones: outputs,
+//! parallel fan-out, retries, skips, fail-fast, and the DAG views.
+
+use serde_json::json;
+
+use crate::support::{Cairn, Pipeline, repo_root, step};
+
+fn example(name: &str) -> String {
+    // Make sure the components the examples reference are built.
+    crate::support::guest("echo");
+    repo_root().join("guest-examples/pipelines").join(name).to_str().unwrap().to_owned()
+}
+
+#[test]
+fn orders_pipeline_produces_the_report() {
+    let run = Cairn::new().run(&["run", &example("orders"), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["output"]["grand_total"], 1437.74);
+    let markdown = report["output"]["markdown"].as_str().unwrap();
+    assert!(markdown.contains("| amer | 4 | 463.75 |"), "{markdown}");
+    assert!(markdown.contains("## apac\n\n- gadget: 1 orders, amount 99.99"), "{markdown}");
+    assert_eq!(step(&report, "by_product")["items"], 3, "one mapped run per region");
+    assert_eq!(step(&report, "by_product")["attempts"], 3);
+}
+
+#[test]
+fn text_pipeline_merges_counts_and_skips_by_condition() {
+    let run = Cairn::new().run(&["run", &example("text"), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["output"]["documents"], 4);
+    assert_eq!(report["output"]["total_words"], 66);
+    assert_eq!(report["output"]["top"][0], json!({"word": "the", "count": 12}));
+    let note = step(&report, "long_corpus_note");
+    assert_eq!(note["status"], "skipped");
+    assert_eq!(note["reason"], "condition ${merge.top.99} is false");
+}
+
+#[test]
+fn flaky_pipeline_retries_until_success_and_does_not_retry_traps() {
+    let run = Cairn::new().run(&["run", &example("flaky"), "--json"]);
+    assert_eq!(run.code, 0, "a failure with allow_failure does not fail the run: {}", run.stderr);
+    let report = run.json();
+    let unreliable = step(&report, "unreliable");
+    assert_eq!(unreliable["status"], "succeeded");
+    assert_eq!(unreliable["attempts"], 3, "fails twice, succeeds on the third");
+    let delays: Vec<u64> = unreliable["retry_delays_us"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+    assert_eq!(delays.len(), 2);
+    assert!(delays[0] <= 20_000 && delays[1] <= 40_000, "full jitter stays under 20ms·2^n: {delays:?}");
+    assert_eq!(step(&report, "after_unreliable")["status"], "succeeded");
+    let broken = step(&report, "broken");
+    assert_eq!(broken["status"], "failed");
+    assert_eq!(broken["class"], "trap");
+    assert_eq!(broken["attempts"], 1, "a trap is not in `on`, so it is not retried");
+}
+
+fn flaky_manifest(failures: u32, attempts: u32, on: &str) -> Pipeline {
+    let p = Pipeline::new(&format!(
+        r#"
+        name = "retries"
+        [steps.flaky]
+        component = "{{wasm:flaky}}"
+        input = {{ failures = {failures}, key = "k" }}
+        grants = {{ scratch = "state" }}
+        retry = {{ attempts = {attempts}, backoff = "fixed", delay = "30ms", jitter = false, on = [{on}] }}
+        "#
+    ));
+    std::fs::create_dir(p.dir.path().join("state")).unwrap();
+    p
+}
+
+#[test]
+fn a_step_failing_k_times_succeeds_on_attempt_k_plus_1_after_its_backoff() {
+    let p = flaky_manifest(3, 5, r#""task-retryable""#);
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let flaky = step(&report, "flaky");
+    assert_eq!(flaky["attempts"], 4);
+    assert_eq!(report["output"]["flaky"]["succeeded_on_attempt"], 4);
+    assert_eq!(flaky["retry_delays_us"], json!([30_000, 30_000, 30_000]), "fixed backoff without jitter");
+    assert!(flaky["duration_us"].as_u64().unwrap() >= 90_000, "the three waits really happened: {flaky}");
+}
+
+#[test]
+fn retries_stop_when_attempts_run_out() {
+    let p = flaky_manifest(5, 2, r#""task-retryable""#);
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let flaky = step(&run.json(), "flaky").clone();
+    assert_eq!((flaky["status"].as_str(), flaky["attempts"].as_u64()), (Some("failed"), Some(2)));
+    assert_eq!(flaky["class"], "task-retryable");
+}
+
+#[test]
+fn a_class_not_listed_in_on_is_not_retried() {
+    let p = flaky_manifest(1, 5, r#""timeout""#);
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert_eq!(step(&run.json(), "flaky")["attempts"], 1);
+}
+
+const FAILING_DAG: &str = r#"
+    name = "failing"
+    [steps.bad]
+    component = "{wasm:hostile}"
+    input = { attack = "panic" }
+    [steps.downstream]
+    component = "{wasm:echo}"
+    input = { from = "${bad}" }
+    [steps.slow]
+    component = "{wasm:burn}"
+    input = { rounds = 200_000_000 }
+    fuel = 100_000_000_000
+    [steps.independent]
+    component = "{wasm:echo}"
+    input = { burned = "${slow.value}" }
+"#;
+
+#[test]
+fn a_failure_skips_its_dependents_and_the_rest_goes_on() {
+    let p = Pipeline::new(FAILING_DAG);
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(report["status"], "failed");
+    assert_eq!(step(&report, "bad")["status"], "failed");
+    assert_eq!(step(&report, "downstream")["status"], "skipped");
+    assert_eq!(step(&report, "downstream")["reason"], "upstream `bad` failed");
+    assert_eq!(step(&report, "independent")["status"], "succeeded");
+}
+
+#[test]
+fn fail_fast_stops_everything_at_the_first_failure() {
+    let p = Pipeline::new(FAILING_DAG);
+    let run = Cairn::new().run(&["run", p.path(), "--json", "--fail-fast"]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(step(&report, "independent")["status"], "cancelled");
+    assert_eq!(step(&report, "independent")["attempts"], 0);
+    assert_ne!(step(&report, "slow")["status"], "succeeded");
+}
+
+#[test]
+fn mapping_over_an_empty_list_runs_nothing_and_yields_an_empty_list() {
+    let p = Pipeline::new(
+        r#"
+        name = "empty"
+        output = "${total}"
+        [steps.source]
+        component = "{wasm:echo}"
+        input = { items = [] }
+        [steps.each]
+        component = "{wasm:echo}"
+        map = "${source.items}"
+        input = { x = "${item}" }
+        [steps.total]
+        component = "{wasm:echo}"
+        input = { results = "${each}" }
+        "#,
+    );
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(step(&report, "each")["items"], 0);
+    assert_eq!(step(&report, "each")["attempts"], 0);
+    assert_eq!(report["output"], json!({"results": []}));
+}
+
+#[test]
+fn mapping_over_ten_thousand_elements_keeps_their_order() {
+    let numbers: Vec<u32> = (0..10_000).collect();
+    let p = Pipeline::new(
+        r#"
+        name = "wide"
+        output = "${each}"
+        [steps.source]
+        component = "{wasm:echo}"
+        input = { "$json" = "numbers.json" }
+        [steps.each]
+        component = "{wasm:echo}"
+        map = "${source}"
+        input = { n = "${item}", i = "${index}" }
+        "#,
+    );
+    p.file("numbers.json", &serde_json::to_string(&numbers).unwrap());
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let out = report["output"].as_array().unwrap();
+    assert_eq!(out.len(), 10_000);
+    for i in [0usize, 1, 1234, 9_999] {
+        assert_eq!(out[i], json!({"n": i, "i": i}));
+    }
+    assert_eq!(step(&report, "each")["attempts"], 10_000);
+}
+
+#[test]
+fn when_runs_or_skips_by_an_upstream_value() {
+    let p = Pipeline::new(
+        r#"
+        name = "branches"
+        [steps.check]
+        component = "{wasm:echo}"
+        input = { ok = false, name = "x" }
+        [steps.if_ok]
+        component = "{wasm:echo}"
+        when = "${check.ok}"
+        [steps.if_not_ok]
+        component = "{wasm:echo}"
+        when = "!${check.ok}"
+        [steps.after_skipped]
+        component = "{wasm:echo}"
+        after = ["if_ok"]
+        "#,
+    );
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 0, "a skipped branch is not a failure: {}", run.stderr);
+    let report = run.json();
+    assert_eq!(step(&report, "if_ok")["status"], "skipped");
+    assert_eq!(step(&report, "if_not_ok")["status"], "succeeded");
+    assert_eq!(step(&report, "after_skipped")["status"], "skipped");
+}
+
+#[test]
+fn human_output_has_a_summary_table_and_prints_the_output() {
+    let run = Cairn::new().run(&["run", &example("text")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("step              status     attempts"), "{}", run.stderr);
+    assert!(run.stderr.contains("[split] info: split into 4 documents"), "task logs are labelled: {}", run.stderr);
+    assert!(run.stderr.contains("pipeline text succeeded"), "{}", run.stderr);
+    let output: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(output["documents"], 4);
+}
+
+#[test]
+fn graph_prints_mermaid_and_dot() {
+    let cairn = Cairn::new();
+    let mermaid = cairn.run(&["graph", &example("orders")]);
+    assert_eq!(mermaid.code, 0, "{}", mermaid.stderr);
+    assert!(mermaid.stdout.contains("flowchart TD"));
+    assert!(mermaid.stdout.contains("s0 --> s1"), "parse → clean: {}", mermaid.stdout);
+    assert!(mermaid.stdout.contains("[[\"by_product<br/>aggregate.wasm<br/>map over ${regions.parts}\"]]"));
+    let dot = cairn.run(&["graph", &example("orders"), "--format", "dot"]);
+    assert!(dot.stdout.starts_with("digraph \"orders\" {"), "{}", dot.stdout);
+    assert!(dot.stdout.contains("\"regions\" -> \"by_product\";"), "{}", dot.stdout);
+}
+
+#[test]
+fn check_validates_without_running() {
+    let run = Cairn::new().run(&["check", &example("orders")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("ok: orders is valid: 6 steps, 7 dependencies"), "{}", run.stdout);
+}
