@@ -79,7 +79,10 @@ pub struct TaskError {
 
 impl TaskError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     /// A permanent failure.
     pub fn fatal(message: impl Into<String>) -> Self {
@@ -117,7 +120,11 @@ impl std::error::Error for TaskError {}
 /// (the sandbox did not grant it), anything else is fatal.
 impl From<std::io::Error> for TaskError {
     fn from(err: std::io::Error) -> Self {
-        let kind = if is_denial(&err) { ErrorKind::Denied } else { ErrorKind::Fatal };
+        let kind = if is_denial(&err) {
+            ErrorKind::Denied
+        } else {
+            ErrorKind::Fatal
+        };
         Self::new(kind, err.to_string())
     }
 }
@@ -292,7 +299,11 @@ pub mod __private {
             description: about.description.to_owned(),
             input_schema: schema_json::<I>(),
             output_schema: schema_json::<O>(),
-            capabilities: about.capabilities.into_iter().map(to_wit_capability).collect(),
+            capabilities: about
+                .capabilities
+                .into_iter()
+                .map(to_wit_capability)
+                .collect(),
         }
     }
 
@@ -312,8 +323,9 @@ pub mod __private {
         O: Serialize,
         F: Fn(I) -> Result<O, TaskError>,
     {
-        let input: I = serde_json::from_slice(input)
-            .map_err(|e| TaskError::invalid_input(format!("input does not match the task's input type: {e}")))?;
+        let input: I = serde_json::from_slice(input).map_err(|e| {
+            TaskError::invalid_input(format!("input does not match the task's input type: {e}"))
+        })?;
         let output = run(input)?;
         serde_json::to_vec(&output)
             .map_err(|e| TaskError::fatal(format!("output could not be encoded as JSON: {e}")))
@@ -340,7 +352,10 @@ pub mod __private {
             ErrorKind::InvalidInput => wit::ErrorKind::InvalidInput,
             ErrorKind::Denied => wit::ErrorKind::Denied,
         };
-        wit::TaskError { kind, message: err.message }
+        wit::TaskError {
+            kind,
+            message: err.message,
+        }
     }
 }
 
@@ -363,7 +378,9 @@ mod tests {
         if input.n == 13 {
             return Err(TaskError::retryable("unlucky"));
         }
-        Ok(Out { double: input.n * 2 })
+        Ok(Out {
+            double: input.n * 2,
+        })
     }
 
     #[test]

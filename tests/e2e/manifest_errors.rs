@@ -7,9 +7,21 @@ use crate::support::{Cairn, Pipeline};
 fn check_fails(manifest: &str) -> String {
     let p = Pipeline::new(manifest);
     let run = Cairn::new().run(&["check", p.path()]);
-    assert_eq!(run.code, 1, "expected a plan error; stdout {} stderr {}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("pipeline.toml"), "names the file: {}", run.stderr);
-    assert!(run.stderr.contains("nothing was run") || run.stderr.lines().count() == 1, "{}", run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "expected a plan error; stdout {} stderr {}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.stderr.contains("pipeline.toml"),
+        "names the file: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("nothing was run") || run.stderr.lines().count() == 1,
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     run.stderr
 }
@@ -21,13 +33,21 @@ fn unknown_step_reference_suggests_the_near_miss() {
     let err = check_fails(&format!(
         "{HEAD}[steps.parse]\ncomponent = \"{{wasm:echo}}\"\n[steps.clean]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ rows = \"${{pars.rows}}\" }}\n"
     ));
-    assert!(err.contains("step `clean`: input: ${pars.rows} names no step (did you mean `parse`?)"), "{err}");
+    assert!(
+        err.contains("step `clean`: input: ${pars.rows} names no step (did you mean `parse`?)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_after_is_reported() {
-    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"ghost\"]\n"));
-    assert!(err.contains("step `a`: after: \"ghost\" names no step"), "{err}");
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"ghost\"]\n"
+    ));
+    assert!(
+        err.contains("step `a`: after: \"ghost\" names no step"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -35,26 +55,41 @@ fn cycles_are_printed() {
     let err = check_fails(&format!(
         "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ x = \"${{c}}\" }}\n[steps.b]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ x = \"${{a}}\" }}\n[steps.c]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"b\"]\n[steps.d]\ncomponent = \"{{wasm:echo}}\"\n"
     ));
-    assert!(err.contains("the steps form a cycle: a → b → c → a"), "{err}");
+    assert!(
+        err.contains("the steps form a cycle: a → b → c → a"),
+        "{err}"
+    );
 }
 
 #[test]
 fn self_reference_is_a_cycle_of_one() {
-    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ x = \"${{a.y}}\" }}\n"));
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ x = \"${{a.y}}\" }}\n"
+    ));
     assert!(err.contains("refers to the step itself"), "{err}");
 }
 
 #[test]
 fn missing_component_is_named_with_the_fix() {
-    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"nope/missing.wasm\"\n"));
-    assert!(err.contains("step `a`: component") && err.contains("missing.wasm does not exist"), "{err}");
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"nope/missing.wasm\"\n"
+    ));
+    assert!(
+        err.contains("step `a`: component") && err.contains("missing.wasm does not exist"),
+        "{err}"
+    );
     assert!(err.contains("relative to the manifest"), "{err}");
 }
 
 #[test]
 fn component_of_the_wrong_world_is_refused() {
-    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"{{wasm:wrong_world}}\"\n"));
-    assert!(err.contains("step `a`") && err.contains("exports neither `cairn:task/task@0.1.0`"), "{err}");
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:wrong_world}}\"\n"
+    ));
+    assert!(
+        err.contains("step `a`") && err.contains("exports neither `cairn:task/task@0.1.0`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -70,15 +105,29 @@ fn bad_durations_and_sizes_say_how_to_write_them() {
     let err = check_fails(&format!(
         "{HEAD}[defaults]\nmemory = \"lots\"\n[steps.a]\ncomponent = \"{{wasm:echo}}\"\ntimeout = \"soon\"\noutput_limit = \"-1\"\n"
     ));
-    assert!(err.contains("step `a`: timeout: invalid duration \"soon\""), "{err}");
-    assert!(err.contains("step `a`: memory: invalid size \"lots\"") && err.contains("64MiB"), "{err}");
-    assert!(err.contains("step `a`: output_limit: invalid size \"-1\""), "{err}");
+    assert!(
+        err.contains("step `a`: timeout: invalid duration \"soon\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("step `a`: memory: invalid size \"lots\"") && err.contains("64MiB"),
+        "{err}"
+    );
+    assert!(
+        err.contains("step `a`: output_limit: invalid size \"-1\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_keys_are_refused_with_their_position() {
-    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ntimout = \"1s\"\n"));
-    assert!(err.contains("line 4, column 1: unknown field `timout`"), "{err}");
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ntimout = \"1s\"\n"
+    ));
+    assert!(
+        err.contains("line 4, column 1: unknown field `timout`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -87,7 +136,10 @@ fn reference_to_a_field_the_upstream_schema_lacks() {
         "{HEAD}[steps.parse]\ncomponent = \"{{wasm:csv_parse}}\"\ninput = {{ csv = \"a\\n1\\n\" }}\n[steps.sum]\ncomponent = \"{{wasm:aggregate}}\"\ninput = {{ rows = \"${{parse.rowz}}\", group_by = \"a\" }}\n"
     ));
     assert!(err.contains("step `sum`: input: ${parse.rowz}: the output of `parse` does not fit: the output has no field `rowz`"), "{err}");
-    assert!(err.contains("its fields: columns, rows"), "lists what exists: {err}");
+    assert!(
+        err.contains("its fields: columns, rows"),
+        "lists what exists: {err}"
+    );
 }
 
 #[test]
@@ -95,9 +147,18 @@ fn input_that_does_not_fit_the_downstream_schema() {
     let err = check_fails(&format!(
         "{HEAD}[steps.count]\ncomponent = \"{{wasm:word_count}}\"\ninput = {{ txt = \"hello\", top = \"ten\" }}\n"
     ));
-    assert!(err.contains("step `count`: input is missing the required field `text`"), "{err}");
-    assert!(err.contains("input.top is a string but the task expects integer"), "{err}");
-    assert!(err.contains("has the field `txt`, which the task does not accept"), "{err}");
+    assert!(
+        err.contains("step `count`: input is missing the required field `text`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("input.top is a string but the task expects integer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("has the field `txt`, which the task does not accept"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -105,12 +166,19 @@ fn referenced_value_of_the_wrong_type() {
     let err = check_fails(&format!(
         "{HEAD}[steps.parse]\ncomponent = \"{{wasm:csv_parse}}\"\ninput = {{ csv = \"a\\n1\\n\" }}\n[steps.count]\ncomponent = \"{{wasm:word_count}}\"\ninput = {{ text = \"${{parse.rows}}\" }}\n"
     ));
-    assert!(err.contains("input.text comes from ${parse.rows}, which is array but the task expects string"), "{err}");
+    assert!(
+        err.contains(
+            "input.text comes from ${parse.rows}, which is array but the task expects string"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn data_files_may_not_leave_the_manifest_directory() {
-    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ \"$file\" = \"../../etc/passwd\" }}\n"));
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ \"$file\" = \"../../etc/passwd\" }}\n"
+    ));
     assert!(err.contains("inside the manifest's directory"), "{err}");
 }
 
@@ -124,8 +192,14 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn run_refuses_an_invalid_plan_without_running_anything() {
-    let p = Pipeline::new(&format!("{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"ghost\"]\n"));
+    let p = Pipeline::new(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"ghost\"]\n"
+    ));
     let run = Cairn::new().run(&["run", p.path()]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("nothing was run") && !run.stderr.contains("start"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nothing was run") && !run.stderr.contains("start"),
+        "{}",
+        run.stderr
+    );
 }

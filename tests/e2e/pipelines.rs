@@ -8,7 +8,12 @@ use crate::support::{Cairn, Pipeline, repo_root, step};
 fn example(name: &str) -> String {
     // Make sure the components the examples reference are built.
     crate::support::guest("echo");
-    repo_root().join("guest-examples/pipelines").join(name).to_str().unwrap().to_owned()
+    repo_root()
+        .join("guest-examples/pipelines")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -20,8 +25,15 @@ fn orders_pipeline_produces_the_report() {
     assert_eq!(report["output"]["grand_total"], 1437.74);
     let markdown = report["output"]["markdown"].as_str().unwrap();
     assert!(markdown.contains("| amer | 4 | 463.75 |"), "{markdown}");
-    assert!(markdown.contains("## apac\n\n- gadget: 1 orders, amount 99.99"), "{markdown}");
-    assert_eq!(step(&report, "by_product")["items"], 3, "one mapped run per region");
+    assert!(
+        markdown.contains("## apac\n\n- gadget: 1 orders, amount 99.99"),
+        "{markdown}"
+    );
+    assert_eq!(
+        step(&report, "by_product")["items"],
+        3,
+        "one mapped run per region"
+    );
     assert_eq!(step(&report, "by_product")["attempts"], 3);
 }
 
@@ -32,7 +44,10 @@ fn text_pipeline_merges_counts_and_skips_by_condition() {
     let report = run.json();
     assert_eq!(report["output"]["documents"], 4);
     assert_eq!(report["output"]["total_words"], 66);
-    assert_eq!(report["output"]["top"][0], json!({"word": "the", "count": 12}));
+    assert_eq!(
+        report["output"]["top"][0],
+        json!({"word": "the", "count": 12})
+    );
     let note = step(&report, "long_corpus_note");
     assert_eq!(note["status"], "skipped");
     assert_eq!(note["reason"], "condition ${merge.top.99} is false");
@@ -41,19 +56,37 @@ fn text_pipeline_merges_counts_and_skips_by_condition() {
 #[test]
 fn flaky_pipeline_retries_until_success_and_does_not_retry_traps() {
     let run = Cairn::new().run(&["run", &example("flaky"), "--json"]);
-    assert_eq!(run.code, 0, "a failure with allow_failure does not fail the run: {}", run.stderr);
+    assert_eq!(
+        run.code, 0,
+        "a failure with allow_failure does not fail the run: {}",
+        run.stderr
+    );
     let report = run.json();
     let unreliable = step(&report, "unreliable");
     assert_eq!(unreliable["status"], "succeeded");
-    assert_eq!(unreliable["attempts"], 3, "fails twice, succeeds on the third");
-    let delays: Vec<u64> = unreliable["retry_delays_us"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+    assert_eq!(
+        unreliable["attempts"], 3,
+        "fails twice, succeeds on the third"
+    );
+    let delays: Vec<u64> = unreliable["retry_delays_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap())
+        .collect();
     assert_eq!(delays.len(), 2);
-    assert!(delays[0] <= 20_000 && delays[1] <= 40_000, "full jitter stays under 20ms·2^n: {delays:?}");
+    assert!(
+        delays[0] <= 20_000 && delays[1] <= 40_000,
+        "full jitter stays under 20ms·2^n: {delays:?}"
+    );
     assert_eq!(step(&report, "after_unreliable")["status"], "succeeded");
     let broken = step(&report, "broken");
     assert_eq!(broken["status"], "failed");
     assert_eq!(broken["class"], "trap");
-    assert_eq!(broken["attempts"], 1, "a trap is not in `on`, so it is not retried");
+    assert_eq!(
+        broken["attempts"], 1,
+        "a trap is not in `on`, so it is not retried"
+    );
 }
 
 fn flaky_manifest(failures: u32, attempts: u32, on: &str) -> Pipeline {
@@ -80,8 +113,15 @@ fn a_step_failing_k_times_succeeds_on_attempt_k_plus_1_after_its_backoff() {
     let flaky = step(&report, "flaky");
     assert_eq!(flaky["attempts"], 4);
     assert_eq!(report["output"]["flaky"]["succeeded_on_attempt"], 4);
-    assert_eq!(flaky["retry_delays_us"], json!([30_000, 30_000, 30_000]), "fixed backoff without jitter");
-    assert!(flaky["duration_us"].as_u64().unwrap() >= 90_000, "the three waits really happened: {flaky}");
+    assert_eq!(
+        flaky["retry_delays_us"],
+        json!([30_000, 30_000, 30_000]),
+        "fixed backoff without jitter"
+    );
+    assert!(
+        flaky["duration_us"].as_u64().unwrap() >= 90_000,
+        "the three waits really happened: {flaky}"
+    );
 }
 
 #[test]
@@ -90,7 +130,10 @@ fn retries_stop_when_attempts_run_out() {
     let run = Cairn::new().run(&["run", p.path(), "--json"]);
     assert_eq!(run.code, 3, "{}", run.stderr);
     let flaky = step(&run.json(), "flaky").clone();
-    assert_eq!((flaky["status"].as_str(), flaky["attempts"].as_u64()), (Some("failed"), Some(2)));
+    assert_eq!(
+        (flaky["status"].as_str(), flaky["attempts"].as_u64()),
+        (Some("failed"), Some(2))
+    );
     assert_eq!(flaky["class"], "task-retryable");
 }
 
@@ -128,7 +171,10 @@ fn a_failure_skips_its_dependents_and_the_rest_goes_on() {
     assert_eq!(report["status"], "failed");
     assert_eq!(step(&report, "bad")["status"], "failed");
     assert_eq!(step(&report, "downstream")["status"], "skipped");
-    assert_eq!(step(&report, "downstream")["reason"], "upstream `bad` failed");
+    assert_eq!(
+        step(&report, "downstream")["reason"],
+        "upstream `bad` failed"
+    );
     assert_eq!(step(&report, "independent")["status"], "succeeded");
 }
 
@@ -217,7 +263,11 @@ fn when_runs_or_skips_by_an_upstream_value() {
         "#,
     );
     let run = Cairn::new().run(&["run", p.path(), "--json"]);
-    assert_eq!(run.code, 0, "a skipped branch is not a failure: {}", run.stderr);
+    assert_eq!(
+        run.code, 0,
+        "a skipped branch is not a failure: {}",
+        run.stderr
+    );
     let report = run.json();
     assert_eq!(step(&report, "if_ok")["status"], "skipped");
     assert_eq!(step(&report, "if_not_ok")["status"], "succeeded");
@@ -228,9 +278,21 @@ fn when_runs_or_skips_by_an_upstream_value() {
 fn human_output_has_a_summary_table_and_prints_the_output() {
     let run = Cairn::new().run(&["run", &example("text")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("step              status     attempts"), "{}", run.stderr);
-    assert!(run.stderr.contains("[split] info: split into 4 documents"), "task logs are labelled: {}", run.stderr);
-    assert!(run.stderr.contains("pipeline text succeeded"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("step              status     attempts"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("[split] info: split into 4 documents"),
+        "task logs are labelled: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("pipeline text succeeded"),
+        "{}",
+        run.stderr
+    );
     let output: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(output["documents"], 4);
 }
@@ -241,16 +303,90 @@ fn graph_prints_mermaid_and_dot() {
     let mermaid = cairn.run(&["graph", &example("orders")]);
     assert_eq!(mermaid.code, 0, "{}", mermaid.stderr);
     assert!(mermaid.stdout.contains("flowchart TD"));
-    assert!(mermaid.stdout.contains("s0 --> s1"), "parse → clean: {}", mermaid.stdout);
-    assert!(mermaid.stdout.contains("[[\"by_product<br/>aggregate.wasm<br/>map over ${regions.parts}\"]]"));
+    assert!(
+        mermaid.stdout.contains("s0 --> s1"),
+        "parse → clean: {}",
+        mermaid.stdout
+    );
+    assert!(
+        mermaid
+            .stdout
+            .contains("[[\"by_product<br/>aggregate.wasm<br/>map over ${regions.parts}\"]]")
+    );
     let dot = cairn.run(&["graph", &example("orders"), "--format", "dot"]);
-    assert!(dot.stdout.starts_with("digraph \"orders\" {"), "{}", dot.stdout);
-    assert!(dot.stdout.contains("\"regions\" -> \"by_product\";"), "{}", dot.stdout);
+    assert!(
+        dot.stdout.starts_with("digraph \"orders\" {"),
+        "{}",
+        dot.stdout
+    );
+    assert!(
+        dot.stdout.contains("\"regions\" -> \"by_product\";"),
+        "{}",
+        dot.stdout
+    );
 }
 
 #[test]
 fn check_validates_without_running() {
     let run = Cairn::new().run(&["check", &example("orders")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("ok: orders is valid: 6 steps, 7 dependencies"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("ok: orders is valid: 6 steps, 7 dependencies"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_and_stops_running_sandboxes() {
+    use std::io::{BufRead, BufReader};
+    let p = Pipeline::new(
+        r#"
+        name = "long"
+        [steps.slow]
+        component = "{wasm:burn}"
+        input = { rounds = 100_000_000_000 }
+        fuel = 10_000_000_000_000
+        timeout = "10m"
+        [steps.after]
+        component = "{wasm:echo}"
+        input = { x = "${slow}" }
+        "#,
+    );
+    let cairn = Cairn::new();
+    let mut child = cairn
+        .command()
+        .args(["run", p.path(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step is really running, then interrupt.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("start  slow") {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "cairn exited before starting the step"
+        );
+    }
+    let started = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "cancellation did not stop the sandbox"
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "cancelled");
+    assert_eq!(step(&report, "slow")["status"], "cancelled");
+    assert_eq!(step(&report, "after")["status"], "cancelled");
 }

@@ -134,8 +134,15 @@ fn report_error(message: &str) -> u8 {
 
 /// The process's sandbox, with its artifact cache under the store directory.
 fn open_sandbox(store: &Path) -> Result<Sandbox, String> {
+    open_sandbox_for(store, 0)
+}
+
+/// A sandbox with room for at least `jobs` live instances.
+fn open_sandbox_for(store: &Path, jobs: u32) -> Result<Sandbox, String> {
     let artifacts = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
-    Sandbox::new(SandboxConfig::for_this_machine(), Arc::new(artifacts)).map_err(|e| e.to_string())
+    let mut config = SandboxConfig::for_this_machine();
+    config.max_instances = config.max_instances.max(jobs);
+    Sandbox::new(config, Arc::new(artifacts)).map_err(|e| e.to_string())
 }
 
 fn init_diagnostics(verbose: u8) {

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, open_sandbox};
+use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, open_sandbox, open_sandbox_for};
 use crate::manifest::Manifest;
 use crate::plan::{Plan, Source};
 use crate::sandbox::Sandbox;
@@ -254,7 +254,7 @@ fn dot(plan: &Plan) -> String {
 }
 
 pub async fn run(args: RunArgs, store: &Path) -> u8 {
-    let sandbox = match open_sandbox(store) {
+    let sandbox = match open_sandbox_for(store, args.jobs.unwrap_or(0)) {
         Ok(s) => Arc::new(s),
         Err(e) => return super::report_error(&e),
     };
@@ -384,7 +384,7 @@ fn group_digits(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

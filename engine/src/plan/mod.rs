@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::manifest::{GrantSpec, Manifest, StepSpec};
+use crate::manifest::{GrantSpec, Manifest, StepSettings, StepSpec};
 use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
 pub use retry::{Backoff, RetryPolicy};
@@ -189,17 +189,25 @@ impl Plan {
             file: path,
             list: Vec::new(),
         };
-        if manifest.steps.is_empty() {
+        // Consume the manifest step by step so a huge one is not held twice.
+        let Manifest {
+            name: pipeline_name,
+            output: output_spec,
+            defaults,
+            steps: specs,
+            ..
+        } = manifest;
+        if specs.is_empty() {
             errors.pipeline("the pipeline has no steps; add a [steps.<name>] table");
         }
 
         let mut components: HashMap<PathBuf, Option<Arc<LoadedComponent>>> = HashMap::new();
-        let mut drafts = Vec::with_capacity(manifest.steps.len());
-        for (name, spec) in &manifest.steps {
+        let mut drafts = Vec::with_capacity(specs.len());
+        for (name, spec) in specs {
             if let Some(draft) = draft_step(
-                name,
-                spec,
-                &manifest,
+                &name,
+                &spec,
+                &defaults,
                 &base,
                 sandbox,
                 &mut components,
@@ -220,7 +228,7 @@ impl Plan {
         for draft in &drafts {
             deps.push(resolve_deps(draft, &ids, &names, &mut errors));
         }
-        let output = manifest.output.as_ref().and_then(|value| {
+        let output = output_spec.as_ref().and_then(|value| {
             let template = to_json(value).and_then(|v| Template::parse(&v));
             match template {
                 Ok(t) => {
@@ -303,7 +311,7 @@ impl Plan {
         }
         let ids = steps.iter().map(|s| (s.name.clone(), s.id)).collect();
         let plan = Plan {
-            name: manifest.name,
+            name: pipeline_name,
             manifest: path.to_owned(),
             steps,
             order,
@@ -345,7 +353,7 @@ fn valid_step_name(name: &str) -> bool {
 fn draft_step(
     name: &str,
     spec: &StepSpec,
-    manifest: &Manifest,
+    defaults: &StepSettings,
     base: &Path,
     sandbox: &Sandbox,
     components: &mut HashMap<PathBuf, Option<Arc<LoadedComponent>>>,
@@ -384,7 +392,7 @@ fn draft_step(
         })
         .clone();
 
-    let settings = spec.settings(&manifest.defaults);
+    let settings = spec.settings(defaults);
     let mut limits = Limits::default();
     if let Some(fuel) = settings.fuel {
         if fuel == 0 {
@@ -674,7 +682,9 @@ fn topological_order(deps: &[Vec<StepId>]) -> Result<Vec<StepId>, Vec<StepId>> {
             let mut cycle: Vec<StepId> = path[at..].to_vec();
             cycle.reverse();
             // Start at the step written first, so the message is stable.
-            let first = (0..cycle.len()).min_by_key(|&i| cycle[i]).expect("a cycle is not empty");
+            let first = (0..cycle.len())
+                .min_by_key(|&i| cycle[i])
+                .expect("a cycle is not empty");
             cycle.rotate_left(first);
             cycle.push(cycle[0]);
             return Err(cycle);
@@ -839,7 +849,7 @@ fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
         if let Some(described) = &step.describe {
             let resolver = PlanRefs {
                 plan,
-                item: item.clone(),
+                item,
             };
             for problem in schema::check_input(&step.input, &described.input_schema, &resolver) {
                 errors.step(
@@ -916,7 +926,11 @@ mod tests {
         // 0 ← 1 ← 2 ← 1 (1 and 2 form a cycle), 3 independent
         let deps = vec![vec![], vec![0, 2], vec![1], vec![]];
         let cycle = topological_order(&deps).unwrap_err();
-        assert_eq!(cycle, [1, 2, 1], "starts at the first-written step and closes");
+        assert_eq!(
+            cycle,
+            [1, 2, 1],
+            "starts at the first-written step and closes"
+        );
     }
 
     #[test]

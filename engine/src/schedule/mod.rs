@@ -372,16 +372,14 @@ impl Resolve for Outputs<'_> {
                     .output
                     .as_deref()
                     .ok_or_else(|| format!("{reference}: `{name}` has no output"))?;
-                lookup(output, &reference.path)
-                    .map(Value::clone)
+                lookup(output, &reference.path).cloned()
                     .map_err(|e| format!("{reference}: {e}"))
             }
             Source::Item => {
                 let (item, _) = self
                     .item
                     .ok_or_else(|| format!("{reference}: not in a mapped step"))?;
-                lookup(item, &reference.path)
-                    .map(Value::clone)
+                lookup(item, &reference.path).cloned()
                     .map_err(|e| format!("{reference}: {e}"))
             }
             Source::Index => {
@@ -427,10 +425,22 @@ impl<E: Executor> Run<E> {
         if let Some(condition) = &step.when {
             // A value that is not there is false: `when = "${x.items.9}"`
             // reads "when x has a tenth item".
-            let value = self.outputs().resolve(&condition.reference).unwrap_or(Value::Null);
+            let value = self
+                .outputs()
+                .resolve(&condition.reference)
+                .unwrap_or(Value::Null);
             if truthy(&value) == condition.negate {
-                let shown = if condition.negate { format!("!{}", condition.reference) } else { condition.reference.to_string() };
-                return self.finish(id, StepStatus::Skipped { reason: format!("condition {shown} is false") });
+                let shown = if condition.negate {
+                    format!("!{}", condition.reference)
+                } else {
+                    condition.reference.to_string()
+                };
+                return self.finish(
+                    id,
+                    StepStatus::Skipped {
+                        reason: format!("condition {shown} is false"),
+                    },
+                );
             }
         }
         let items: Vec<Option<(Value, usize)>> = match &step.map {

@@ -1,0 +1,198 @@
+//! Pipeline benchmarks: planning a 100 000-step DAG, per-step engine overhead
+//! (plan + schedule + bookkeeping, with a no-op executor), a 10 000-step
+//! fan-out and a 1 000-step chain of a trivial task, and a diamond of two
+//! CPU-bound tasks with one job versus two.
+//!
+//! Needs the guests built first:
+//!   cargo build --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
+//! Run: cargo bench -p cairn-engine --bench pipeline
+//! The generated manifests stay in target/bench-pipelines/ (for `/usr/bin/time -v cairn check`).
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn::manifest::Manifest;
+use cairn::plan::{Plan, Step};
+use cairn::sandbox::{Attempt, Observer, Sandbox, SandboxConfig, SandboxError, TaskLog};
+use cairn::schedule::{self, Executor, RunOptions, RunStatus, SandboxExecutor, Silent};
+use cairn::store::DirArtifactStore;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn component(name: &str) -> String {
+    let path = root()
+        .join("guest-examples/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{}: build the guest examples first",
+        path.display()
+    );
+    path.to_str().unwrap().to_owned()
+}
+
+fn write_manifest(name: &str, text: &str) -> PathBuf {
+    let dir = root().join("target/bench-pipelines").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `n` independent steps after one source step.
+fn fan_out(n: usize) -> String {
+    let echo = component("echo");
+    let mut m = format!("name = \"fan-out\"\n[steps.source]\ncomponent = \"{echo}\"\n");
+    for i in 0..n {
+        let _ = write!(
+            m,
+            "[steps.s{i}]\ncomponent = \"{echo}\"\nafter = [\"source\"]\ninput = {{ i = {i} }}\n"
+        );
+    }
+    m
+}
+
+/// `n` steps, each taking a field of the previous one's output.
+fn chain(n: usize) -> String {
+    let echo = component("echo");
+    let mut m =
+        format!("name = \"chain\"\n[steps.s0]\ncomponent = \"{echo}\"\ninput = {{ i = 0 }}\n");
+    for i in 1..n {
+        let _ = write!(
+            m,
+            "[steps.s{i}]\ncomponent = \"{echo}\"\ninput = {{ i = {i}, prev = \"${{s{}.i}}\" }}\n",
+            i - 1
+        );
+    }
+    m
+}
+
+/// Two CPU-bound branches between a source and a sink.
+fn diamond(rounds: u64) -> String {
+    let (echo, burn) = (component("echo"), component("burn"));
+    format!(
+        "name = \"diamond\"\n[defaults]\nfuel = 100_000_000_000\n\
+         [steps.top]\ncomponent = \"{echo}\"\n\
+         [steps.left]\ncomponent = \"{burn}\"\nafter = [\"top\"]\ninput = {{ rounds = {rounds}, seed = 1 }}\n\
+         [steps.right]\ncomponent = \"{burn}\"\nafter = [\"top\"]\ninput = {{ rounds = {rounds}, seed = 2 }}\n\
+         [steps.bottom]\ncomponent = \"{echo}\"\ninput = {{ l = \"${{left.value}}\", r = \"${{right.value}}\" }}\n"
+    )
+}
+
+fn sandbox(artifacts: &Path) -> Arc<Sandbox> {
+    let store = Arc::new(DirArtifactStore::open(artifacts).unwrap());
+    Arc::new(Sandbox::new(SandboxConfig::for_this_machine(), store).unwrap())
+}
+
+async fn plan(path: &Path, sandbox: &Sandbox) -> Plan {
+    let (path, manifest) = Manifest::load(path).unwrap();
+    Plan::build(&path, manifest, sandbox).await.unwrap()
+}
+
+/// Returns its input: measures everything but the sandbox.
+struct Noop;
+
+impl Executor for Noop {
+    async fn execute(
+        &self,
+        _: &Step,
+        input: Vec<u8>,
+        _: Option<Arc<dyn Observer>>,
+    ) -> Result<Attempt, SandboxError> {
+        Ok(Attempt {
+            result: Ok(input),
+            fuel_used: 0,
+            duration: Duration::ZERO,
+            peak_memory: 0,
+            log: TaskLog::default(),
+        })
+    }
+}
+
+async fn run<E: Executor>(plan: Arc<Plan>, executor: Arc<E>, jobs: usize) {
+    let options = RunOptions {
+        jobs,
+        fail_fast: false,
+    };
+    let report = schedule::run(
+        plan,
+        executor,
+        options,
+        Arc::new(Silent),
+        std::future::pending(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+}
+
+fn pipelines(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let artifacts = tempfile::tempdir().unwrap();
+    let sandbox = sandbox(artifacts.path());
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+
+    let big = write_manifest("chain-100k", &chain(100_000));
+    group.bench_function("plan/100k-step-chain", |b| {
+        b.iter(|| runtime.block_on(plan(&big, &sandbox)))
+    });
+
+    let fan = write_manifest("fan-out-10k", &fan_out(10_000));
+    group.bench_function("plan+schedule-noop/10k-fan-out", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let plan = Arc::new(plan(&fan, &sandbox).await);
+                run(plan, Arc::new(Noop), 2).await;
+            })
+        })
+    });
+
+    let fan_plan = Arc::new(runtime.block_on(plan(&fan, &sandbox)));
+    let executor = Arc::new(SandboxExecutor {
+        sandbox: sandbox.clone(),
+    });
+    group.bench_function("run-echo/10k-fan-out", |b| {
+        b.iter(|| runtime.block_on(run(fan_plan.clone(), executor.clone(), 2)))
+    });
+
+    let chain_path = write_manifest("chain-1k", &chain(1_000));
+    let chain_plan = Arc::new(runtime.block_on(plan(&chain_path, &sandbox)));
+    group.bench_function("run-echo/1k-chain", |b| {
+        b.iter(|| runtime.block_on(run(chain_plan.clone(), executor.clone(), 2)))
+    });
+
+    let diamond_path = write_manifest("diamond", &diamond(50_000_000));
+    let diamond_plan = Arc::new(runtime.block_on(plan(&diamond_path, &sandbox)));
+    for jobs in [1, 2] {
+        group.bench_function(format!("run-burn-diamond/jobs-{jobs}"), |b| {
+            b.iter(|| runtime.block_on(run(diamond_plan.clone(), executor.clone(), jobs)))
+        });
+    }
+    group.finish();
+
+    // Wall-clock ratio for the README, measured the same way a user would.
+    let time = |jobs| {
+        let started = Instant::now();
+        runtime.block_on(run(diamond_plan.clone(), executor.clone(), jobs));
+        started.elapsed()
+    };
+    let (one, two) = (time(1), time(2));
+    println!(
+        "diamond: jobs=1 {one:?}, jobs=2 {two:?}, ratio {:.2}",
+        one.as_secs_f64() / two.as_secs_f64()
+    );
+}
+
+criterion_group!(benches, pipelines);
+criterion_main!(benches);
