@@ -847,10 +847,7 @@ fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
             }
         }
         if let Some(described) = &step.describe {
-            let resolver = PlanRefs {
-                plan,
-                item,
-            };
+            let resolver = PlanRefs { plan, item };
             for problem in schema::check_input(&step.input, &described.input_schema, &resolver) {
                 errors.step(
                     &step.name,

@@ -372,14 +372,16 @@ impl Resolve for Outputs<'_> {
                     .output
                     .as_deref()
                     .ok_or_else(|| format!("{reference}: `{name}` has no output"))?;
-                lookup(output, &reference.path).cloned()
+                lookup(output, &reference.path)
+                    .cloned()
                     .map_err(|e| format!("{reference}: {e}"))
             }
             Source::Item => {
                 let (item, _) = self
                     .item
                     .ok_or_else(|| format!("{reference}: not in a mapped step"))?;
-                lookup(item, &reference.path).cloned()
+                lookup(item, &reference.path)
+                    .cloned()
                     .map_err(|e| format!("{reference}: {e}"))
             }
             Source::Index => {

@@ -2,20 +2,74 @@
 //!
 //! This module owns everything Cairn keeps between processes. It is the
 //! bottom of the data flow (manifest → plan → schedule → sandbox → store): it
-//! never imports a higher module. Today it holds the precompiled-artifact
-//! cache; the result cache, run journal and run metadata (sled) join it later
-//! behind the same kind of narrow trait, so a shared PostgreSQL backend can
-//! replace the embedded one without touching callers.
+//! never imports a higher module. Two narrow traits: [`ArtifactStore`] for
+//! precompiled components (files), and [`Store`] for the result cache, the run
+//! journal and run records (sled by default, see [`db`]), so a shared
+//! PostgreSQL backend can replace the embedded one without touching callers.
 //!
 //! Invariant: every value read back is verified against a blake3 checksum
 //! written with it; a value that fails the check is reported as corrupt and is
 //! never handed to a caller.
 
 pub mod artifacts;
+pub mod db;
+pub mod records;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use artifacts::{ArtifactKey, ArtifactStore, DirArtifactStore};
+pub use db::SledStore;
+pub use records::{CacheKey, JournalEvent, LoggedLine, ResultMeta, RunId, RunRecord, StepSource};
+
+/// Results, journal and runs. Every method is durable-or-error except where
+/// noted; implementations verify what they read.
+pub trait Store: Send + Sync {
+    /// A stored result and its bytes, if present, intact and younger than `max_age`.
+    fn result(
+        &self,
+        key: &CacheKey,
+        max_age: Option<Duration>,
+    ) -> Result<Option<(ResultMeta, Vec<u8>)>, StoreError>;
+    /// Store a result together with the journal event that reports it, atomically.
+    fn commit_result(
+        &self,
+        key: &CacheKey,
+        meta: &ResultMeta,
+        output: &[u8],
+        run: &RunId,
+        event: &JournalEvent,
+    ) -> Result<(), StoreError>;
+    /// Append an event to a run's journal.
+    fn append(&self, run: &RunId, event: &JournalEvent) -> Result<(), StoreError>;
+    /// A run's journal, in order.
+    fn journal(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError>;
+    fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+    /// A run by id or unique id prefix.
+    fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+    fn cache_stats(&self) -> Result<CacheStats, StoreError>;
+    /// Remove results older than `older_than` (all results if `None`);
+    /// returns how many were removed.
+    fn cache_gc(&self, older_than: Option<Duration>) -> Result<u64, StoreError>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// What `cairn cache stats` shows.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct CacheStats {
+    pub entries: u64,
+    /// Sum of the stored outputs' sizes.
+    pub output_bytes: u64,
+    /// Entries whose output lives in a blob file.
+    pub blobs: u64,
+    /// Bytes of keys and values in the index.
+    pub index_bytes: u64,
+    /// Bytes on disk: the sled directory and the blobs.
+    pub disk_bytes: u64,
+    pub oldest_ms: Option<u64>,
+}
 
 /// Where the store lives: `--store DIR`, else `$CAIRN_HOME`, else `./.cairn`.
 pub fn default_dir() -> PathBuf {
@@ -37,6 +91,16 @@ pub enum StoreError {
     },
     #[error("store file {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "the store at {path} is in use by another cairn process; wait for it to finish, or use another store with --store DIR"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "the store at {path} cannot be read ({reason}). Move it aside to start afresh: `mv {path} {path}.broken`. Cached results are recomputable; the journals of past runs (resume, replay, lineage) would be lost"
+    )]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("run id prefix {prefix:?} matches {count} runs; give more digits")]
+    Ambiguous { prefix: String, count: usize },
 }
 
 impl StoreError {

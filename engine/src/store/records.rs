@@ -1,0 +1,189 @@
+//! The values the store keeps: cache keys, results, journal events, runs.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The blake3 key of one result: everything that can change a step's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey(pub blake3::Hash);
+
+impl CacheKey {
+    pub fn to_hex(&self) -> String {
+        self.0.to_hex().to_string()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        blake3::Hash::from_hex(hex).ok().map(CacheKey)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_hex())
+    }
+}
+
+/// A run's identifier: 12 hex digits of milliseconds since the epoch, then 4
+/// random ones, so ids sort by start time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunId(pub String);
+
+impl RunId {
+    pub fn new() -> Self {
+        RunId(format!("{:012x}{:04x}", now_ms(), rand::random::<u16>()))
+    }
+
+    /// Accept what a user typed: the full id or a unique prefix is resolved
+    /// by the store; this only checks the characters.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() || text.len() > 16 || !text.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{text:?} is not a run id (16 hex digits, as shown by `cairn runs list`)"
+            ));
+        }
+        Ok(RunId(text.to_ascii_lowercase()))
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the store knows about a result besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultMeta {
+    /// blake3 of the output bytes.
+    pub output_hash: String,
+    pub size: u64,
+    pub component: String,
+    /// blake3 of the canonical input bytes.
+    pub input_hash: String,
+    pub fuel: u64,
+    pub duration_us: u64,
+    pub created_ms: u64,
+}
+
+/// One event of a run's append-only journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum JournalEvent {
+    RunStarted {
+        at_ms: u64,
+        pipeline: String,
+        manifest: PathBuf,
+        manifest_hash: String,
+        resumed: bool,
+    },
+    StepScheduled {
+        at_ms: u64,
+        step: String,
+    },
+    AttemptStarted {
+        at_ms: u64,
+        step: String,
+        index: Option<usize>,
+        attempt: u32,
+    },
+    AttemptFinished {
+        at_ms: u64,
+        step: String,
+        index: Option<usize>,
+        attempt: u32,
+        /// `None` on success, else the failure class (or `input` for a
+        /// problem before the sandbox).
+        class: Option<String>,
+        message: Option<String>,
+        fuel: u64,
+        duration_us: u64,
+        logs: Vec<LoggedLine>,
+    },
+    /// One element of a mapped step (or a whole step) has its result stored.
+    ItemSucceeded {
+        at_ms: u64,
+        step: String,
+        index: Option<usize>,
+        key: String,
+        output_hash: String,
+        cached: bool,
+    },
+    StepSucceeded {
+        at_ms: u64,
+        step: String,
+        keys: Vec<String>,
+        output_hash: String,
+        source: StepSource,
+    },
+    StepFailed {
+        at_ms: u64,
+        step: String,
+        class: Option<String>,
+        message: String,
+    },
+    StepSkipped {
+        at_ms: u64,
+        step: String,
+        reason: String,
+    },
+    StepCancelled {
+        at_ms: u64,
+        step: String,
+    },
+    RunFinished {
+        at_ms: u64,
+        status: String,
+    },
+}
+
+/// A task's log line as kept in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedLine {
+    pub level: String,
+    pub message: String,
+}
+
+/// Where a succeeded step's output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepSource {
+    /// Ran in the sandbox (at least one element).
+    Executed,
+    /// Every element came from the result cache.
+    Cached,
+    /// Taken from the journal of the run being resumed.
+    Journal,
+}
+
+/// A run as listed by `cairn runs list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub pipeline: String,
+    pub manifest: PathBuf,
+    pub manifest_hash: String,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// `running` until the run ends; a run still `running` with no process
+    /// behind it was interrupted and can be resumed.
+    pub status: String,
+    pub steps: usize,
+    /// The run this one replays, for `cairn replay`.
+    pub replay_of: Option<RunId>,
+}
