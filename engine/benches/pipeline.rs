@@ -127,6 +127,7 @@ async fn run<E: Executor>(plan: Arc<Plan>, executor: Arc<E>, jobs: usize) {
         executor,
         options,
         Arc::new(Silent),
+        None,
         std::future::pending(),
     )
     .await;

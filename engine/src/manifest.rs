@@ -60,6 +60,11 @@ pub struct StepSettings {
     pub memory: Option<String>,
     pub output_limit: Option<String>,
     pub retry: Option<RetrySpec>,
+    /// `"inputs"` (cache by inputs, even with nondeterministic grants) or
+    /// `"off"`. Unset: cache unless the step has a nondeterministic grant.
+    pub cache: Option<String>,
+    /// How long a cached result stays usable, e.g. `"7d"`.
+    pub cache_ttl: Option<String>,
 }
 
 /// One step, as written.
@@ -96,6 +101,8 @@ pub struct StepSpec {
     pub memory: Option<String>,
     pub output_limit: Option<String>,
     pub retry: Option<RetrySpec>,
+    pub cache: Option<String>,
+    pub cache_ttl: Option<String>,
 }
 
 impl StepSpec {
@@ -110,6 +117,11 @@ impl StepSpec {
                 .clone()
                 .or_else(|| defaults.output_limit.clone()),
             retry: self.retry.clone().or_else(|| defaults.retry.clone()),
+            cache: self.cache.clone().or_else(|| defaults.cache.clone()),
+            cache_ttl: self
+                .cache_ttl
+                .clone()
+                .or_else(|| defaults.cache_ttl.clone()),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! code from the documented table; nothing here panics on user input.
 
 mod pipeline;
+mod runs;
 mod task;
 
 use std::io::IsTerminal;
@@ -29,7 +30,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn exit_code_help() -> String {
     let mut help = String::from(
-        "Exit codes:\n  0    success\n  1    error: bad input, invalid manifest, unloadable component, I/O problem\n  2    usage error\n  3    cairn run: a required step failed\n",
+        "Exit codes:\n  0    success\n  1    error: bad input, invalid manifest, unloadable component, I/O problem, store in use\n  2    usage error\n  3    cairn run/resume/replay: a required step failed\n  4    cairn replay --verify: some output differs from the original run\n",
     );
     for class in FailureClass::ALL {
         help.push_str(&format!(
@@ -87,6 +88,26 @@ enum Command {
     /// Print a pipeline's DAG as a Mermaid flowchart or Graphviz DOT.
     Graph(pipeline::GraphArgs),
 
+    /// Continue an interrupted run: finished steps come from its journal,
+    /// steps that were in flight run again.
+    Resume(runs::ResumeArgs),
+
+    /// Re-execute a run ignoring the cache; with --verify, compare every
+    /// output with the original and report differences as nondeterminism.
+    Replay(runs::ReplayArgs),
+
+    /// Inspect recorded runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+
+    /// Inspect or trim the result cache.
+    #[command(subcommand)]
+    Cache(runs::CacheCommand),
+
+    /// For every output of a run, the component and input hashes that
+    /// produced it (OpenLineage-style run events, JSON).
+    Lineage(runs::LineageArgs),
+
     /// Run or inspect a single task component.
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -116,6 +137,11 @@ pub fn main() -> ExitCode {
             Command::Run(args) => pipeline::run(args, &cli.store).await,
             Command::Check(args) => pipeline::check(args, &cli.store).await,
             Command::Graph(args) => pipeline::graph(args, &cli.store).await,
+            Command::Resume(args) => runs::resume(args, &cli.store).await,
+            Command::Replay(args) => runs::replay(args, &cli.store).await,
+            Command::Runs(command) => runs::runs(command, &cli.store),
+            Command::Cache(command) => runs::cache(command, &cli.store),
+            Command::Lineage(args) => runs::lineage(args, &cli.store),
             Command::Task(command) => task::execute(command, &cli.store).await,
         }
     });

@@ -1,6 +1,6 @@
 //! `cairn run`, `cairn check` and `cairn graph`: pipelines from a manifest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,8 +15,10 @@ use crate::manifest::Manifest;
 use crate::plan::{Plan, Source};
 use crate::sandbox::Sandbox;
 use crate::schedule::{
-    self, Event, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
+    self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
 };
+use crate::store::records::now_ms;
+use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, StepSource, Store};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -39,6 +41,10 @@ pub struct RunArgs {
     /// Print only the output and errors: no progress, no task logs, no summary.
     #[arg(short, long)]
     quiet: bool,
+
+    /// Run every step even if its result is cached (results are stored anew).
+    #[arg(long)]
+    refresh: bool,
 }
 
 #[derive(Debug, Args)]
@@ -254,74 +260,206 @@ fn dot(plan: &Plan) -> String {
 }
 
 pub async fn run(args: RunArgs, store: &Path) -> u8 {
-    let sandbox = match open_sandbox_for(store, args.jobs.unwrap_or(0)) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return super::report_error(&e),
-    };
-    let plan = match plan(&args.manifest, &sandbox).await {
-        Ok(plan) => Arc::new(plan),
-        Err(code) => return code,
-    };
-    let mut options = RunOptions {
+    let launch = Launch {
+        store,
+        jobs: args.jobs,
         fail_fast: args.fail_fast,
-        ..RunOptions::default()
+        refresh: args.refresh,
+        resume: None,
+        replay_of: None,
+        json: args.json,
+        quiet: args.quiet,
     };
-    if let Some(jobs) = args.jobs {
-        options.jobs = jobs as usize;
-    }
-    let live = std::io::stderr().is_terminal() && !args.quiet && !args.json;
-    let observer: Arc<dyn RunObserver> = if args.quiet {
-        Arc::new(schedule::Silent)
-    } else if live {
-        Arc::new(LiveProgress::new(&plan))
-    } else {
-        Arc::new(EventLines)
-    };
-    let cancel = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No signal handler: never cancel.
-            std::future::pending::<()>().await;
-        }
-    };
-    let executor = Arc::new(SandboxExecutor { sandbox });
-    let report = schedule::run(plan.clone(), executor, options, observer.clone(), cancel).await;
-    drop(observer);
+    launch.run(&args.manifest).await.1
+}
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
-        );
-    } else {
-        if !args.quiet {
-            eprint!("{}", summary(&report));
-        }
-        if let Some(output) = &report.output
-            && report.status == RunStatus::Succeeded
-        {
-            let text = if std::io::stdout().is_terminal() {
-                serde_json::to_string_pretty(output)
-            } else {
-                serde_json::to_string(output)
-            };
-            println!("{}", text.unwrap_or_default());
-        }
-    }
-    match report.status {
-        RunStatus::Succeeded => 0,
-        RunStatus::Failed => {
-            if !args.json {
-                eprintln!(
-                    "error: pipeline {} failed; see the failed steps above",
-                    report.pipeline
+/// Everything a run needs besides its manifest.
+pub(super) struct Launch<'a> {
+    pub store: &'a Path,
+    pub jobs: Option<u32>,
+    pub fail_fast: bool,
+    pub refresh: bool,
+    /// Continue this run, reusing these results from its journal.
+    pub resume: Option<(RunRecord, HashSet<CacheKey>)>,
+    pub replay_of: Option<RunId>,
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Launch<'_> {
+    /// Plan and run, recording the run in the store; print the outcome.
+    /// Returns the report (if the run started) and the exit code.
+    pub async fn run(self, manifest: &Path) -> (Option<RunReport>, u8) {
+        let sandbox = match open_sandbox_for(self.store, self.jobs.unwrap_or(0)) {
+            Ok(s) => Arc::new(s),
+            Err(e) => return (None, super::report_error(&e)),
+        };
+        let db: Arc<dyn Store> = match SledStore::open(self.store) {
+            Ok(db) => Arc::new(db),
+            Err(e) => return (None, super::report_error(&e.to_string())),
+        };
+        let plan = match plan(manifest, &sandbox).await {
+            Ok(plan) => Arc::new(plan),
+            Err(code) => return (None, code),
+        };
+        let manifest_hash = match std::fs::read(&plan.manifest) {
+            Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
+            Err(e) => {
+                return (
+                    None,
+                    super::report_error(&format!("{}: {e}", plan.manifest.display())),
                 );
             }
-            EXIT_PIPELINE_FAILED
+        };
+        let manifest_path =
+            std::path::absolute(&plan.manifest).unwrap_or_else(|_| plan.manifest.clone());
+        let resuming = self.resume.is_some();
+        let (mut record, resumed) = match self.resume {
+            Some((mut record, keys)) => {
+                if record.manifest_hash != manifest_hash {
+                    eprintln!(
+                        "warning: {} changed since run {} started; steps whose inputs changed will run again",
+                        plan.manifest.display(),
+                        record.id
+                    );
+                }
+                record.status = "running".into();
+                record.finished_ms = None;
+                (record, keys)
+            }
+            None => (
+                RunRecord {
+                    id: RunId::new(),
+                    pipeline: plan.name.clone(),
+                    manifest: manifest_path.clone(),
+                    manifest_hash: manifest_hash.clone(),
+                    started_ms: now_ms(),
+                    finished_ms: None,
+                    status: "running".into(),
+                    steps: plan.steps.len(),
+                    replay_of: self.replay_of.clone(),
+                },
+                HashSet::new(),
+            ),
+        };
+        let started = JournalEvent::RunStarted {
+            at_ms: now_ms(),
+            pipeline: plan.name.clone(),
+            manifest: manifest_path,
+            manifest_hash,
+            resumed: resuming,
+        };
+        if let Err(e) = db
+            .put_run(&record)
+            .and_then(|()| db.append(&record.id, &started))
+            .and_then(|()| db.flush())
+        {
+            return (None, super::report_error(&e.to_string()));
         }
-        RunStatus::Cancelled => {
-            eprintln!("interrupted: the run was cancelled; running steps were stopped");
-            EXIT_INTERRUPTED
+        if !self.quiet && !self.json {
+            eprintln!(
+                "run {} of {} (resume it with `cairn resume {}` if interrupted)",
+                record.id, plan.name, record.id
+            );
         }
+        let ledger = Arc::new(Ledger {
+            store: db.clone(),
+            run: record.id.clone(),
+            refresh: self.refresh,
+            resumed,
+        });
+
+        let mut options = RunOptions {
+            fail_fast: self.fail_fast,
+            ..RunOptions::default()
+        };
+        if let Some(jobs) = self.jobs {
+            options.jobs = jobs as usize;
+        }
+        let live = std::io::stderr().is_terminal() && !self.quiet && !self.json;
+        let observer: Arc<dyn RunObserver> = if self.quiet {
+            Arc::new(schedule::Silent)
+        } else if live {
+            Arc::new(LiveProgress::new(&plan))
+        } else {
+            Arc::new(EventLines)
+        };
+        let cancel = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                // No signal handler: never cancel.
+                std::future::pending::<()>().await;
+            }
+        };
+        let executor = Arc::new(SandboxExecutor { sandbox });
+        let report = schedule::run(
+            plan.clone(),
+            executor,
+            options,
+            observer.clone(),
+            Some(ledger),
+            cancel,
+        )
+        .await;
+        drop(observer);
+
+        let status = match report.status {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        };
+        record.status = status.into();
+        record.finished_ms = Some(now_ms());
+        let finished = JournalEvent::RunFinished {
+            at_ms: now_ms(),
+            status: status.into(),
+        };
+        if let Err(e) = db
+            .append(&record.id, &finished)
+            .and_then(|()| db.put_run(&record))
+            .and_then(|()| db.flush())
+        {
+            eprintln!("warning: cannot record the end of run {}: {e}", record.id);
+        }
+
+        if self.json {
+            let mut value = serde_json::to_value(&report).unwrap_or_default();
+            value["run_id"] = json!(record.id.0);
+            println!("{value}");
+        } else {
+            if !self.quiet {
+                eprint!("{}", summary(&report));
+            }
+            if let Some(output) = &report.output
+                && report.status == RunStatus::Succeeded
+            {
+                let text = if std::io::stdout().is_terminal() {
+                    serde_json::to_string_pretty(output)
+                } else {
+                    serde_json::to_string(output)
+                };
+                println!("{}", text.unwrap_or_default());
+            }
+        }
+        let code = match report.status {
+            RunStatus::Succeeded => 0,
+            RunStatus::Failed => {
+                if !self.json {
+                    eprintln!(
+                        "error: pipeline {} failed; see the failed steps above",
+                        report.pipeline
+                    );
+                }
+                EXIT_PIPELINE_FAILED
+            }
+            RunStatus::Cancelled => {
+                eprintln!(
+                    "interrupted: the run was cancelled; running steps were stopped. Continue it with `cairn resume {}`",
+                    record.id
+                );
+                EXIT_INTERRUPTED
+            }
+        };
+        (Some(report), code)
     }
 }
 
@@ -420,6 +558,12 @@ fn describe_event(event: &Event<'_>) -> Option<String> {
             }
         }
         Event::StepFinished { step, report } => match &report.status {
+            StepStatus::Succeeded if report.source == Some(StepSource::Cached) => {
+                format!("cached {}", step.name)
+            }
+            StepStatus::Succeeded if report.source == Some(StepSource::Journal) => {
+                format!("resumed {} (from the journal)", step.name)
+            }
             StepStatus::Succeeded => format!(
                 "done   {} in {}",
                 step.name,

@@ -80,6 +80,10 @@ pub struct Step {
     pub retry: RetryPolicy,
     pub allow_failure: bool,
     pub args: Vec<String>,
+    /// Whether results of this step are looked up in the cache.
+    pub cache: bool,
+    /// How old a cached result may be.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 /// A `when` condition: a reference, maybe negated.
@@ -174,6 +178,8 @@ struct Draft {
     retry: RetryPolicy,
     allow_failure: bool,
     args: Vec<String>,
+    cache: bool,
+    cache_ttl: Option<std::time::Duration>,
 }
 
 impl Plan {
@@ -300,6 +306,8 @@ impl Plan {
                     retry: d.retry,
                     allow_failure: d.allow_failure,
                     args: d.args,
+                    cache: d.cache,
+                    cache_ttl: d.cache_ttl,
                 }
             })
             .collect();
@@ -510,7 +518,31 @@ fn draft_step(
             "`args` are only for command components; a task takes its input from `input`",
         );
     }
+    let cache = match settings.cache.as_deref() {
+        None => grants.is_hermetic(),
+        Some("inputs") => true,
+        Some("off") => false,
+        Some(other) => {
+            errors.step(
+                name,
+                format!("cache = {other:?}: write \"inputs\" or \"off\""),
+            );
+            false
+        }
+    };
+    let cache_ttl = settings
+        .cache_ttl
+        .as_deref()
+        .and_then(|ttl| match parse_duration(ttl) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.step(name, format!("cache_ttl: {e}"));
+                None
+            }
+        });
     Some(Draft {
+        cache,
+        cache_ttl,
         name: name.to_owned(),
         component_path,
         component,

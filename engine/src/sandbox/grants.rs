@@ -31,9 +31,12 @@ pub enum GrantError {
 }
 
 impl Grants {
-    /// Is any grant nondeterministic (so results depend on more than the input)?
-    pub fn is_deterministic(&self) -> bool {
-        !self.wall_clock && !self.random && self.scratch.is_none()
+    /// Does a run depend on nothing but its component, input and these
+    /// grants' values? False once it may read host files (which can change
+    /// without Cairn knowing), keep state in a scratch directory, or see the
+    /// real clock or OS randomness.
+    pub fn is_hermetic(&self) -> bool {
+        !self.wall_clock && !self.random && self.scratch.is_none() && self.read_dirs.is_empty()
     }
 
     /// Grant read access to `dir`, which must exist and be a directory. The
@@ -98,7 +101,7 @@ mod tests {
     fn nothing_is_granted_by_default() {
         let g = Grants::default();
         assert!(g.read_dirs.is_empty() && g.scratch.is_none() && g.env.is_empty());
-        assert!(g.is_deterministic());
+        assert!(g.is_hermetic());
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //!
 //! The edge to execution is the narrow [`Executor`] trait ("run this step on
 //! these input bytes"), so a benchmark can measure the scheduler alone and a
-//! shared backend can later claim work from elsewhere. This module never
-//! reads manifests or touches the store directly.
+//! shared backend can later claim work from elsewhere. The edge to durable
+//! state is a [`Ledger`]: before running a unit of work the scheduler looks
+//! its [`cache_key`] up (cache hit, or a result the resumed run already
+//! has); after a success it commits the result together with its journal
+//! event; every scheduling decision is appended to the run's journal.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,6 +37,64 @@ use crate::sandbox::{
     Attempt, ComponentKind, FailureClass, LogLine, Observer, Progress, RunRequest, Sandbox,
     SandboxError,
 };
+use crate::store::records::now_ms;
+use crate::store::{CacheKey, JournalEvent, LoggedLine, ResultMeta, RunId, StepSource, Store};
+
+/// Where a run's results and journal go.
+pub struct Ledger {
+    pub store: Arc<dyn Store>,
+    pub run: RunId,
+    /// Run every step even when a cached result exists (results are still stored).
+    pub refresh: bool,
+    /// Results the run being resumed already has, by key; used whatever the
+    /// step's cache policy, because they belong to this very run.
+    pub resumed: HashSet<CacheKey>,
+}
+
+impl Ledger {
+    fn append(&self, event: JournalEvent) {
+        if let Err(e) = self.store.append(&self.run, &event) {
+            tracing::warn!("cannot write the journal of run {}: {e}", self.run);
+        }
+    }
+
+    fn flush(&self) {
+        if let Err(e) = self.store.flush() {
+            tracing::warn!("cannot flush the store: {e}");
+        }
+    }
+}
+
+/// The cache key of one unit of work: blake3 over the key-format version,
+/// the component, the canonical input bytes, the grants (with env values),
+/// the limits that change what a run can produce (fuel, memory, output cap;
+/// not the wall-clock timeout) and the step's arguments.
+pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
+    let mut hasher = blake3::Hasher::new_derive_key("cairn result cache key v1");
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(step.component.hash.as_bytes());
+    field(input);
+    let grants = serde_json::json!({
+        "read": step.grants.read_dirs,
+        "scratch": step.grants.scratch,
+        "env": step.grants.env,
+        "clock": step.grants.wall_clock,
+        "random": step.grants.random,
+    });
+    field(grants.to_string().as_bytes());
+    field(&step.limits.fuel.to_le_bytes());
+    field(&step.limits.memory.bytes().to_le_bytes());
+    field(&step.limits.output.bytes().to_le_bytes());
+    field(
+        serde_json::to_string(&step.args)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    CacheKey(hasher.finalize())
+}
 
 /// Runs one attempt of one step. The scheduler's only way to execute work.
 pub trait Executor: Send + Sync + 'static {
@@ -141,6 +202,14 @@ pub struct StepReport {
     /// Waits before each retry.
     #[serde(serialize_with = "micros_list", rename = "retry_delays_us")]
     pub retry_delays: Vec<Duration>,
+    /// Where the output came from (for a succeeded step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<StepSource>,
+    /// Units of work answered from the cache or the resumed journal.
+    pub reused: usize,
+    /// blake3 of the output document (for a succeeded step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_hash: Option<String>,
     #[serde(skip)]
     pub output: Option<Arc<Value>>,
     #[serde(skip)]
@@ -228,6 +297,9 @@ struct WorkDone {
     attempts: u32,
     fuel: u64,
     delays: Vec<Duration>,
+    key: CacheKey,
+    /// `None` if it ran, else where the stored result came from.
+    reused: Option<StepSource>,
 }
 
 struct StepState {
@@ -235,6 +307,9 @@ struct StepState {
     started: Option<Instant>,
     items_left: usize,
     items: Vec<Option<Value>>,
+    keys: Vec<Option<CacheKey>>,
+    executed: bool,
+    from_journal: bool,
     first_failure: Option<StepFailure>,
 }
 
@@ -244,6 +319,7 @@ pub async fn run<E: Executor>(
     executor: Arc<E>,
     options: RunOptions,
     observer: Arc<dyn RunObserver>,
+    ledger: Option<Arc<Ledger>>,
     cancel: impl Future<Output = ()>,
 ) -> RunReport {
     let started = Instant::now();
@@ -259,6 +335,9 @@ pub async fn run<E: Executor>(
                 fuel: 0,
                 items: None,
                 retry_delays: Vec::new(),
+                source: None,
+                reused: 0,
+                output_hash: None,
                 output: None,
                 allow_failure: s.allow_failure,
             })
@@ -271,6 +350,9 @@ pub async fn run<E: Executor>(
                 started: None,
                 items_left: 0,
                 items: Vec::new(),
+                keys: Vec::new(),
+                executed: false,
+                from_journal: false,
                 first_failure: None,
             })
             .collect(),
@@ -287,6 +369,7 @@ pub async fn run<E: Executor>(
         executor,
         observer,
         options,
+        ledger,
     };
     tokio::pin!(cancel);
     let mut cancelled = false;
@@ -316,6 +399,12 @@ pub async fn run<E: Executor>(
     for report in &mut run.reports {
         if !report.status.is_finished() {
             report.status = StepStatus::Cancelled;
+            if let Some(ledger) = &run.ledger {
+                ledger.append(JournalEvent::StepCancelled {
+                    at_ms: now_ms(),
+                    step: report.name.clone(),
+                });
+            }
         }
     }
     let failed = run
@@ -351,6 +440,7 @@ struct Run<E: Executor> {
     work: JoinSet<WorkDone>,
     /// Set by fail-fast: start nothing more.
     stop: bool,
+    ledger: Option<Arc<Ledger>>,
 }
 
 /// Resolves references against finished steps' outputs (and the mapped item).
@@ -472,16 +562,21 @@ impl<E: Executor> Run<E> {
                 Err(e) => return self.fail_before_running(id, format!("input: {e}")),
             }
         }
+        if let Some(ledger) = &self.ledger {
+            ledger.append(JournalEvent::StepScheduled {
+                at_ms: now_ms(),
+                step: step.name.clone(),
+            });
+        }
         let state = &mut self.states[id];
         state.started = Some(Instant::now());
         self.reports[id].status = StepStatus::Running;
         if step.map.is_some() {
             self.reports[id].items = Some(inputs.len());
             state.items = vec![None; inputs.len()];
-            state.items_left = inputs.len();
-        } else {
-            state.items_left = 1;
         }
+        state.items_left = inputs.len();
+        state.keys = vec![None; inputs.len()];
         self.observer.event(Event::StepStarted {
             step,
             items: inputs.len(),
@@ -501,6 +596,7 @@ impl<E: Executor> Run<E> {
                 self.executor.clone(),
                 self.jobs.clone(),
                 self.observer.clone(),
+                self.ledger.clone(),
             ));
         }
     }
@@ -526,6 +622,14 @@ impl<E: Executor> Run<E> {
         report.retry_delays.extend(done.delays);
         let state = &mut self.states[id];
         state.items_left -= 1;
+        state.keys[done.index.unwrap_or(0)] = Some(done.key);
+        match done.reused {
+            None => state.executed = true,
+            Some(source) => {
+                report.reused += 1;
+                state.from_journal |= source == StepSource::Journal;
+            }
+        }
         match (done.result, done.index) {
             (Ok(value), None) => report.output = Some(Arc::new(value)),
             (Ok(value), Some(i)) => {
@@ -570,7 +674,55 @@ impl<E: Executor> Run<E> {
             .map(|t| t.elapsed())
             .unwrap_or_default();
         let required_failure = matches!(status, StepStatus::Failed(_)) && !step.allow_failure;
+        if status == StepStatus::Succeeded {
+            let state = &self.states[id];
+            report.source = Some(if state.executed {
+                StepSource::Executed
+            } else if state.from_journal {
+                StepSource::Journal
+            } else {
+                StepSource::Cached
+            });
+            report.output_hash = report.output.as_deref().map(output_hash);
+        }
         report.status = status;
+        if let Some(ledger) = &self.ledger {
+            let at_ms = now_ms();
+            let step_name = step.name.clone();
+            let event = match &report.status {
+                StepStatus::Succeeded => JournalEvent::StepSucceeded {
+                    at_ms,
+                    step: step_name,
+                    keys: self.states[id]
+                        .keys
+                        .iter()
+                        .flatten()
+                        .map(CacheKey::to_hex)
+                        .collect(),
+                    output_hash: report.output_hash.clone().unwrap_or_default(),
+                    source: report.source.unwrap_or(StepSource::Executed),
+                },
+                StepStatus::Failed(f) => JournalEvent::StepFailed {
+                    at_ms,
+                    step: step_name,
+                    class: Some(f.class.map_or("input", FailureClass::as_str).to_owned()),
+                    message: f.message.clone(),
+                },
+                StepStatus::Skipped { reason } => JournalEvent::StepSkipped {
+                    at_ms,
+                    step: step_name,
+                    reason: reason.clone(),
+                },
+                _ => JournalEvent::StepCancelled {
+                    at_ms,
+                    step: step_name,
+                },
+            };
+            ledger.append(event);
+            if matches!(report.status, StepStatus::Failed(_)) {
+                ledger.flush();
+            }
+        }
         self.observer.event(Event::StepFinished { step, report });
         if required_failure && self.options.fail_fast {
             self.stop = true;
@@ -640,6 +792,7 @@ impl Observer for StepLogs {
 
 /// One unit of work (a step, or one element of a mapped step) through all
 /// its attempts.
+#[allow(clippy::too_many_arguments)]
 async fn attempt_loop<E: Executor>(
     plan: Arc<Plan>,
     id: StepId,
@@ -648,14 +801,10 @@ async fn attempt_loop<E: Executor>(
     executor: Arc<E>,
     jobs: Arc<Semaphore>,
     observer: Arc<dyn RunObserver>,
+    ledger: Option<Arc<Ledger>>,
 ) -> WorkDone {
     let step = &plan.steps[id];
-    let logs: Arc<dyn Observer> = Arc::new(StepLogs {
-        plan: plan.clone(),
-        step: id,
-        index,
-        observer: observer.clone(),
-    });
+    let key = cache_key(step, &input);
     let mut done = WorkDone {
         step: id,
         index,
@@ -663,9 +812,40 @@ async fn attempt_loop<E: Executor>(
         attempts: 0,
         fuel: 0,
         delays: Vec::new(),
+        key,
+        reused: None,
     };
+    if let Some(ledger) = &ledger
+        && let Some((source, bytes)) = reuse(ledger, step, &key)
+    {
+        ledger.append(JournalEvent::ItemSucceeded {
+            at_ms: now_ms(),
+            step: step.name.clone(),
+            index,
+            key: key.to_hex(),
+            output_hash: blake3::hash(&bytes).to_hex().to_string(),
+            cached: true,
+        });
+        done.result = Ok(decode_output(step, &bytes));
+        done.reused = Some(source);
+        return done;
+    }
+    let logs: Arc<dyn Observer> = Arc::new(StepLogs {
+        plan: plan.clone(),
+        step: id,
+        index,
+        observer: observer.clone(),
+    });
     loop {
         done.attempts += 1;
+        if let Some(ledger) = &ledger {
+            ledger.append(JournalEvent::AttemptStarted {
+                at_ms: now_ms(),
+                step: step.name.clone(),
+                index,
+                attempt: done.attempts,
+            });
+        }
         let attempt = {
             let _slot = jobs
                 .acquire()
@@ -675,6 +855,9 @@ async fn attempt_loop<E: Executor>(
                 .execute(step, input.clone(), Some(logs.clone()))
                 .await
         };
+        if let (Some(ledger), Ok(attempt)) = (&ledger, &attempt) {
+            ledger.append(attempt_finished(step, index, done.attempts, attempt));
+        }
         let failure = match attempt {
             Err(e) => StepFailure {
                 class: None,
@@ -684,6 +867,10 @@ async fn attempt_loop<E: Executor>(
                 done.fuel += attempt.fuel_used;
                 match attempt.result {
                     Ok(bytes) => {
+                        if let Some(ledger) = &ledger {
+                            let (fuel, duration) = (attempt.fuel_used, attempt.duration);
+                            record(ledger, step, index, &key, &input, &bytes, fuel, duration);
+                        }
                         done.result = Ok(decode_output(step, &bytes));
                         return done;
                     }
@@ -716,6 +903,108 @@ async fn attempt_loop<E: Executor>(
             }
         }
     }
+}
+
+/// A stored result this unit of work may use instead of running: one the
+/// resumed run already produced, or a cache hit.
+fn reuse(ledger: &Ledger, step: &Step, key: &CacheKey) -> Option<(StepSource, Vec<u8>)> {
+    let (source, max_age) = if ledger.resumed.contains(key) {
+        (StepSource::Journal, None)
+    } else if step.cache && !ledger.refresh {
+        (StepSource::Cached, step.cache_ttl)
+    } else {
+        return None;
+    };
+    match ledger.store.result(key, max_age) {
+        Ok(Some((_, bytes))) => Some((source, bytes)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the result cache ({e}); running step {}",
+                step.name
+            );
+            None
+        }
+    }
+}
+
+/// Store a fresh result with the journal event that reports it.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ledger: &Ledger,
+    step: &Step,
+    index: Option<usize>,
+    key: &CacheKey,
+    input: &[u8],
+    output: &[u8],
+    fuel: u64,
+    duration: Duration,
+) {
+    let output_hash = blake3::hash(output).to_hex().to_string();
+    let meta = ResultMeta {
+        output_hash: output_hash.clone(),
+        size: output.len() as u64,
+        component: step.component.hash.to_hex().to_string(),
+        input_hash: blake3::hash(input).to_hex().to_string(),
+        fuel,
+        duration_us: duration.as_micros() as u64,
+        created_ms: now_ms(),
+    };
+    let event = JournalEvent::ItemSucceeded {
+        at_ms: meta.created_ms,
+        step: step.name.clone(),
+        index,
+        key: key.to_hex(),
+        output_hash,
+        cached: false,
+    };
+    if let Err(e) = ledger
+        .store
+        .commit_result(key, &meta, output, &ledger.run, &event)
+    {
+        tracing::warn!(
+            "cannot store the result of step {}: {e}; it will run again next time",
+            step.name
+        );
+    }
+}
+
+fn attempt_finished(
+    step: &Step,
+    index: Option<usize>,
+    attempt: u32,
+    outcome: &Attempt,
+) -> JournalEvent {
+    let (class, message) = match &outcome.result {
+        Ok(_) => (None, None),
+        Err(f) => (Some(f.class().as_str().to_owned()), Some(f.to_string())),
+    };
+    JournalEvent::AttemptFinished {
+        at_ms: now_ms(),
+        step: step.name.clone(),
+        index,
+        attempt,
+        class,
+        message,
+        fuel: outcome.fuel_used,
+        duration_us: outcome.duration.as_micros() as u64,
+        logs: outcome
+            .log
+            .lines
+            .iter()
+            .map(|l| LoggedLine {
+                level: l.level.as_str().to_owned(),
+                message: l.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// blake3 of a document's canonical JSON.
+pub fn output_hash(value: &Value) -> String {
+    blake3::hash(&serde_json::to_vec(value).expect("a JSON value always encodes"))
+        .to_hex()
+        .to_string()
 }
 
 fn decode_output(step: &Step, bytes: &[u8]) -> Value {

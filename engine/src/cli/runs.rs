@@ -1,0 +1,618 @@
+//! Commands over recorded runs and the result cache: `cairn resume`,
+//! `cairn replay`, `cairn runs list|show|logs`, `cairn cache
+//! stats|gc|clear`, `cairn lineage`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::pipeline::Launch;
+use super::{open_sandbox, report_error};
+use crate::manifest::Manifest;
+use crate::plan::Plan;
+use crate::sandbox::limits::parse_duration;
+use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store};
+
+/// Exit code: `cairn replay --verify` found steps whose output changed.
+pub const EXIT_NONDETERMINISTIC: u8 = 4;
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run to continue (an id or a unique prefix, from `cairn runs list`).
+    run: String,
+    /// Most steps running at once (default: the number of CPU cores).
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    jobs: Option<u32>,
+    #[arg(long)]
+    json: bool,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The run to replay.
+    run: String,
+    /// Compare every step's output with the original run's and report each
+    /// difference as nondeterminism (exit code 4).
+    #[arg(long)]
+    verify: bool,
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    jobs: Option<u32>,
+    #[arg(long)]
+    json: bool,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List recorded runs, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run: its steps in dependency order with status and duration.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the log lines tasks wrote, per attempt.
+    Logs {
+        run: String,
+        /// Only this step.
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// How many results are cached and how much space they take.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached results older than a duration (e.g. 30d).
+    Gc {
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d")]
+        older_than: Duration,
+    },
+    /// Remove every cached result (run journals are kept).
+    Clear,
+}
+
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    /// The run whose outputs to trace.
+    run: String,
+}
+
+fn open(store: &Path) -> Result<SledStore, u8> {
+    SledStore::open(store).map_err(|e| report_error(&e.to_string()))
+}
+
+fn find_run(db: &dyn Store, text: &str) -> Result<RunRecord, u8> {
+    let id = RunId::parse(text).map_err(|e| report_error(&e))?;
+    match db.run(&id) {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => Err(report_error(&format!(
+            "no run {text} in this store; see `cairn runs list`"
+        ))),
+        Err(e) => Err(report_error(&e.to_string())),
+    }
+}
+
+fn journal(db: &dyn Store, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
+    db.journal(run).map_err(|e| report_error(&e.to_string()))
+}
+
+pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
+    let (record, keys) = {
+        let db = match open(store) {
+            Ok(db) => db,
+            Err(code) => return code,
+        };
+        let record = match find_run(&db, &args.run) {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        if record.status == "succeeded" {
+            eprintln!("run {} already succeeded; nothing to resume", record.id);
+            return 0;
+        }
+        let events = match journal(&db, &record.id) {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let keys: HashSet<CacheKey> = events
+            .iter()
+            .filter_map(|e| match e {
+                JournalEvent::ItemSucceeded { key, .. } => CacheKey::from_hex(key),
+                _ => None,
+            })
+            .collect();
+        (record, keys)
+        // The store is closed here: `Launch` opens it again.
+    };
+    let manifest = record.manifest.clone();
+    let launch = Launch {
+        store,
+        jobs: args.jobs,
+        fail_fast: false,
+        refresh: false,
+        resume: Some((record, keys)),
+        replay_of: None,
+        json: args.json,
+        quiet: args.quiet,
+    };
+    launch.run(&manifest).await.1
+}
+
+pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
+    let (record, original) = {
+        let db = match open(store) {
+            Ok(db) => db,
+            Err(code) => return code,
+        };
+        let record = match find_run(&db, &args.run) {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        let events = match journal(&db, &record.id) {
+            Ok(e) => e,
+            Err(code) => return code,
+        };
+        let original: BTreeMap<String, String> = events
+            .into_iter()
+            .filter_map(|e| match e {
+                JournalEvent::StepSucceeded {
+                    step, output_hash, ..
+                } => Some((step, output_hash)),
+                _ => None,
+            })
+            .collect();
+        (record, original)
+    };
+    let launch = Launch {
+        store,
+        jobs: args.jobs,
+        fail_fast: false,
+        refresh: true,
+        resume: None,
+        replay_of: Some(record.id.clone()),
+        json: args.json,
+        quiet: args.quiet || args.json,
+    };
+    let (report, code) = launch.run(&record.manifest).await;
+    let Some(report) = report else { return code };
+    if !args.verify {
+        return code;
+    }
+    let mut mismatches = Vec::new();
+    let mut compared = 0;
+    for step in &report.steps {
+        let (Some(before), Some(after)) = (original.get(&step.name), &step.output_hash) else {
+            continue;
+        };
+        compared += 1;
+        if before != after {
+            mismatches.push(json!({"step": step.name, "original": before, "replay": after}));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"verified": compared, "nondeterministic": mismatches})
+        );
+    } else {
+        for m in &mismatches {
+            eprintln!(
+                "nondeterministic: step `{}` produced different output (run {}: {}…, replay: {}…)",
+                m["step"].as_str().unwrap_or_default(),
+                record.id,
+                &m["original"].as_str().unwrap_or_default()
+                    [..12.min(m["original"].as_str().unwrap_or_default().len())],
+                &m["replay"].as_str().unwrap_or_default()
+                    [..12.min(m["replay"].as_str().unwrap_or_default().len())],
+            );
+        }
+        if mismatches.is_empty() {
+            eprintln!(
+                "verified: all {compared} steps that succeeded in run {} produced identical output",
+                record.id
+            );
+        }
+    }
+    if !mismatches.is_empty() {
+        return EXIT_NONDETERMINISTIC;
+    }
+    code
+}
+
+fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn span(record: &RunRecord) -> String {
+    match record.finished_ms {
+        Some(end) => format!(
+            "{:.2}s",
+            end.saturating_sub(record.started_ms) as f64 / 1000.0
+        ),
+        None => "-".into(),
+    }
+}
+
+pub fn runs(command: RunsCommand, store: &Path) -> u8 {
+    let db = match open(store) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    match command {
+        RunsCommand::List { json } => {
+            let mut runs = match db.runs() {
+                Ok(runs) => runs,
+                Err(e) => return report_error(&e.to_string()),
+            };
+            runs.sort_by(|a, b| b.id.cmp(&a.id));
+            if json {
+                println!("{}", serde_json::to_string(&runs).unwrap_or_default());
+                return 0;
+            }
+            if runs.is_empty() {
+                println!("no runs yet in {}", store.display());
+                return 0;
+            }
+            println!(
+                "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
+                "run", "pipeline", "status", "started", "duration", "steps"
+            );
+            for r in runs {
+                let status = if r.status == "running" {
+                    "interrupted"
+                } else {
+                    r.status.as_str()
+                };
+                let status = if r.replay_of.is_some() {
+                    format!("{status} (replay)")
+                } else {
+                    status.to_owned()
+                };
+                println!(
+                    "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
+                    r.id,
+                    r.pipeline,
+                    status,
+                    time(r.started_ms),
+                    span(&r),
+                    r.steps
+                );
+            }
+            0
+        }
+        RunsCommand::Show { run, json } => show(&db, &run, json, store),
+        RunsCommand::Logs { run, step } => {
+            let record = match find_run(&db, &run) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let events = match journal(&db, &record.id) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            let mut printed = false;
+            for event in events {
+                if let JournalEvent::AttemptFinished {
+                    step: name,
+                    index,
+                    attempt,
+                    logs,
+                    class,
+                    ..
+                } = event
+                {
+                    if step.as_ref().is_some_and(|s| s != &name) {
+                        continue;
+                    }
+                    let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
+                    let outcome = class.map(|c| format!(" ({c})")).unwrap_or_default();
+                    println!("== {name}{at} attempt {attempt}{outcome}");
+                    for line in logs {
+                        println!("{}: {}", line.level, line.message);
+                    }
+                    printed = true;
+                }
+            }
+            if !printed {
+                eprintln!(
+                    "no attempts recorded{}",
+                    step.map(|s| format!(" for step {s}")).unwrap_or_default()
+                );
+            }
+            0
+        }
+    }
+}
+
+/// Per-step status from the journal: the last word on each step.
+struct StepView {
+    status: String,
+    detail: String,
+    duration_ms: Option<u64>,
+    attempts: u32,
+}
+
+fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
+    fn entry<'v>(views: &'v mut BTreeMap<String, StepView>, step: &str) -> &'v mut StepView {
+        views.entry(step.to_owned()).or_insert(StepView {
+            status: "pending".into(),
+            detail: String::new(),
+            duration_ms: None,
+            attempts: 0,
+        })
+    }
+    let mut views = BTreeMap::new();
+    let mut scheduled: BTreeMap<String, u64> = BTreeMap::new();
+    for event in events {
+        match event {
+            JournalEvent::StepScheduled { at_ms, step } => {
+                scheduled.insert(step.clone(), *at_ms);
+                entry(&mut views, step).status = "running".into();
+            }
+            JournalEvent::AttemptStarted { step, .. } => entry(&mut views, step).attempts += 1,
+            JournalEvent::StepSucceeded {
+                at_ms,
+                step,
+                source,
+                ..
+            } => {
+                let v = entry(&mut views, step);
+                v.status = "succeeded".into();
+                v.detail = serde_json::to_value(source)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                v.duration_ms = scheduled.get(step).map(|s| at_ms.saturating_sub(*s));
+            }
+            JournalEvent::StepFailed {
+                at_ms,
+                step,
+                message,
+                ..
+            } => {
+                let v = entry(&mut views, step);
+                v.status = "failed".into();
+                v.detail = message.clone();
+                v.duration_ms = scheduled.get(step).map(|s| at_ms.saturating_sub(*s));
+            }
+            JournalEvent::StepSkipped { step, reason, .. } => {
+                let v = entry(&mut views, step);
+                v.status = "skipped".into();
+                v.detail = reason.clone();
+            }
+            JournalEvent::StepCancelled { step, .. } => {
+                entry(&mut views, step).status = "cancelled".into()
+            }
+            _ => {}
+        }
+    }
+    views
+}
+
+/// The plan of a recorded run, if its manifest still loads.
+async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
+    let sandbox = open_sandbox(store).ok()?;
+    let (path, manifest) = Manifest::load(&record.manifest).ok()?;
+    Plan::build(&path, manifest, &sandbox).await.ok()
+}
+
+fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
+    let record = match find_run(db, run) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let events = match journal(db, &record.id) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let views = step_views(&events);
+    let plan = tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(replan(&record, store))
+    });
+    if json {
+        let steps: Vec<Value> = views
+            .iter()
+            .map(|(name, v)| {
+                let after: Vec<&str> = plan
+                    .as_ref()
+                    .and_then(|p| p.step(name))
+                    .map(|s| s.deps.iter().map(|&d| plan.as_ref().map_or("", |p| p.steps[d].name.as_str())).collect())
+                    .unwrap_or_default();
+                json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "attempts": v.attempts, "after": after})
+            })
+            .collect();
+        println!("{}", json!({"run": record, "steps": steps}));
+        return 0;
+    }
+    let status = if record.status == "running" {
+        "interrupted (resume with `cairn resume`)"
+    } else {
+        record.status.as_str()
+    };
+    println!(
+        "run {}  pipeline {}  {}",
+        record.id, record.pipeline, status
+    );
+    println!(
+        "started {}  duration {}  manifest {}",
+        time(record.started_ms),
+        span(&record),
+        record.manifest.display()
+    );
+    let order: Vec<(String, Vec<String>)> = match &plan {
+        Some(plan) => plan
+            .order
+            .iter()
+            .map(|&id| {
+                let step = &plan.steps[id];
+                (
+                    step.name.clone(),
+                    step.deps
+                        .iter()
+                        .map(|&d| plan.steps[d].name.clone())
+                        .collect(),
+                )
+            })
+            .collect(),
+        None => views.keys().map(|k| (k.clone(), Vec::new())).collect(),
+    };
+    let width = order.iter().map(|(n, _)| n.len()).max().unwrap_or(4);
+    for (name, deps) in order {
+        let (mark, status, detail, duration, attempts) = match views.get(&name) {
+            Some(v) => {
+                let mark = match v.status.as_str() {
+                    "succeeded" => "✓",
+                    "failed" => "✗",
+                    "skipped" => "↷",
+                    "cancelled" => "■",
+                    "running" => "…",
+                    _ => "·",
+                };
+                let duration = v
+                    .duration_ms
+                    .map(|d| format!("{d}ms"))
+                    .unwrap_or_else(|| "-".into());
+                (
+                    mark,
+                    v.status.clone(),
+                    v.detail.clone(),
+                    duration,
+                    v.attempts,
+                )
+            }
+            None => ("·", "pending".to_owned(), String::new(), "-".to_owned(), 0),
+        };
+        let deps = if deps.is_empty() {
+            String::new()
+        } else {
+            format!("  ← {}", deps.join(", "))
+        };
+        let detail = if detail.is_empty() {
+            String::new()
+        } else {
+            format!("  ({detail})")
+        };
+        println!(
+            "  {mark} {name:<width$}  {status:<9} {duration:>8}  attempts {attempts}{deps}{detail}"
+        );
+    }
+    if plan.is_none() {
+        println!("(the manifest no longer loads, so dependencies are not shown)");
+    }
+    0
+}
+
+pub fn cache(command: CacheCommand, store: &Path) -> u8 {
+    let db = match open(store) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let result = match command {
+        CacheCommand::Stats { json } => db.cache_stats().map(|stats| {
+            if json {
+                println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+            } else {
+                println!("results      {}", stats.entries);
+                println!(
+                    "output bytes {}",
+                    crate::sandbox::ByteSize(stats.output_bytes)
+                );
+                println!("in blobs     {}", stats.blobs);
+                println!(
+                    "on disk      {} (sled index + blobs)",
+                    crate::sandbox::ByteSize(stats.disk_bytes)
+                );
+                if let Some(oldest) = stats.oldest_ms {
+                    println!("oldest       {}", time(oldest));
+                }
+            }
+        }),
+        CacheCommand::Gc { older_than } => db.cache_gc(Some(older_than)).map(|n| {
+            println!(
+                "removed {n} cached results older than {}",
+                humantime::format_duration(older_than)
+            );
+        }),
+        CacheCommand::Clear => db
+            .cache_gc(None)
+            .map(|n| println!("removed {n} cached results")),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => report_error(&e.to_string()),
+    }
+}
+
+/// Lineage as OpenLineage-style run events: one COMPLETE event per
+/// succeeded step, whose inputs and outputs are content hashes.
+pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
+    let db = match open(store) {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    let record = match find_run(&db, &args.run) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let events = match journal(&db, &record.id) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let mut out = Vec::new();
+    for event in &events {
+        let JournalEvent::StepSucceeded {
+            at_ms,
+            step,
+            keys,
+            output_hash,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        let mut inputs = Vec::new();
+        let mut components = Vec::new();
+        for key in keys {
+            let meta = CacheKey::from_hex(key)
+                .and_then(|k| db.result(&k, None).ok().flatten())
+                .map(|(m, _)| m);
+            match meta {
+                Some(meta) => {
+                    inputs.push(json!({"namespace": "cairn", "name": format!("blake3:{}", meta.input_hash), "facets": {"cacheKey": key}}));
+                    if !components.contains(&meta.component) {
+                        components.push(meta.component);
+                    }
+                }
+                None => inputs.push(json!({"namespace": "cairn", "name": format!("cache-key:{key}"), "facets": {"note": "result no longer cached"}})),
+            }
+        }
+        out.push(json!({
+            "eventType": "COMPLETE",
+            "eventTime": time(*at_ms),
+            "producer": "https://github.com/cairn-dev/cairn",
+            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+            "run": {"runId": record.id.0, "facets": {"cairn": {"replayOf": record.replay_of}}},
+            "job": {"namespace": format!("cairn/{}", record.pipeline), "name": step, "facets": {"cairn": {"components": components.iter().map(|c| format!("blake3:{c}")).collect::<Vec<_>>()}}},
+            "inputs": inputs,
+            "outputs": [{"namespace": "cairn", "name": format!("blake3:{output_hash}")}],
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    0
+}
