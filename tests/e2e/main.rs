@@ -14,3 +14,4 @@ mod manifest_errors;
 mod pipelines;
 mod sandbox_denials;
 mod sandbox_limits;
+mod store;

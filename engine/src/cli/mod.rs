@@ -193,6 +193,9 @@ fn init_diagnostics(verbose: u8) {
 /// instead of a backtrace.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
+        if crate::store::db::panic_expected() {
+            return;
+        }
         let location = info
             .location()
             .map(|l| format!(" at {}:{}", l.file(), l.line()))

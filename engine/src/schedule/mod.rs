@@ -719,7 +719,10 @@ impl<E: Executor> Run<E> {
                 },
             };
             ledger.append(event);
-            if matches!(report.status, StepStatus::Failed(_)) {
+            // Durable before anyone hears the step is done: a resume after a
+            // crash re-runs nothing that was reported finished. (Group
+            // commit across steps would cut this fsync per step.)
+            if matches!(report.status, StepStatus::Succeeded | StepStatus::Failed(_)) {
                 ledger.flush();
             }
         }

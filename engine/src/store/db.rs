@@ -31,6 +31,32 @@ use sled::Transactional;
 use super::records::{CacheKey, JournalEvent, ResultMeta, RunId, RunRecord, now_ms};
 use super::{CacheStats, Store, StoreError};
 
+thread_local! {
+    static EXPECTING_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, panics on this thread are expected and caught: a panic hook
+/// should stay quiet (see [`panic_expected`]).
+struct QuietPanics;
+
+impl QuietPanics {
+    fn begin() -> Self {
+        EXPECTING_PANIC.with(|f| f.set(true));
+        QuietPanics
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        EXPECTING_PANIC.with(|f| f.set(false));
+    }
+}
+
+/// Is this thread inside code whose panics the store catches and reports?
+pub fn panic_expected() -> bool {
+    EXPECTING_PANIC.with(|f| f.get())
+}
+
 /// Outputs larger than this live in blob files.
 pub const BLOB_THRESHOLD: usize = 64 << 10;
 
@@ -105,11 +131,25 @@ impl SledStore {
         let path = dir.join("db");
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(|e| StoreError::io(&blobs, e))?;
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| open_error(&path, e))?;
+        let config = sled::Config::new().path(&path).flush_every_ms(Some(500));
+        // sled can panic on some kinds of on-disk damage; that is a damaged
+        // store to report, not a crash.
+        let opened = {
+            let _quiet = QuietPanics::begin();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+        };
+        let db = match opened {
+            Ok(result) => result.map_err(|e| open_error(&path, e))?,
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "sled panicked while opening it".into());
+                return Err(StoreError::Unreadable { path, reason });
+            }
+        };
+        check_identity(&db, &path)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&path, e));
         Ok(Self {
             results: tree("results")?,
@@ -151,6 +191,39 @@ impl SledStore {
 
     fn sled_error(&self, e: sled::Error) -> StoreError {
         open_error(&self.path, e)
+    }
+}
+
+/// The key that proves a sled directory is the store Cairn created.
+const IDENTITY_KEY: &[u8] = b"cairn-store-format";
+const IDENTITY: &[u8] = b"1";
+
+/// sled may open a damaged directory as a fresh, empty database. A marker
+/// file in that directory records that a store was created here; if the marker is
+/// present but sled's identity key is not, the index was lost and saying
+/// "no runs" would hide that.
+fn check_identity(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    // Inside sled's directory, so moving a damaged store aside moves it too.
+    let marker = path.join("cairn-store.json");
+    let identity = db.get(IDENTITY_KEY).map_err(|e| open_error(path, e))?;
+    match identity {
+        Some(value) if value.as_ref() == IDENTITY => Ok(()),
+        Some(other) => Err(StoreError::Unreadable {
+            path: path.to_owned(),
+            reason: format!("unknown store format {:?}", String::from_utf8_lossy(&other)),
+        }),
+        None if marker.exists() => Err(StoreError::Unreadable {
+            path: path.to_owned(),
+            reason: "its index is missing or was reset (damaged files?)".into(),
+        }),
+        None => {
+            db.insert(IDENTITY_KEY, IDENTITY)
+                .map_err(|e| open_error(path, e))?;
+            db.flush().map_err(|e| open_error(path, e))?;
+            let text = format!("{{\"format\": 1, \"created_ms\": {}}}\n", now_ms());
+            std::fs::write(&marker, text).map_err(|e| StoreError::io(&marker, e))?;
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,405 @@
+//! The result cache, the journal, resume after `kill -9`, verified replay,
+//! and a store shared by two processes — through the real binary.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::{Cairn, Pipeline, repo_root, step};
+
+fn run_json(cairn: &Cairn, path: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["run", path, "--json"];
+    args.extend_from_slice(extra);
+    let run = cairn.run(&args);
+    assert!(run.code == 0 || run.code == 3, "{}", run.stderr);
+    run.json()
+}
+
+fn executed(report: &Value) -> Vec<String> {
+    let mut names: Vec<String> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["attempts"].as_u64().unwrap() > 0)
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn rerunning_an_unchanged_pipeline_executes_nothing_and_returns_the_same_bytes() {
+    crate::support::guest("echo");
+    let orders = repo_root().join("guest-examples/pipelines/orders");
+    let cairn = Cairn::new();
+    let first = run_json(&cairn, orders.to_str().unwrap(), &[]);
+    let second = run_json(&cairn, orders.to_str().unwrap(), &[]);
+    assert_eq!(executed(&first).len(), 6);
+    assert_eq!(
+        executed(&second),
+        Vec::<String>::new(),
+        "zero sandbox executions on a rerun"
+    );
+    for s in second["steps"].as_array().unwrap() {
+        assert_eq!(s["source"], "cached", "{s}");
+    }
+    assert_eq!(first["output"], second["output"]);
+    assert_eq!(
+        step(&first, "report")["output_hash"],
+        step(&second, "report")["output_hash"]
+    );
+    let refreshed = run_json(&cairn, orders.to_str().unwrap(), &["--refresh"]);
+    assert_eq!(executed(&refreshed).len(), 6, "--refresh ignores hits");
+}
+
+fn two_documents() -> Pipeline {
+    let p = Pipeline::new(
+        r#"
+        name = "two-docs"
+        [steps.count_a]
+        component = "{wasm:word_count}"
+        input = { text = { "$file" = "a.txt" } }
+        [steps.count_b]
+        component = "{wasm:word_count}"
+        input = { text = { "$file" = "b.txt" } }
+        [steps.merge]
+        component = "{wasm:merge_counts}"
+        input = { counts = ["${count_a}", "${count_b}"] }
+        [steps.about_b]
+        component = "{wasm:echo}"
+        input = { words_in_b = "${count_b.total_words}" }
+        "#,
+    );
+    p.file("a.txt", "alpha beta gamma")
+        .file("b.txt", "delta epsilon");
+    p
+}
+
+#[test]
+fn editing_one_data_file_reruns_exactly_its_downstream_steps() {
+    let p = two_documents();
+    let cairn = Cairn::new();
+    assert_eq!(executed(&run_json(&cairn, p.path(), &[])).len(), 4);
+    p.file("a.txt", "alpha beta gamma gamma");
+    let report = run_json(&cairn, p.path(), &[]);
+    assert_eq!(executed(&report), ["count_a", "merge"]);
+    assert_eq!(report["output"]["merge"]["total_words"], 6);
+}
+
+#[test]
+fn a_changed_element_of_a_map_reruns_only_that_element() {
+    let p = Pipeline::new(
+        r#"
+        name = "docs"
+        [steps.split]
+        component = "{wasm:split_text}"
+        input = { text = { "$file" = "corpus.txt" } }
+        [steps.count]
+        component = "{wasm:word_count}"
+        map = "${split.documents}"
+        input = { text = "${item}" }
+        "#,
+    );
+    p.file("corpus.txt", "one\n---\ntwo two\n---\nthree three three\n");
+    let cairn = Cairn::new();
+    run_json(&cairn, p.path(), &[]);
+    p.file(
+        "corpus.txt",
+        "one\n---\ntwo two CHANGED\n---\nthree three three\n",
+    );
+    let report = run_json(&cairn, p.path(), &[]);
+    assert_eq!(step(&report, "count")["attempts"], 1, "one element ran");
+    assert_eq!(
+        step(&report, "count")["reused"],
+        2,
+        "two came from the cache"
+    );
+}
+
+#[test]
+fn nondeterministic_grants_are_not_cached_unless_the_step_opts_in() {
+    let p = Pipeline::new(
+        r#"
+        name = "clocks"
+        [steps.real_clock]
+        component = "{wasm:clock_random}"
+        grants = { clock = true }
+        [steps.opted_in]
+        component = "{wasm:clock_random}"
+        input = { salt = 1 }
+        grants = { clock = true }
+        cache = "inputs"
+        [steps.virtual_clock]
+        component = "{wasm:clock_random}"
+        input = { salt = 2 }
+        "#,
+    );
+    let cairn = Cairn::new();
+    run_json(&cairn, p.path(), &[]);
+    assert_eq!(executed(&run_json(&cairn, p.path(), &[])), ["real_clock"]);
+}
+
+#[test]
+fn cache_stats_gc_and_clear() {
+    let p = two_documents();
+    let cairn = Cairn::new();
+    run_json(&cairn, p.path(), &[]);
+    let stats = cairn.run(&["cache", "stats", "--json"]);
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    assert_eq!(stats.json()["entries"], 4);
+    let gc = cairn.run(&["cache", "gc", "--older-than", "1h"]);
+    assert!(gc.stdout.contains("removed 0"), "{}", gc.stdout);
+    let clear = cairn.run(&["cache", "clear"]);
+    assert!(clear.stdout.contains("removed 4"), "{}", clear.stdout);
+    assert_eq!(
+        cairn.run(&["cache", "stats", "--json"]).json()["entries"],
+        0
+    );
+    assert_eq!(
+        executed(&run_json(&cairn, p.path(), &[])).len(),
+        4,
+        "cleared results run again"
+    );
+}
+
+fn chain(steps: usize) -> Pipeline {
+    let mut manifest =
+        String::from("name = \"chain\"\n[defaults]\nfuel = 100_000_000_000\ncache = \"off\"\n");
+    for i in 0..steps {
+        let input = if i == 0 {
+            "{ rounds = 60_000_000 }".to_owned()
+        } else {
+            format!(
+                "{{ rounds = 60_000_000, seed = \"${{s{}.value}}\" }}",
+                i - 1
+            )
+        };
+        manifest.push_str(&format!(
+            "[steps.s{i}]\ncomponent = \"{{wasm:burn}}\"\ninput = {input}\n"
+        ));
+    }
+    Pipeline::new(&manifest)
+}
+
+/// Start `cairn run` and read stderr until `line` appears; returns the run id.
+fn start_until(cairn: &Cairn, path: &str, line: &str) -> (Child, String) {
+    let mut child = cairn
+        .command()
+        .args(["run", path])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut run_id = String::new();
+    let mut text = String::new();
+    loop {
+        text.clear();
+        assert_ne!(
+            stderr.read_line(&mut text).unwrap(),
+            0,
+            "cairn ended before printing {line:?}"
+        );
+        if let Some(rest) = text.strip_prefix("run ") {
+            run_id = rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if text.starts_with(line) {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, run_id)
+}
+
+fn crash_and_resume(kill_after: usize) {
+    let p = chain(6);
+    let cairn = Cairn::new();
+    let (mut child, run_id) = start_until(&cairn, p.path(), &format!("done   s{kill_after} "));
+    child.kill().unwrap(); // SIGKILL: no cleanup of any kind
+    child.wait().unwrap();
+
+    let listed = cairn.run(&["runs", "list", "--json"]);
+    assert_eq!(
+        listed.code, 0,
+        "the store opens cleanly after kill -9: {}",
+        listed.stderr
+    );
+    assert_eq!(
+        listed.json()[0]["status"],
+        "running",
+        "an interrupted run still says running"
+    );
+
+    let resumed = cairn.run(&["resume", &run_id, "--json"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let report = resumed.json();
+    for i in 0..6 {
+        assert_eq!(step(&report, &format!("s{i}"))["status"], "succeeded");
+    }
+    for i in 0..=kill_after {
+        let s = step(&report, &format!("s{i}"));
+        assert_eq!(
+            s["attempts"], 0,
+            "s{i} finished before the kill and must not run again: {s}"
+        );
+        assert_eq!(s["source"], "journal");
+    }
+    assert!(step(&report, "s5")["attempts"].as_u64().unwrap() >= 1);
+
+    // Same answer as an uninterrupted run.
+    let clean = run_json(&Cairn::new(), p.path(), &[]);
+    assert_eq!(report["output"], clean["output"]);
+    let shown = cairn.run(&["runs", "show", &run_id, "--json"]);
+    assert_eq!(shown.json()["run"]["status"], "succeeded");
+}
+
+#[test]
+fn kill_9_after_the_first_step_then_resume() {
+    crash_and_resume(0);
+}
+
+#[test]
+fn kill_9_mid_pipeline_then_resume() {
+    crash_and_resume(2);
+}
+
+#[test]
+fn a_second_process_on_the_same_store_is_refused_clearly() {
+    let p = chain(3);
+    let cairn = Cairn::new();
+    let (mut first, _) = start_until(&cairn, p.path(), "start  s0");
+    let second = cairn.run(&["runs", "list"]);
+    assert_eq!(second.code, 1);
+    assert!(
+        second.stderr.contains("in use by another cairn process"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        first.wait().unwrap().success(),
+        "the first process is unharmed"
+    );
+    let listed = cairn.run(&["runs", "list", "--json"]);
+    assert_eq!(listed.json()[0]["status"], "succeeded");
+}
+
+#[test]
+fn replay_verify_passes_on_deterministic_runs_and_flags_nondeterminism() {
+    crate::support::guest("echo");
+    let cairn = Cairn::new();
+    let text = repo_root().join("guest-examples/pipelines/text");
+    let run = cairn.run(&["run", text.to_str().unwrap(), "--json"]);
+    let id = run.json()["run_id"].as_str().unwrap().to_owned();
+    let replay = cairn.run(&["replay", &id, "--verify"]);
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    assert!(
+        replay.stderr.contains("verified: all 3 steps"),
+        "{}",
+        replay.stderr
+    );
+
+    let p = Pipeline::new(
+        r#"
+        name = "wobbly"
+        [steps.steady]
+        component = "{wasm:clock_random}"
+        [steps.wobbly]
+        component = "{wasm:clock_random}"
+        grants = { clock = true, random = true }
+        "#,
+    );
+    let run = cairn.run(&["run", p.path(), "--json"]);
+    let id = run.json()["run_id"].as_str().unwrap().to_owned();
+    let replay = cairn.run(&["replay", &id, "--verify", "--json"]);
+    assert_eq!(replay.code, 4, "{}", replay.stderr);
+    let verdict: Value = serde_json::from_str(replay.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(verdict["verified"], 2);
+    assert_eq!(verdict["nondeterministic"].as_array().unwrap().len(), 1);
+    assert_eq!(verdict["nondeterministic"][0]["step"], "wobbly");
+}
+
+#[test]
+fn runs_show_logs_and_lineage_describe_a_run() {
+    crate::support::guest("echo");
+    let cairn = Cairn::new();
+    let text = repo_root().join("guest-examples/pipelines/text");
+    let run = cairn.run(&["run", text.to_str().unwrap(), "--json"]);
+    let report = run.json();
+    let id = report["run_id"].as_str().unwrap().to_owned();
+
+    let shown = cairn.run(&["runs", "show", &id]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    assert!(shown.stdout.contains("✓ split"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains("← split"),
+        "dependencies are drawn: {}",
+        shown.stdout
+    );
+    assert!(
+        shown.stdout.contains("↷ long_corpus_note"),
+        "{}",
+        shown.stdout
+    );
+
+    let logs = cairn.run(&["runs", "logs", &id, "--step", "split"]);
+    assert!(
+        logs.stdout
+            .contains("== split attempt 1\ninfo: split into 4 documents"),
+        "{}",
+        logs.stdout
+    );
+
+    let lineage = cairn.run(&["lineage", &id]);
+    let events: Value = serde_json::from_str(&lineage.stdout).unwrap();
+    let merge = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["job"]["name"] == "merge")
+        .unwrap();
+    assert_eq!(merge["eventType"], "COMPLETE");
+    assert_eq!(merge["run"]["runId"], json!(id));
+    let output = format!(
+        "blake3:{}",
+        step(&report, "merge")["output_hash"].as_str().unwrap()
+    );
+    assert_eq!(merge["outputs"][0]["name"], output);
+    assert!(
+        merge["inputs"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("blake3:")
+    );
+}
+
+#[test]
+fn a_damaged_store_is_reported_clearly() {
+    let p = two_documents();
+    let cairn = Cairn::new();
+    run_json(&cairn, p.path(), &[]);
+    let db = cairn.store.path().join("db");
+    let files: Vec<_> = std::fs::read_dir(&db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    // Several kinds of damage; each must be an error, never "no runs".
+    for garbage in [&b"this is not a sled file"[..], b"x\n", b""] {
+        for path in &files {
+            std::fs::write(path, garbage).unwrap();
+        }
+        let run = cairn.run(&["runs", "list"]);
+        assert_eq!(run.code, 1, "{:?}: {}{}", garbage, run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("cannot be read") && run.stderr.contains(".broken"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("panicked") && !run.stderr.contains("internal error"),
+            "{}",
+            run.stderr
+        );
+    }
+}
