@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use cairn::manifest::Manifest;
 use cairn::plan::{Plan, Step};
 use cairn::sandbox::{Attempt, Observer, Sandbox, SandboxConfig, SandboxError, TaskLog};
-use cairn::schedule::{self, Executor, RunOptions, RunStatus, SandboxExecutor, Silent};
-use cairn::store::DirArtifactStore;
+use cairn::schedule::{self, Executor, Ledger, RunOptions, RunStatus, SandboxExecutor, Silent};
+use cairn::store::{CacheKey, DirArtifactStore, JournalEvent, ResultMeta, RunId, SledStore, Store};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn root() -> PathBuf {
@@ -117,6 +117,37 @@ impl Executor for Noop {
     }
 }
 
+async fn run_with<E: Executor>(
+    plan: Arc<Plan>,
+    executor: Arc<E>,
+    jobs: usize,
+    ledger: Option<Arc<Ledger>>,
+) {
+    let options = RunOptions {
+        jobs,
+        fail_fast: false,
+    };
+    let report = schedule::run(
+        plan,
+        executor,
+        options,
+        Arc::new(Silent),
+        ledger,
+        std::future::pending(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+}
+
+fn ledger(store: &Arc<SledStore>, refresh: bool) -> Arc<Ledger> {
+    Arc::new(Ledger {
+        store: store.clone(),
+        run: RunId::new(),
+        refresh,
+        resumed: Default::default(),
+    })
+}
+
 async fn run<E: Executor>(plan: Arc<Plan>, executor: Arc<E>, jobs: usize) {
     let options = RunOptions {
         jobs,
@@ -180,7 +211,76 @@ fn pipelines(c: &mut Criterion) {
             b.iter(|| runtime.block_on(run(diamond_plan.clone(), executor.clone(), jobs)))
         });
     }
+    // The store: cache hits on a rerun, and the journal's cost per step.
+    let db_dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(SledStore::open(db_dir.path()).unwrap());
+    runtime.block_on(run_with(
+        fan_plan.clone(),
+        executor.clone(),
+        2,
+        Some(ledger(&db, false)),
+    ));
+    group.bench_function("store/rerun-all-cached/10k-fan-out", |b| {
+        b.iter(|| {
+            runtime.block_on(run_with(
+                fan_plan.clone(),
+                executor.clone(),
+                2,
+                Some(ledger(&db, false)),
+            ))
+        })
+    });
+    group.bench_function("store/journal+results-noop/10k-fan-out", |b| {
+        b.iter(|| {
+            runtime.block_on(run_with(
+                fan_plan.clone(),
+                Arc::new(Noop),
+                2,
+                Some(ledger(&db, true)),
+            ))
+        })
+    });
+    group.bench_function("store/no-ledger-noop/10k-fan-out", |b| {
+        b.iter(|| runtime.block_on(run_with(fan_plan.clone(), Arc::new(Noop), 2, None)))
+    });
     group.finish();
+
+    // Disk use of 100 000 results of 1 KiB each, against the raw bytes.
+    let sizes = tempfile::tempdir().unwrap();
+    {
+        let db = SledStore::open(sizes.path()).unwrap();
+        let run = RunId::new();
+        for i in 0..100_000u64 {
+            let output: Vec<u8> = (0..1024u64)
+                .map(|j| ((i * 31 + j * 7) % 251) as u8)
+                .collect();
+            let key = CacheKey(blake3::hash(&i.to_le_bytes()));
+            let meta = ResultMeta {
+                output_hash: blake3::hash(&output).to_hex().to_string(),
+                size: output.len() as u64,
+                component: "c".repeat(64),
+                input_hash: "i".repeat(64),
+                fuel: 1,
+                duration_us: 1,
+                created_ms: 1,
+            };
+            let event = JournalEvent::StepScheduled {
+                at_ms: 1,
+                step: format!("s{i}"),
+            };
+            db.commit_result(&key, &meta, &output, &run, &event)
+                .unwrap();
+        }
+        db.flush().unwrap();
+        let stats = db.cache_stats().unwrap();
+        println!(
+            "store: {} results, {} output bytes, {} on disk ({:.2}x)",
+            stats.entries,
+            stats.output_bytes,
+            stats.disk_bytes,
+            stats.disk_bytes as f64 / stats.output_bytes as f64
+        );
+    }
 
     // Wall-clock ratio for the README, measured the same way a user would.
     let time = |jobs| {

@@ -722,7 +722,12 @@ impl<E: Executor> Run<E> {
             // Durable before anyone hears the step is done: a resume after a
             // crash re-runs nothing that was reported finished. (Group
             // commit across steps would cut this fsync per step.)
-            if matches!(report.status, StepStatus::Succeeded | StepStatus::Failed(_)) {
+            // A step answered from the cache or the journal needs no fsync:
+            // if its record is lost, resuming just looks it up again.
+            let executed = report.source == Some(StepSource::Executed);
+            if matches!(report.status, StepStatus::Failed(_))
+                || (report.status == StepStatus::Succeeded && executed)
+            {
                 ledger.flush();
             }
         }
