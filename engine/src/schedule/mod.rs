@@ -23,7 +23,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -49,11 +49,33 @@ pub struct Ledger {
     /// Results the run being resumed already has, by key; used whatever the
     /// step's cache policy, because they belong to this very run.
     pub resumed: HashSet<CacheKey>,
+    buffer: Mutex<Vec<JournalEvent>>,
 }
 
 impl Ledger {
+    pub fn new(store: Arc<dyn Store>, run: RunId, refresh: bool, resumed: HashSet<CacheKey>) -> Self {
+        Self { store, run, refresh, resumed, buffer: Mutex::new(Vec::new()) }
+    }
+
+    /// Queue an event; queued events are written in one batch (in order)
+    /// before the next flush, or when the queue grows long.
     fn append(&self, event: JournalEvent) {
-        if let Err(e) = self.store.append(&self.run, &event) {
+        let full = {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+            buffer.push(event);
+            buffer.len() >= 256
+        };
+        if full {
+            self.write_buffered();
+        }
+    }
+
+    fn write_buffered(&self) {
+        let events = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()));
+        if events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.append_all(&self.run, &events) {
             tracing::warn!("cannot write the journal of run {}: {e}", self.run);
         }
     }
@@ -370,12 +392,17 @@ pub async fn run<E: Executor>(
         observer,
         options,
         ledger,
+        unflushed: Vec::new(),
     };
     tokio::pin!(cancel);
     let mut cancelled = false;
     loop {
         while let Some(id) = run.ready.pop_front() {
             run.start(id);
+        }
+        run.commit();
+        if !run.ready.is_empty() {
+            continue;
         }
         if run.stop || run.work.is_empty() {
             break;
@@ -386,13 +413,15 @@ pub async fn run<E: Executor>(
                 cancelled = true;
                 break;
             }
-            Some(joined) = run.work.join_next() => match joined {
-                Ok(done) => run.complete(done),
-                // A work future only ends in a panic if the executor has a
-                // bug; record it against nothing and keep the run going.
-                Err(e) if e.is_panic() => tracing::error!("a step's task panicked: {e}"),
-                Err(_) => {}
-            },
+            Some(joined) = run.work.join_next() => {
+                run.joined(joined);
+                // Group commit: take every completion that is already
+                // waiting, then make them all durable with one flush.
+                while let Some(joined) = run.work.try_join_next() {
+                    run.joined(joined);
+                }
+                run.commit();
+            }
         }
     }
     run.work.abort_all();
@@ -406,6 +435,10 @@ pub async fn run<E: Executor>(
                 });
             }
         }
+    }
+    if let Some(ledger) = &run.ledger {
+        ledger.write_buffered();
+        ledger.flush();
     }
     let failed = run
         .reports
@@ -441,6 +474,9 @@ struct Run<E: Executor> {
     /// Set by fail-fast: start nothing more.
     stop: bool,
     ledger: Option<Arc<Ledger>>,
+    /// Finished steps whose journal record awaits the next flush; they are
+    /// announced (and release their dependents) only after it.
+    unflushed: Vec<StepId>,
 }
 
 /// Resolves references against finished steps' outputs (and the mapped item).
@@ -673,7 +709,6 @@ impl<E: Executor> Run<E> {
             .started
             .map(|t| t.elapsed())
             .unwrap_or_default();
-        let required_failure = matches!(status, StepStatus::Failed(_)) && !step.allow_failure;
         if status == StepStatus::Succeeded {
             let state = &self.states[id];
             report.source = Some(if state.executed {
@@ -719,18 +754,50 @@ impl<E: Executor> Run<E> {
                 },
             };
             ledger.append(event);
-            // Durable before anyone hears the step is done: a resume after a
-            // crash re-runs nothing that was reported finished. (Group
-            // commit across steps would cut this fsync per step.)
-            // A step answered from the cache or the journal needs no fsync:
-            // if its record is lost, resuming just looks it up again.
+            // Durable before anyone hears the step is done, so a resume
+            // after a crash re-runs nothing that was reported finished. A
+            // step answered from the cache or the journal needs no fsync: if
+            // its record is lost, resuming just looks it up again.
             let executed = report.source == Some(StepSource::Executed);
             if matches!(report.status, StepStatus::Failed(_))
                 || (report.status == StepStatus::Succeeded && executed)
             {
-                ledger.flush();
+                self.unflushed.push(id);
+                return;
             }
         }
+        self.announce(id);
+    }
+
+    /// Make every finished step durable with one flush, then announce them.
+    fn commit(&mut self) {
+        if self.unflushed.is_empty() {
+            return;
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.write_buffered();
+            ledger.flush();
+        }
+        for id in std::mem::take(&mut self.unflushed) {
+            self.announce(id);
+        }
+    }
+
+    fn joined(&mut self, joined: Result<WorkDone, tokio::task::JoinError>) {
+        match joined {
+            Ok(done) => self.complete(done),
+            // A work future only ends in a panic if the executor has a bug;
+            // record it against nothing and keep the run going.
+            Err(e) if e.is_panic() => tracing::error!("a step's task panicked: {e}"),
+            Err(_) => {}
+        }
+    }
+
+    /// Tell the observer a step is finished and release its dependents.
+    fn announce(&mut self, id: StepId) {
+        let step = &self.plan.steps[id];
+        let report = &self.reports[id];
+        let required_failure = matches!(report.status, StepStatus::Failed(_)) && !step.allow_failure;
         self.observer.event(Event::StepFinished { step, report });
         if required_failure && self.options.fail_fast {
             self.stop = true;
@@ -966,6 +1033,8 @@ fn record(
         output_hash,
         cached: false,
     };
+    // Earlier events of this unit (attempt started/finished) go first.
+    ledger.write_buffered();
     if let Err(e) = ledger
         .store
         .commit_result(key, &meta, output, &ledger.run, &event)

@@ -318,12 +318,14 @@ impl Store for SledStore {
             })
     }
 
-    fn append(&self, run: &RunId, event: &JournalEvent) -> Result<(), StoreError> {
-        let seq = self.db.generate_id().map_err(|e| self.sled_error(e))?;
-        let value = seal(&serde_json::to_vec(event).expect("journal events always encode"));
-        self.journal
-            .insert(journal_key(run, seq), value)
-            .map_err(|e| self.sled_error(e))?;
+    fn append_all(&self, run: &RunId, events: &[JournalEvent]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for event in events {
+            let seq = self.db.generate_id().map_err(|e| self.sled_error(e))?;
+            let value = seal(&serde_json::to_vec(event).expect("journal events always encode"));
+            batch.insert(journal_key(run, seq), value);
+        }
+        self.journal.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 

@@ -41,7 +41,11 @@ pub trait Store: Send + Sync {
         event: &JournalEvent,
     ) -> Result<(), StoreError>;
     /// Append an event to a run's journal.
-    fn append(&self, run: &RunId, event: &JournalEvent) -> Result<(), StoreError>;
+    fn append(&self, run: &RunId, event: &JournalEvent) -> Result<(), StoreError> {
+        self.append_all(run, std::slice::from_ref(event))
+    }
+    /// Append events to a run's journal, in order, in one write.
+    fn append_all(&self, run: &RunId, events: &[JournalEvent]) -> Result<(), StoreError>;
     /// A run's journal, in order.
     fn journal(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError>;
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
