@@ -140,7 +140,12 @@ async fn run_with<E: Executor>(
 }
 
 fn ledger(store: &Arc<SledStore>, refresh: bool) -> Arc<Ledger> {
-    Arc::new(Ledger::new(store.clone(), RunId::new(), refresh, Default::default()))
+    Arc::new(Ledger::new(
+        store.clone(),
+        RunId::new(),
+        refresh,
+        Default::default(),
+    ))
 }
 
 async fn run<E: Executor>(plan: Arc<Plan>, executor: Arc<E>, jobs: usize) {

@@ -48,7 +48,7 @@ pub struct Manifest {
     #[serde(default)]
     pub defaults: StepSettings,
     /// The steps, in the order written.
-    pub steps: IndexMap<String, StepSpec>,
+    pub steps: IndexMap<String, Box<StepSpec>>,
 }
 
 /// Limits and retry policy, as written (strings not yet parsed).

@@ -362,7 +362,12 @@ impl Launch<'_> {
                 record.id, plan.name, record.id
             );
         }
-        let ledger = Arc::new(Ledger::new(db.clone(), record.id.clone(), self.refresh, resumed));
+        let ledger = Arc::new(Ledger::new(
+            db.clone(),
+            record.id.clone(),
+            self.refresh,
+            resumed,
+        ));
 
         let mut options = RunOptions {
             fail_fast: self.fail_fast,

@@ -53,8 +53,19 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(store: Arc<dyn Store>, run: RunId, refresh: bool, resumed: HashSet<CacheKey>) -> Self {
-        Self { store, run, refresh, resumed, buffer: Mutex::new(Vec::new()) }
+    pub fn new(
+        store: Arc<dyn Store>,
+        run: RunId,
+        refresh: bool,
+        resumed: HashSet<CacheKey>,
+    ) -> Self {
+        Self {
+            store,
+            run,
+            refresh,
+            resumed,
+            buffer: Mutex::new(Vec::new()),
+        }
     }
 
     /// Queue an event; queued events are written in one batch (in order)
@@ -797,7 +808,8 @@ impl<E: Executor> Run<E> {
     fn announce(&mut self, id: StepId) {
         let step = &self.plan.steps[id];
         let report = &self.reports[id];
-        let required_failure = matches!(report.status, StepStatus::Failed(_)) && !step.allow_failure;
+        let required_failure =
+            matches!(report.status, StepStatus::Failed(_)) && !step.allow_failure;
         self.observer.event(Event::StepFinished { step, report });
         if required_failure && self.options.fail_fast {
             self.stop = true;

@@ -325,7 +325,9 @@ impl Store for SledStore {
             let value = seal(&serde_json::to_vec(event).expect("journal events always encode"));
             batch.insert(journal_key(run, seq), value);
         }
-        self.journal.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        self.journal
+            .apply_batch(batch)
+            .map_err(|e| self.sled_error(e))?;
         Ok(())
     }
 
