@@ -5,6 +5,7 @@
 //! TTY) or machines (`--json`). Errors become one line on stderr and an exit
 //! code from the documented table; nothing here panics on user input.
 
+mod bundle;
 mod pipeline;
 mod runs;
 mod task;
@@ -108,6 +109,10 @@ enum Command {
     /// produced it (OpenLineage-style run events, JSON).
     Lineage(runs::LineageArgs),
 
+    /// Pack, inspect and verify bundles: a pipeline in one file.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
+
     /// Run or inspect a single task component.
     #[command(subcommand)]
     Task(task::TaskCommand),
@@ -142,6 +147,7 @@ pub fn main() -> ExitCode {
             Command::Runs(command) => runs::runs(command, &cli.store),
             Command::Cache(command) => runs::cache(command, &cli.store),
             Command::Lineage(args) => runs::lineage(args, &cli.store),
+            Command::Bundle(command) => bundle::execute(command, &cli.store).await,
             Command::Task(command) => task::execute(command, &cli.store).await,
         }
     });

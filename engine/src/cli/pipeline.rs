@@ -11,8 +11,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, open_sandbox, open_sandbox_for};
+use crate::bundle::Bundle;
 use crate::manifest::Manifest;
-use crate::plan::{Plan, Source};
+use crate::plan::{Plan, Source, Sources};
 use crate::sandbox::Sandbox;
 use crate::schedule::{
     self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
@@ -76,25 +77,72 @@ pub struct GraphArgs {
 }
 
 /// Load and validate a manifest, printing every problem.
-async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Plan, u8> {
-    let (path, manifest) = Manifest::load(path).map_err(|e| {
+/// Is `path` a bundle file (rather than a manifest or a directory)?
+pub(super) fn is_bundle(path: &Path) -> bool {
+    path.is_file()
+        && (path.extension().is_some_and(|e| e == "cairn")
+            || std::fs::File::open(path)
+                .and_then(|mut f| {
+                    let mut magic = [0u8; 2];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic == [0x1f, 0x8b])
+                })
+                .unwrap_or(false))
+}
+
+/// A validated plan and the hash of what it came from (the manifest file's
+/// blake3, or the bundle id).
+struct Planned {
+    plan: Plan,
+    source_hash: String,
+}
+
+/// Load and validate a manifest, a pipeline directory or a bundle, printing
+/// every problem.
+async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
+    let fail = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         EXIT_ERROR
-    })?;
-    Plan::build(&path, manifest, sandbox)
+    };
+    let report = |errors: crate::plan::PlanErrors, shown: &Path| {
+        for error in &errors.0 {
+            eprintln!("error: {error}");
+        }
+        let n = errors.0.len();
+        eprintln!(
+            "error: {n} problem{} in {}; nothing was run",
+            if n == 1 { "" } else { "s" },
+            shown.display()
+        );
+        EXIT_ERROR
+    };
+    if is_bundle(path) {
+        let bundle = Bundle::open(path).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        let manifest = bundle
+            .manifest()
+            .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        let shown = path.join(crate::bundle::MANIFEST);
+        let grants_base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let sources = Sources::Bundle {
+            bundle: &bundle,
+            grants_base: &grants_base,
+        };
+        let plan = Plan::build_from(&shown, manifest, sandbox, sources)
+            .await
+            .map_err(|e| report(e, path))?;
+        return Ok(Planned {
+            plan,
+            source_hash: bundle.id.to_hex().to_string(),
+        });
+    }
+    let (path, manifest) = Manifest::load(path).map_err(|e| fail(&e))?;
+    let bytes = std::fs::read(&path).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+    let plan = Plan::build(&path, manifest, sandbox)
         .await
-        .map_err(|errors| {
-            for error in &errors.0 {
-                eprintln!("error: {error}");
-            }
-            let n = errors.0.len();
-            eprintln!(
-                "error: {n} problem{} in {}; nothing was run",
-                if n == 1 { "" } else { "s" },
-                path.display()
-            );
-            EXIT_ERROR
-        })
+        .map_err(|e| report(e, &path))?;
+    Ok(Planned {
+        plan,
+        source_hash: blake3::hash(&bytes).to_hex().to_string(),
+    })
 }
 
 pub async fn check(args: CheckArgs, store: &Path) -> u8 {
@@ -103,7 +151,7 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
         Err(e) => return super::report_error(&e),
     };
     let plan = match plan(&args.manifest, &sandbox).await {
-        Ok(plan) => plan,
+        Ok(planned) => planned.plan,
         Err(code) => return code,
     };
     if args.json {
@@ -152,7 +200,7 @@ pub async fn graph(args: GraphArgs, store: &Path) -> u8 {
         Err(e) => return super::report_error(&e),
     };
     let plan = match plan(&args.manifest, &sandbox).await {
-        Ok(plan) => plan,
+        Ok(planned) => planned.plan,
         Err(code) => return code,
     };
     print!(
@@ -298,21 +346,13 @@ impl Launch<'_> {
             Ok(db) => Arc::new(db),
             Err(e) => return (None, super::report_error(&e.to_string())),
         };
-        let plan = match plan(manifest, &sandbox).await {
-            Ok(plan) => Arc::new(plan),
+        let (plan, manifest_hash) = match plan(manifest, &sandbox).await {
+            Ok(planned) => (Arc::new(planned.plan), planned.source_hash),
             Err(code) => return (None, code),
         };
-        let manifest_hash = match std::fs::read(&plan.manifest) {
-            Ok(bytes) => blake3::hash(&bytes).to_hex().to_string(),
-            Err(e) => {
-                return (
-                    None,
-                    super::report_error(&format!("{}: {e}", plan.manifest.display())),
-                );
-            }
-        };
-        let manifest_path =
-            std::path::absolute(&plan.manifest).unwrap_or_else(|_| plan.manifest.clone());
+        // Resume and replay come back through this path: remember what was
+        // given (manifest, directory or bundle), absolute.
+        let manifest_path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
         let resuming = self.resume.is_some();
         let (mut record, resumed) = match self.resume {
             Some((mut record, keys)) => {

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::bundle::Bundle;
 use crate::manifest::{GrantSpec, Manifest, StepSettings, StepSpec};
 use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
@@ -182,6 +183,28 @@ struct Draft {
     cache_ttl: Option<std::time::Duration>,
 }
 
+/// Where a manifest's components and data files come from.
+#[derive(Clone, Copy)]
+pub enum Sources<'a> {
+    /// Files relative to the manifest's directory.
+    Dir(&'a Path),
+    /// Members of a verified bundle; relative grants resolve against
+    /// `grants_base` (the bundle file's directory).
+    Bundle {
+        bundle: &'a Bundle,
+        grants_base: &'a Path,
+    },
+}
+
+impl Sources<'_> {
+    fn grants_base(&self) -> &Path {
+        match self {
+            Sources::Dir(base) => base,
+            Sources::Bundle { grants_base, .. } => grants_base,
+        }
+    }
+}
+
 impl Plan {
     /// Validate `manifest` (read from `path`) into a plan. Components are
     /// loaded (compiled or taken from the artifact cache) and described.
@@ -191,6 +214,16 @@ impl Plan {
         sandbox: &Sandbox,
     ) -> Result<Plan, PlanErrors> {
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::build_from(path, manifest, sandbox, Sources::Dir(&base)).await
+    }
+
+    /// Like [`Plan::build`], reading components and data from `sources`.
+    pub async fn build_from(
+        path: &Path,
+        manifest: Manifest,
+        sandbox: &Sandbox,
+        sources: Sources<'_>,
+    ) -> Result<Plan, PlanErrors> {
         let mut errors = Errors {
             file: path,
             list: Vec::new(),
@@ -214,7 +247,7 @@ impl Plan {
                 &name,
                 &spec,
                 &defaults,
-                &base,
+                sources,
                 sandbox,
                 &mut components,
                 &mut errors,
@@ -362,7 +395,7 @@ fn draft_step(
     name: &str,
     spec: &StepSpec,
     defaults: &StepSettings,
-    base: &Path,
+    sources: Sources<'_>,
     sandbox: &Sandbox,
     components: &mut HashMap<PathBuf, Option<Arc<LoadedComponent>>>,
     errors: &mut Errors<'_>,
@@ -378,10 +411,26 @@ fn draft_step(
         );
         return None;
     }
-    let component_path = base.join(&spec.component);
+    let component_path = match sources {
+        Sources::Dir(base) => base.join(&spec.component),
+        Sources::Bundle { .. } => PathBuf::from(&spec.component),
+    };
+    let load = |path: &Path| match sources {
+        Sources::Dir(_) => sandbox.load_file(path),
+        Sources::Bundle { bundle, .. } => match bundle.member(&spec.component) {
+            Some(bytes) => sandbox.load(bytes),
+            None => Err(crate::sandbox::LoadError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a member of the bundle",
+                ),
+            }),
+        },
+    };
     let component = components
         .entry(component_path.clone())
-        .or_insert_with(|| match sandbox.load_file(&component_path) {
+        .or_insert_with(|| match load(&component_path) {
             Ok(loaded) => Some(loaded),
             Err(crate::sandbox::LoadError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 errors.step(
@@ -442,7 +491,7 @@ fn draft_step(
         }),
         None => RetryPolicy::default(),
     };
-    let grants = grants(&spec.grants, base).unwrap_or_else(|e| {
+    let grants = grants(&spec.grants, sources.grants_base()).unwrap_or_else(|e| {
         errors.step(name, format!("grants: {e}"));
         Grants::default()
     });
@@ -461,7 +510,7 @@ fn draft_step(
         .map(to_json)
         .unwrap_or(Ok(default_input))
     {
-        Ok(value) => match inline_files(value, base).and_then(|v| Template::parse(&v)) {
+        Ok(value) => match inline_files(value, sources).and_then(|v| Template::parse(&v)) {
             Ok(t) => t,
             Err(e) => {
                 errors.step(name, format!("input: {e}"));
@@ -743,7 +792,7 @@ fn to_json(value: &toml::Value) -> Result<Value, String> {
 /// Replace `{ "$file" = "p" }` with the file's text and `{ "$json" = "p" }`
 /// with its JSON. Paths are relative to the manifest and may not leave its
 /// directory, so a manifest cannot make the host read arbitrary files.
-fn inline_files(value: Value, base: &Path) -> Result<Value, String> {
+fn inline_files(value: Value, sources: Sources<'_>) -> Result<Value, String> {
     Ok(match value {
         Value::Object(map)
             if map.len() == 1 && (map.contains_key("$file") || map.contains_key("$json")) =>
@@ -752,7 +801,34 @@ fn inline_files(value: Value, base: &Path) -> Result<Value, String> {
             let Value::String(relative) = target else {
                 return Err(format!("{kind} must be a path string"));
             };
-            let path = confined_path(base, &relative)?;
+            let text = read_data_file(sources, &kind, &relative)?;
+            if kind == "$json" {
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("$json {relative:?} is not valid JSON: {e}"))?
+            } else {
+                Value::String(text)
+            }
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| Ok((k, inline_files(v, sources)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| inline_files(v, sources))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other,
+    })
+}
+
+/// A data file's text, from the manifest's directory or the bundle.
+fn read_data_file(sources: Sources<'_>, kind: &str, relative: &str) -> Result<String, String> {
+    match sources {
+        Sources::Dir(base) => {
+            let path = confined_path(base, relative)?;
             let size = std::fs::metadata(&path)
                 .map_err(|e| format!("{kind} {relative:?}: {e}"))?
                 .len();
@@ -763,28 +839,16 @@ fn inline_files(value: Value, base: &Path) -> Result<Value, String> {
                     ByteSize(MAX_INLINE_FILE)
                 ));
             }
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{kind} {relative:?}: {e}"))?;
-            if kind == "$json" {
-                serde_json::from_str(&text)
-                    .map_err(|e| format!("$json {relative:?} is not valid JSON: {e}"))?
-            } else {
-                Value::String(text)
-            }
+            std::fs::read_to_string(&path).map_err(|e| format!("{kind} {relative:?}: {e}"))
         }
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| Ok((k, inline_files(v, base)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|v| inline_files(v, base))
-                .collect::<Result<_, _>>()?,
-        ),
-        other => other,
-    })
+        Sources::Bundle { bundle, .. } => {
+            let bytes = bundle
+                .member(relative)
+                .ok_or_else(|| format!("{kind} {relative:?} is not a member of the bundle"))?;
+            String::from_utf8(bytes.to_vec())
+                .map_err(|_| format!("{kind} {relative:?} is not UTF-8 text"))
+        }
+    }
 }
 
 /// `relative` under `base`, refusing absolute paths, `..` and symlinks out.
@@ -977,12 +1041,13 @@ mod tests {
         std::fs::write(dir.path().join("data.csv"), "a,b\n").unwrap();
         let v = inline_files(
             serde_json::json!({"csv": {"$file": "data.csv"}}),
-            dir.path(),
+            Sources::Dir(dir.path()),
         )
         .unwrap();
         assert_eq!(v, serde_json::json!({"csv": "a,b\n"}));
         for bad in ["../x", "/etc/passwd", "a/../../x"] {
-            let err = inline_files(serde_json::json!({"$file": bad}), dir.path()).unwrap_err();
+            let err = inline_files(serde_json::json!({"$file": bad}), Sources::Dir(dir.path()))
+                .unwrap_err();
             assert!(
                 err.contains("inside the manifest's directory"),
                 "{bad}: {err}"
@@ -991,7 +1056,11 @@ mod tests {
         #[cfg(unix)]
         {
             std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
-            let err = inline_files(serde_json::json!({"$file": "link"}), dir.path()).unwrap_err();
+            let err = inline_files(
+                serde_json::json!({"$file": "link"}),
+                Sources::Dir(dir.path()),
+            )
+            .unwrap_err();
             assert!(err.contains("symlink"), "{err}");
         }
     }

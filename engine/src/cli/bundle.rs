@@ -1,0 +1,200 @@
+//! `cairn bundle pack|inspect|verify`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde_json::json;
+
+use super::{open_sandbox, report_error};
+use crate::bundle::{self, Bundle};
+use crate::plan::{Plan, Sources};
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Pack a pipeline (manifest or directory) with its components and data
+    /// files into one reproducible .cairn file.
+    Pack {
+        /// The pipeline manifest, or a directory holding `pipeline.toml`.
+        pipeline: PathBuf,
+        /// Where to write the bundle.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Show a bundle: id, steps, components with hashes and sizes, and the
+    /// capabilities every step asks for.
+    Inspect {
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every member of a bundle against its lock.
+    Verify { bundle: PathBuf },
+}
+
+pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
+    match command {
+        BundleCommand::Pack { pipeline, output } => {
+            let bytes = match bundle::pack(&pipeline) {
+                Ok(bytes) => bytes,
+                Err(e) => return report_error(&e.to_string()),
+            };
+            // Check what we wrote reads back before putting it in place.
+            let id = match Bundle::read(&bytes) {
+                Ok(b) => b.id,
+                Err(e) => {
+                    return report_error(&format!("the packed bundle does not read back: {e}"));
+                }
+            };
+            let dir = output
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut file| {
+                file.write_all(&bytes)?;
+                file.as_file().sync_data()?;
+                file.persist(&output).map_err(|e| e.error)?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                return report_error(&format!("cannot write {}: {e}", output.display()));
+            }
+            println!(
+                "packed {} ({} bytes), bundle id {}",
+                output.display(),
+                bytes.len(),
+                id.to_hex()
+            );
+            0
+        }
+        BundleCommand::Verify { bundle } => match Bundle::open(&bundle) {
+            Ok(b) => {
+                println!(
+                    "ok: {} members match the lock; bundle id {}",
+                    b.lock.members.len(),
+                    b.id.to_hex()
+                );
+                0
+            }
+            Err(e) => report_error(&format!("{}: {e}", bundle.display())),
+        },
+        BundleCommand::Inspect { bundle, json } => inspect(&bundle, json, store).await,
+    }
+}
+
+async fn inspect(path: &Path, json: bool, store: &Path) -> u8 {
+    let bundle = match Bundle::open(path) {
+        Ok(b) => b,
+        Err(e) => return report_error(&format!("{}: {e}", path.display())),
+    };
+    let manifest = match bundle.manifest() {
+        Ok(m) => m,
+        Err(e) => return report_error(&format!("{}: {e}", path.display())),
+    };
+    let sandbox = match open_sandbox(store) {
+        Ok(s) => s,
+        Err(e) => return report_error(&e),
+    };
+    let grants_base = path.parent().map(Path::to_owned).unwrap_or_default();
+    let shown = path.join(bundle::MANIFEST);
+    let plan = match Plan::build_from(
+        &shown,
+        manifest,
+        &sandbox,
+        Sources::Bundle {
+            bundle: &bundle,
+            grants_base: &grants_base,
+        },
+    )
+    .await
+    {
+        Ok(plan) => plan,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return report_error(&format!(
+                "{}: the bundled pipeline is not valid",
+                path.display()
+            ));
+        }
+    };
+    let steps: Vec<_> = plan
+        .order
+        .iter()
+        .map(|&id| {
+            let s = &plan.steps[id];
+            let mut wants: Vec<String> = s
+                .grants
+                .read_dirs
+                .iter()
+                .map(|d| format!("read:{}", d.display()))
+                .collect();
+            wants.extend(
+                s.grants
+                    .scratch
+                    .iter()
+                    .map(|d| format!("scratch:{}", d.display())),
+            );
+            wants.extend(s.grants.env.iter().map(|(k, _)| format!("env:{k}")));
+            if s.grants.wall_clock {
+                wants.push("clock".into());
+            }
+            if s.grants.random {
+                wants.push("random".into());
+            }
+            json!({
+                "name": s.name,
+                "component": s.component_path,
+                "component_hash": s.component.hash.to_hex().as_str(),
+                "capabilities": wants,
+                "fuel": s.limits.fuel,
+                "timeout_ms": s.limits.timeout.as_millis() as u64,
+                "memory": s.limits.memory.bytes(),
+            })
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            json!({"id": bundle.id.to_hex().as_str(), "pipeline": plan.name, "members": bundle.lock.members, "steps": steps, "signatures": []})
+        );
+        return 0;
+    }
+    println!("bundle     {}", path.display());
+    println!("id         {}", bundle.id.to_hex());
+    println!("pipeline   {} ({} steps)", plan.name, plan.steps.len());
+    println!("members:");
+    for m in &bundle.lock.members {
+        println!(
+            "  {:<48} {:>10} bytes  blake3 {}…",
+            m.path,
+            m.size,
+            &m.blake3[..16]
+        );
+    }
+    println!("steps and the capabilities they ask for:");
+    for s in &steps {
+        let caps = s["capabilities"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!(
+            "  {:<20} {}  {}",
+            s["name"].as_str().unwrap_or_default(),
+            s["component"].as_str().unwrap_or_default(),
+            if caps.is_empty() {
+                "(nothing)".to_owned()
+            } else {
+                caps
+            }
+        );
+    }
+    println!("signatures: none");
+    0
+}
