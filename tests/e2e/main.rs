@@ -7,6 +7,7 @@
 mod support;
 
 mod artifacts;
+mod bundles;
 mod determinism;
 mod examples;
 mod malformed;
