@@ -61,7 +61,43 @@ pub struct Bundle {
     /// blake3 of the lock bytes.
     pub id: blake3::Hash,
     pub lock: Lock,
+    /// Valid signatures over the id (an invalid one refuses the bundle).
+    pub signatures: Vec<Signature>,
     members: BTreeMap<String, Vec<u8>>,
+    lock_bytes: Vec<u8>,
+    signature_members: BTreeMap<String, Vec<u8>>,
+}
+
+/// Where signatures live; they sign the bundle id, so they are not in the lock.
+pub const SIGNATURES: &str = "signatures/";
+
+/// A verified ed25519 signature of a bundle id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Hex of the 32-byte ed25519 public key.
+    pub public_key: String,
+    /// The first 16 hex digits of blake3(public key).
+    pub key_id: String,
+}
+
+/// The member a signature is stored in.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignatureMember {
+    public_key: String,
+    signature: String,
+}
+
+/// What is signed: a domain tag and the bundle id.
+fn signed_message(id: &blake3::Hash) -> Vec<u8> {
+    let mut message = b"cairn bundle signature v1\n".to_vec();
+    message.extend_from_slice(id.as_bytes());
+    message
+}
+
+/// The short id of a public key.
+pub fn key_id(public_key: &[u8; 32]) -> String {
+    blake3::hash(public_key).to_hex()[..16].to_owned()
 }
 
 /// Why a bundle was refused.
@@ -89,6 +125,12 @@ pub enum BundleError {
     Mismatch { path: String, reason: String },
     #[error("cannot pack: {0}")]
     Pack(String),
+    #[error(
+        "signature {path} is invalid: {reason}; the bundle was changed after signing, or the signature is forged"
+    )]
+    BadSignature { path: String, reason: String },
+    #[error("{0}")]
+    Key(String),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
 }
@@ -203,6 +245,16 @@ impl Bundle {
         let lock_bytes = members
             .remove(LOCK)
             .ok_or_else(|| BundleError::Lock(format!("no {LOCK} member")))?;
+        let signature_names: Vec<String> = members
+            .keys()
+            .filter(|p| p.starts_with(SIGNATURES))
+            .cloned()
+            .collect();
+        let mut signature_members = BTreeMap::new();
+        for name in signature_names {
+            let data = members.remove(&name).expect("the name was just listed");
+            signature_members.insert(name, data);
+        }
         let lock: Lock =
             serde_json::from_slice(&lock_bytes).map_err(|e| BundleError::Lock(e.to_string()))?;
         if lock.format != 1 {
@@ -250,11 +302,35 @@ impl Bundle {
         if !members.contains_key(MANIFEST) {
             return Err(BundleError::Lock(format!("no {MANIFEST} member")));
         }
+        let id = blake3::hash(&lock_bytes);
+        let signatures = signature_members
+            .iter()
+            .map(|(path, data)| verify_signature(&id, path, data))
+            .collect::<Result<_, _>>()?;
         Ok(Bundle {
-            id: blake3::hash(&lock_bytes),
+            id,
             lock,
+            signatures,
             members,
+            lock_bytes,
+            signature_members,
         })
+    }
+
+    /// The bundle with one more signature, made with `key`.
+    pub fn sign(&self, key: &ed25519_dalek::SigningKey) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let public = key.verifying_key().to_bytes();
+        let member = SignatureMember {
+            public_key: hex::encode(public),
+            signature: hex::encode(key.sign(&signed_message(&self.id)).to_bytes()),
+        };
+        let mut all = self.members.clone();
+        all.insert(LOCK.into(), self.lock_bytes.clone());
+        all.extend(self.signature_members.clone());
+        let json = serde_json::to_vec_pretty(&member).expect("signatures always encode");
+        all.insert(format!("{SIGNATURES}{}.sig", key_id(&public)), json);
+        write_archive(&all).expect("writing to memory cannot fail")
     }
 
     /// A member's bytes by its path.
@@ -274,6 +350,67 @@ impl Bundle {
             })
         })
     }
+}
+
+fn verify_signature(id: &blake3::Hash, path: &str, data: &[u8]) -> Result<Signature, BundleError> {
+    let bad = |reason: String| BundleError::BadSignature {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.ends_with(".sig") || path[SIGNATURES.len()..].contains('/') {
+        return Err(bad(
+            "signature members are named signatures/<key id>.sig".into()
+        ));
+    }
+    let member: SignatureMember = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+    let public: [u8; 32] = hex::decode(&member.public_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("the public key is not 32 bytes of hex".into()))?;
+    let signature: [u8; 64] = hex::decode(&member.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("the signature is not 64 bytes of hex".into()))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&public).map_err(|e| bad(e.to_string()))?;
+    key.verify_strict(
+        &signed_message(id),
+        &ed25519_dalek::Signature::from_bytes(&signature),
+    )
+    .map_err(|_| bad("it does not verify against this bundle's id".into()))?;
+    Ok(Signature {
+        public_key: member.public_key,
+        key_id: key_id(&public),
+    })
+}
+
+/// Generate a signing key; returns (secret key file text, public key hex).
+pub fn generate_key() -> (String, String) {
+    let seed: [u8; 32] = rand::random();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    (
+        format!("cairn-ed25519-secret:{}\n", hex::encode(seed)),
+        hex::encode(key.verifying_key().to_bytes()),
+    )
+}
+
+/// Read a secret key file written by [`generate_key`].
+pub fn read_key(path: &Path) -> Result<ed25519_dalek::SigningKey, BundleError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BundleError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let seed: [u8; 32] = text
+        .trim()
+        .strip_prefix("cairn-ed25519-secret:")
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            BundleError::Key(format!(
+                "{} is not a Cairn secret key (made by `cairn key gen`)",
+                path.display()
+            ))
+        })?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }
 
 fn archive_error(e: std::io::Error, total: u64) -> BundleError {
@@ -364,6 +501,11 @@ pub fn pack(path: &Path) -> Result<Vec<u8>, BundleError> {
     lock_bytes.push(b'\n');
     members.insert(LOCK.into(), lock_bytes);
 
+    write_archive(&members).map_err(|e| BundleError::Pack(e.to_string()))
+}
+
+/// The deterministic archive of `members`: path order, zero times and ids.
+fn write_archive(members: &BTreeMap<String, Vec<u8>>) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let gz = flate2::GzBuilder::new()
@@ -371,7 +513,7 @@ pub fn pack(path: &Path) -> Result<Vec<u8>, BundleError> {
             .write(&mut out, flate2::Compression::default());
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
-        for (path, data) in &members {
+        for (path, data) in members {
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
             header.set_mode(0o644);
@@ -379,16 +521,9 @@ pub fn pack(path: &Path) -> Result<Vec<u8>, BundleError> {
             header.set_uid(0);
             header.set_gid(0);
             header.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut header, path, data.as_slice())
-                .map_err(|e| BundleError::Pack(e.to_string()))?;
+            tar.append_data(&mut header, path, data.as_slice())?;
         }
-        let gz = tar
-            .into_inner()
-            .map_err(|e| BundleError::Pack(e.to_string()))?;
-        gz.finish()
-            .map_err(|e| BundleError::Pack(e.to_string()))?
-            .flush()
-            .map_err(|e| BundleError::Pack(e.to_string()))?;
+        tar.into_inner()?.finish()?.flush()?;
     }
     Ok(out)
 }

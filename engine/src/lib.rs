@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod cli;
 pub mod manifest;
 pub mod plan;
+pub mod policy;
 pub mod sandbox;
 pub mod schedule;
 pub mod store;

@@ -28,8 +28,54 @@ pub enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check every member of a bundle against its lock.
+    /// Check every member of a bundle against its lock, and every signature.
     Verify { bundle: PathBuf },
+    /// Add an ed25519 signature over the bundle id (the file is rewritten;
+    /// its id does not change).
+    Sign {
+        bundle: PathBuf,
+        /// A secret key file from `cairn key gen`.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate an ed25519 signing key: NAME.key (secret, mode 0600) and
+    /// NAME.pub (the public key, for a host's trusted_keys).
+    Gen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+    },
+}
+
+pub fn key(command: KeyCommand) -> u8 {
+    let KeyCommand::Gen { out } = command;
+    let (secret, public) = bundle::generate_key();
+    let secret_path = out.with_extension("key");
+    let public_path = out.with_extension("pub");
+    if secret_path.exists() {
+        return report_error(&format!(
+            "{} exists; refusing to overwrite a key",
+            secret_path.display()
+        ));
+    }
+    let written = (|| -> std::io::Result<()> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&secret_path)?.write_all(secret.as_bytes())?;
+        std::fs::write(&public_path, format!("{public}\n"))
+    })();
+    if let Err(e) = written {
+        return report_error(&format!("cannot write the key files: {e}"));
+    }
+    println!("secret key {} (keep it private)", secret_path.display());
+    println!("public key {} : {public}", public_path.display());
+    0
 }
 
 pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
@@ -70,14 +116,43 @@ pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
         BundleCommand::Verify { bundle } => match Bundle::open(&bundle) {
             Ok(b) => {
                 println!(
-                    "ok: {} members match the lock; bundle id {}",
+                    "ok: {} members match the lock; {} valid signature{}; bundle id {}",
                     b.lock.members.len(),
+                    b.signatures.len(),
+                    if b.signatures.len() == 1 { "" } else { "s" },
                     b.id.to_hex()
                 );
                 0
             }
             Err(e) => report_error(&format!("{}: {e}", bundle.display())),
         },
+        BundleCommand::Sign { bundle, key } => {
+            let signing = match bundle::read_key(&key) {
+                Ok(k) => k,
+                Err(e) => return report_error(&e.to_string()),
+            };
+            let opened = match Bundle::open(&bundle) {
+                Ok(b) => b,
+                Err(e) => return report_error(&format!("{}: {e}", bundle.display())),
+            };
+            let bytes = opened.sign(&signing);
+            let dir = bundle
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut file| {
+                file.write_all(&bytes)?;
+                file.as_file().sync_data()?;
+                file.persist(&bundle).map_err(|e| e.error)?;
+                Ok(())
+            });
+            if let Err(e) = written {
+                return report_error(&format!("cannot write {}: {e}", bundle.display()));
+            }
+            let public = hex::encode(signing.verifying_key().to_bytes());
+            println!("signed {} with key {public}", bundle.display());
+            0
+        }
         BundleCommand::Inspect { bundle, json } => inspect(&bundle, json, store).await,
     }
 }
@@ -157,7 +232,7 @@ async fn inspect(path: &Path, json: bool, store: &Path) -> u8 {
     if json {
         println!(
             "{}",
-            json!({"id": bundle.id.to_hex().as_str(), "pipeline": plan.name, "members": bundle.lock.members, "steps": steps, "signatures": []})
+            json!({"id": bundle.id.to_hex().as_str(), "pipeline": plan.name, "members": bundle.lock.members, "steps": steps, "signatures": bundle.signatures})
         );
         return 0;
     }
@@ -195,6 +270,14 @@ async fn inspect(path: &Path, json: bool, store: &Path) -> u8 {
             }
         );
     }
-    println!("signatures: none");
+    if bundle.signatures.is_empty() {
+        println!("signatures: none");
+    }
+    for sig in &bundle.signatures {
+        println!(
+            "signature: ed25519 key {} ({}), valid",
+            sig.public_key, sig.key_id
+        );
+    }
     0
 }

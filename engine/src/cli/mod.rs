@@ -109,9 +109,16 @@ enum Command {
     /// produced it (OpenLineage-style run events, JSON).
     Lineage(runs::LineageArgs),
 
-    /// Pack, inspect and verify bundles: a pipeline in one file.
+    /// Pack, inspect, verify and sign bundles: a pipeline in one file.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+
+    /// Make signing keys for bundles.
+    #[command(subcommand)]
+    Key(bundle::KeyCommand),
+
+    /// Show the audit log: every capability granted and every denial.
+    Audit(runs::AuditArgs),
 
     /// Run or inspect a single task component.
     #[command(subcommand)]
@@ -148,6 +155,8 @@ pub fn main() -> ExitCode {
             Command::Cache(command) => runs::cache(command, &cli.store),
             Command::Lineage(args) => runs::lineage(args, &cli.store),
             Command::Bundle(command) => bundle::execute(command, &cli.store).await,
+            Command::Key(command) => bundle::key(command),
+            Command::Audit(args) => runs::audit(args, &cli.store),
             Command::Task(command) => task::execute(command, &cli.store).await,
         }
     });

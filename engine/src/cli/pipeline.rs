@@ -14,10 +14,12 @@ use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, open_sandbox, op
 use crate::bundle::Bundle;
 use crate::manifest::Manifest;
 use crate::plan::{Plan, Source, Sources};
+use crate::policy::Policy;
 use crate::sandbox::Sandbox;
 use crate::schedule::{
     self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
 };
+use crate::store::audit::{AuditEntry, AuditLog};
 use crate::store::records::now_ms;
 use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, StepSource, Store};
 
@@ -46,6 +48,9 @@ pub struct RunArgs {
     /// Run every step even if its result is cached (results are stored anew).
     #[arg(long)]
     refresh: bool,
+
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +61,9 @@ pub struct CheckArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,6 +102,99 @@ pub(super) fn is_bundle(path: &Path) -> bool {
 struct Planned {
     plan: Plan,
     source_hash: String,
+    /// A bundle's valid signatures; `None` for a manifest or directory.
+    signatures: Option<Vec<crate::bundle::Signature>>,
+}
+
+/// Where a host's policy comes from (shared by run, check, resume, replay).
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Host policy capping what pipelines may ask for (see the README).
+    #[arg(long, value_name = "FILE", env = "CAIRN_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// The tenant whose [tenants.NAME] section of the policy applies.
+    #[arg(long, value_name = "NAME", env = "CAIRN_TENANT", requires = "policy")]
+    pub tenant: Option<String>,
+}
+
+impl PolicyArgs {
+    pub fn load(&self) -> Result<Option<Policy>, u8> {
+        match &self.policy {
+            None => Ok(None),
+            Some(file) => Policy::load(file, self.tenant.as_deref())
+                .map(Some)
+                .map_err(|e| super::report_error(&e)),
+        }
+    }
+}
+
+/// Check a plan against the policy; denials are audited and printed.
+fn admit(planned: &Planned, policy: Option<&Policy>, store: &Path) -> Result<(), u8> {
+    let Some(policy) = policy else { return Ok(()) };
+    let denials = policy.check(&planned.plan, planned.signatures.as_deref());
+    if denials.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<AuditEntry> = denials
+        .iter()
+        .map(|d| AuditEntry {
+            at_ms: now_ms(),
+            run: None,
+            tenant: policy.tenant.clone(),
+            step: d.step.clone(),
+            event: "denied".into(),
+            capability: d.capability.clone(),
+            detail: format!("{} (pipeline {})", d.message, planned.plan.name),
+        })
+        .collect();
+    if let Err(e) = AuditLog::new(store).append(&entries) {
+        eprintln!("warning: cannot write the audit log: {e}");
+    }
+    for d in &denials {
+        match &d.step {
+            Some(step) => eprintln!("error: step `{step}`: {}", d.message),
+            None => eprintln!("error: {}", d.message),
+        }
+    }
+    Err(super::report_error(&format!(
+        "the policy refuses {} ({} problem{}); nothing was run",
+        planned.plan.name,
+        denials.len(),
+        if denials.len() == 1 { "" } else { "s" }
+    )))
+}
+
+/// One audit entry per capability each step is granted.
+fn audit_grants(plan: &Plan, tenant: &str, run: &RunId, store: &Path) {
+    let mut entries = Vec::new();
+    for step in &plan.steps {
+        let g = &step.grants;
+        let mut caps: Vec<String> = g
+            .read_dirs
+            .iter()
+            .map(|d| format!("read:{}", d.display()))
+            .collect();
+        caps.extend(g.scratch.iter().map(|d| format!("scratch:{}", d.display())));
+        caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
+        if g.wall_clock {
+            caps.push("clock".into());
+        }
+        if g.random {
+            caps.push("random".into());
+        }
+        entries.extend(caps.into_iter().map(|capability| AuditEntry {
+            at_ms: now_ms(),
+            run: Some(run.0.clone()),
+            tenant: tenant.to_owned(),
+            step: Some(step.name.clone()),
+            event: "granted".into(),
+            capability,
+            detail: format!("pipeline {}", plan.name),
+        }));
+    }
+    if let Err(e) = AuditLog::new(store).append(&entries) {
+        eprintln!("warning: cannot write the audit log: {e}");
+    }
 }
 
 /// Load and validate a manifest, a pipeline directory or a bundle, printing
@@ -132,6 +233,7 @@ async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
         return Ok(Planned {
             plan,
             source_hash: bundle.id.to_hex().to_string(),
+            signatures: Some(bundle.signatures.clone()),
         });
     }
     let (path, manifest) = Manifest::load(path).map_err(|e| fail(&e))?;
@@ -142,18 +244,27 @@ async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
     Ok(Planned {
         plan,
         source_hash: blake3::hash(&bytes).to_hex().to_string(),
+        signatures: None,
     })
 }
 
 pub async fn check(args: CheckArgs, store: &Path) -> u8 {
+    let policy = match args.policy.load() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let sandbox = match open_sandbox(store) {
         Ok(s) => s,
         Err(e) => return super::report_error(&e),
     };
-    let plan = match plan(&args.manifest, &sandbox).await {
-        Ok(planned) => planned.plan,
+    let planned = match plan(&args.manifest, &sandbox).await {
+        Ok(planned) => planned,
         Err(code) => return code,
     };
+    if let Err(code) = admit(&planned, policy.as_ref(), store) {
+        return code;
+    }
+    let plan = planned.plan;
     if args.json {
         let steps: Vec<_> = plan
             .order
@@ -308,7 +419,12 @@ fn dot(plan: &Plan) -> String {
 }
 
 pub async fn run(args: RunArgs, store: &Path) -> u8 {
+    let policy = match args.policy.load() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let launch = Launch {
+        policy,
         store,
         jobs: args.jobs,
         fail_fast: args.fail_fast,
@@ -332,6 +448,7 @@ pub(super) struct Launch<'a> {
     pub replay_of: Option<RunId>,
     pub json: bool,
     pub quiet: bool,
+    pub policy: Option<Policy>,
 }
 
 impl Launch<'_> {
@@ -346,10 +463,18 @@ impl Launch<'_> {
             Ok(db) => Arc::new(db),
             Err(e) => return (None, super::report_error(&e.to_string())),
         };
-        let (plan, manifest_hash) = match plan(manifest, &sandbox).await {
-            Ok(planned) => (Arc::new(planned.plan), planned.source_hash),
+        let planned = match plan(manifest, &sandbox).await {
+            Ok(planned) => planned,
             Err(code) => return (None, code),
         };
+        if let Err(code) = admit(&planned, self.policy.as_ref(), self.store) {
+            return (None, code);
+        }
+        let (plan, manifest_hash) = (Arc::new(planned.plan), planned.source_hash);
+        let tenant = self
+            .policy
+            .as_ref()
+            .map_or("-".to_owned(), |p| p.tenant.clone());
         // Resume and replay come back through this path: remember what was
         // given (manifest, directory or bundle), absolute.
         let manifest_path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
@@ -416,6 +541,10 @@ impl Launch<'_> {
         if let Some(jobs) = self.jobs {
             options.jobs = jobs as usize;
         }
+        if let Some(max) = self.policy.as_ref().and_then(|p| p.max_concurrency) {
+            options.jobs = options.jobs.min(max.max(1) as usize);
+        }
+        audit_grants(&plan, &tenant, &record.id, self.store);
         let live = std::io::stderr().is_terminal() && !self.quiet && !self.json;
         let observer: Arc<dyn RunObserver> = if self.quiet {
             Arc::new(schedule::Silent)
@@ -441,6 +570,27 @@ impl Launch<'_> {
         )
         .await;
         drop(observer);
+        let denied: Vec<AuditEntry> = report
+            .steps
+            .iter()
+            .filter_map(|step| match &step.status {
+                StepStatus::Failed(f) if f.class == Some(crate::sandbox::FailureClass::Denied) => {
+                    Some(AuditEntry {
+                        at_ms: now_ms(),
+                        run: Some(record.id.0.clone()),
+                        tenant: tenant.clone(),
+                        step: Some(step.name.clone()),
+                        event: "denied".into(),
+                        capability: "sandbox".into(),
+                        detail: f.message.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = AuditLog::new(self.store).append(&denied) {
+            eprintln!("warning: cannot write the audit log: {e}");
+        }
 
         let status = match report.status {
             RunStatus::Succeeded => "succeeded",

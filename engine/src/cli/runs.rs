@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::pipeline::Launch;
+use super::pipeline::{Launch, PolicyArgs};
 use super::{open_sandbox, report_error};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
@@ -21,6 +21,8 @@ pub const EXIT_NONDETERMINISTIC: u8 = 4;
 
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// The run to continue (an id or a unique prefix, from `cairn runs list`).
     run: String,
     /// Most steps running at once (default: the number of CPU cores).
@@ -34,6 +36,8 @@ pub struct ResumeArgs {
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// The run to replay.
     run: String,
     /// Compare every step's output with the original run's and report each
@@ -112,6 +116,10 @@ fn journal(db: &dyn Store, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
 }
 
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
+    let policy = match args.policy.load() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let (record, keys) = {
         let db = match open(store) {
             Ok(db) => db,
@@ -149,11 +157,16 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
         replay_of: None,
         json: args.json,
         quiet: args.quiet,
+        policy,
     };
     launch.run(&manifest).await.1
 }
 
 pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
+    let policy = match args.policy.load() {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     let (record, original) = {
         let db = match open(store) {
             Ok(db) => db,
@@ -187,6 +200,7 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         replay_of: Some(record.id.clone()),
         json: args.json,
         quiet: args.quiet || args.json,
+        policy,
     };
     let (report, code) = launch.run(&record.manifest).await;
     let Some(report) = report else { return code };
@@ -614,5 +628,50 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
         }));
     }
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    0
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries of this run.
+    #[arg(long, value_name = "RUN")]
+    run: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `cairn audit`: every grant and denial, oldest first.
+pub fn audit(args: AuditArgs, store: &Path) -> u8 {
+    let (entries, bad) = match crate::store::audit::AuditLog::new(store).read() {
+        Ok(read) => read,
+        Err(e) => return report_error(&e.to_string()),
+    };
+    let entries: Vec<_> = entries
+        .into_iter()
+        .filter(|e| {
+            args.run
+                .as_ref()
+                .is_none_or(|r| e.run.as_ref().is_some_and(|x| x.starts_with(r.as_str())))
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+    } else {
+        for e in &entries {
+            println!(
+                "{}  {:<7}  tenant {:<10} run {:<16} step {:<16} {}  {}",
+                time(e.at_ms),
+                e.event,
+                e.tenant,
+                e.run.as_deref().unwrap_or("-"),
+                e.step.as_deref().unwrap_or("-"),
+                e.capability,
+                e.detail
+            );
+        }
+    }
+    if bad > 0 {
+        eprintln!("warning: {bad} damaged line(s) in the audit log were skipped");
+    }
     0
 }

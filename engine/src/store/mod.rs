@@ -12,6 +12,7 @@
 //! never handed to a caller.
 
 pub mod artifacts;
+pub mod audit;
 pub mod db;
 pub mod records;
 

@@ -1,0 +1,325 @@
+//! Host policy (`policy.toml`): the most any pipeline may ask for, per tenant.
+//!
+//! A host that runs pipelines it does not trust caps them here: limits
+//! (fuel, timeout, memory, output, concurrency), which capabilities may be
+//! granted at all (read directories by prefix, environment variables by
+//! name, scratch, real clock, OS randomness), and whether bundles must be
+//! signed by a trusted key. A plan that asks for more is rejected before
+//! anything runs, naming the step, the capability and the policy line.
+//!
+//! ```toml
+//! [default]
+//! max_fuel = 10_000_000_000
+//! max_timeout = "60s"
+//! max_memory = "512MiB"
+//! max_output = "64MiB"
+//! max_concurrency = 4
+//! allow_read = ["/srv/data"]
+//! allow_env = ["LANG"]
+//! allow_scratch = true
+//! allow_clock = false
+//! allow_random = false
+//! require_signed = false
+//! trusted_keys = []              # hex ed25519 public keys
+//!
+//! [tenants.acme]                 # overrides [default] field by field
+//! max_memory = "1GiB"
+//! require_signed = true
+//! trusted_keys = ["3b6a27bc…"]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::bundle::Signature;
+use crate::plan::Plan;
+use crate::sandbox::limits::{ByteSize, parse_duration};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    pub max_fuel: Option<u64>,
+    pub max_timeout: Option<String>,
+    pub max_memory: Option<String>,
+    pub max_output: Option<String>,
+    pub max_concurrency: Option<u32>,
+    pub allow_read: Option<Vec<String>>,
+    pub allow_env: Option<Vec<String>>,
+    pub allow_scratch: Option<bool>,
+    pub allow_clock: Option<bool>,
+    pub allow_random: Option<bool>,
+    pub require_signed: Option<bool>,
+    pub trusted_keys: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    default: Rules,
+    #[serde(default)]
+    tenants: IndexMap<String, Rules>,
+}
+
+/// The effective rules for one tenant, validated.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub file: PathBuf,
+    pub tenant: String,
+    max_fuel: Option<(u64, String)>,
+    max_timeout: Option<(Duration, String)>,
+    max_memory: Option<(ByteSize, String)>,
+    max_output: Option<(ByteSize, String)>,
+    pub max_concurrency: Option<u32>,
+    allow_read: (Vec<PathBuf>, String),
+    allow_env: (Vec<String>, String),
+    allow_scratch: (bool, String),
+    allow_clock: (bool, String),
+    allow_random: (bool, String),
+    require_signed: (bool, String),
+    trusted_keys: (Vec<String>, String),
+}
+
+/// A capability or limit the policy refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub step: Option<String>,
+    pub capability: String,
+    pub message: String,
+}
+
+impl Policy {
+    /// Load `file` and select `tenant` (or `[default]` when `None`).
+    pub fn load(file: &Path, tenant: Option<&str>) -> Result<Policy, String> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read policy {}: {e}", file.display()))?;
+        let parsed: PolicyFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {}", file.display(), e.message()))?;
+        let (tenant, over) = match tenant {
+            None => ("default".to_owned(), Rules::default()),
+            Some(name) => match parsed.tenants.get(name) {
+                Some(rules) => (name.to_owned(), rules.clone()),
+                None => {
+                    let known: Vec<&str> = parsed.tenants.keys().map(String::as_str).collect();
+                    return Err(format!(
+                        "{}: no [tenants.{name}] (tenants: {})",
+                        file.display(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+            },
+        };
+        let tenant_section = format!("[tenants.{tenant}] of {}", file.display());
+        let default_section = format!("[default] of {}", file.display());
+        let section = |overridden: bool| {
+            if overridden {
+                tenant_section.clone()
+            } else {
+                default_section.clone()
+            }
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                match (&over.$field, &parsed.default.$field) {
+                    (Some(v), _) => Some((v.clone(), section(true))),
+                    (None, Some(v)) => Some((v.clone(), section(false))),
+                    (None, None) => None,
+                }
+            };
+        }
+        let duration = |v: Option<(String, String)>,
+                        name: &str|
+         -> Result<Option<(Duration, String)>, String> {
+            v.map(|(t, s)| {
+                parse_duration(&t)
+                    .map(|d| (d, s.clone()))
+                    .map_err(|e| format!("{s}: {name}: {e}"))
+            })
+            .transpose()
+        };
+        let size = |v: Option<(String, String)>,
+                    name: &str|
+         -> Result<Option<(ByteSize, String)>, String> {
+            v.map(|(t, s)| {
+                t.parse::<ByteSize>()
+                    .map(|b| (b, s.clone()))
+                    .map_err(|e| format!("{s}: {name}: {e}"))
+            })
+            .transpose()
+        };
+        let or = |v: Option<(bool, String)>, default: bool| v.unwrap_or((default, section(false)));
+        let list = |v: Option<(Vec<String>, String)>| v.unwrap_or((Vec::new(), section(false)));
+        let read = list(pick!(allow_read));
+        Ok(Policy {
+            file: file.to_owned(),
+            tenant,
+            max_fuel: pick!(max_fuel),
+            max_timeout: duration(pick!(max_timeout), "max_timeout")?,
+            max_memory: size(pick!(max_memory), "max_memory")?,
+            max_output: size(pick!(max_output), "max_output")?,
+            max_concurrency: pick!(max_concurrency).map(|(v, _)| v),
+            allow_read: (read.0.iter().map(PathBuf::from).collect(), read.1),
+            allow_env: list(pick!(allow_env)),
+            allow_scratch: or(pick!(allow_scratch), false),
+            allow_clock: or(pick!(allow_clock), false),
+            allow_random: or(pick!(allow_random), false),
+            require_signed: or(pick!(require_signed), false),
+            trusted_keys: list(pick!(trusted_keys)),
+        })
+    }
+
+    /// Everything in `plan` (and its signatures, for a bundle) that the
+    /// policy does not allow.
+    pub fn check(&self, plan: &Plan, signatures: Option<&[Signature]>) -> Vec<Denial> {
+        let mut denials = Vec::new();
+        let mut deny = |step: Option<&str>, capability: String, message: String| {
+            denials.push(Denial {
+                step: step.map(str::to_owned),
+                capability,
+                message,
+            });
+        };
+        if self.require_signed.0 {
+            let trusted = signatures.unwrap_or_default().iter().any(|s| {
+                self.trusted_keys
+                    .0
+                    .iter()
+                    .any(|k| k.eq_ignore_ascii_case(&s.public_key))
+            });
+            if !trusted {
+                let what = match signatures {
+                    None => "a pipeline that is not a bundle".to_owned(),
+                    Some([]) => "an unsigned bundle".to_owned(),
+                    Some(_) => "a bundle signed only by untrusted keys".to_owned(),
+                };
+                deny(
+                    None,
+                    "signature".into(),
+                    format!(
+                        "refusing {what}: require_signed = true and trusted_keys ({})",
+                        self.require_signed.1
+                    ),
+                );
+            }
+        }
+        for step in &plan.steps {
+            let name = Some(step.name.as_str());
+            if let Some((max, at)) = &self.max_fuel
+                && step.limits.fuel > *max
+            {
+                deny(
+                    name,
+                    "fuel".into(),
+                    format!("fuel {} exceeds max_fuel = {max} ({at})", step.limits.fuel),
+                );
+            }
+            if let Some((max, at)) = &self.max_timeout
+                && step.limits.timeout > *max
+            {
+                let (have, max) = (
+                    humantime::format_duration(step.limits.timeout),
+                    humantime::format_duration(*max),
+                );
+                deny(
+                    name,
+                    "timeout".into(),
+                    format!("timeout {have} exceeds max_timeout = \"{max}\" ({at})"),
+                );
+            }
+            if let Some((max, at)) = &self.max_memory
+                && step.limits.memory > *max
+            {
+                deny(
+                    name,
+                    "memory".into(),
+                    format!(
+                        "memory {} exceeds max_memory = \"{max}\" ({at})",
+                        step.limits.memory
+                    ),
+                );
+            }
+            if let Some((max, at)) = &self.max_output
+                && step.limits.output > *max
+            {
+                deny(
+                    name,
+                    "output".into(),
+                    format!(
+                        "output_limit {} exceeds max_output = \"{max}\" ({at})",
+                        step.limits.output
+                    ),
+                );
+            }
+            for dir in &step.grants.read_dirs {
+                if !self
+                    .allow_read
+                    .0
+                    .iter()
+                    .any(|allowed| dir.starts_with(allowed))
+                {
+                    deny(
+                        name,
+                        format!("read:{}", dir.display()),
+                        format!(
+                            "read access to {} is not in allow_read ({})",
+                            dir.display(),
+                            self.allow_read.1
+                        ),
+                    );
+                }
+            }
+            for (var, _) in &step.grants.env {
+                if !self.allow_env.0.contains(var) {
+                    deny(
+                        name,
+                        format!("env:{var}"),
+                        format!(
+                            "environment variable {var} is not in allow_env ({})",
+                            self.allow_env.1
+                        ),
+                    );
+                }
+            }
+            if let Some(dir) = &step.grants.scratch
+                && !self.allow_scratch.0
+            {
+                deny(
+                    name,
+                    format!("scratch:{}", dir.display()),
+                    format!(
+                        "a scratch directory needs allow_scratch = true ({})",
+                        self.allow_scratch.1
+                    ),
+                );
+            }
+            if step.grants.wall_clock && !self.allow_clock.0 {
+                deny(
+                    name,
+                    "clock".into(),
+                    format!(
+                        "the real clock needs allow_clock = true ({})",
+                        self.allow_clock.1
+                    ),
+                );
+            }
+            if step.grants.random && !self.allow_random.0 {
+                deny(
+                    name,
+                    "random".into(),
+                    format!(
+                        "OS randomness needs allow_random = true ({})",
+                        self.allow_random.1
+                    ),
+                );
+            }
+        }
+        denials
+    }
+}
