@@ -13,6 +13,7 @@ mod examples;
 mod malformed;
 mod manifest_errors;
 mod pipelines;
+mod policy;
 mod sandbox_denials;
 mod sandbox_limits;
 mod store;
