@@ -679,3 +679,68 @@ mod tests {
         assert!(Bundle::read(b"definitely not gzip").is_err());
     }
 }
+
+/// Fuzzing the bundle reader: a real small bundle, mutated (byte flips,
+/// truncation), plus arbitrary bytes. Reading may fail; it may never panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seed() -> Vec<u8> {
+        let manifest = b"name = \"seed\"\n[steps.a]\ncomponent = \"c.wasm\"\n".to_vec();
+        let component = b"\0asm\x0d\0\x01\0".to_vec();
+        let mut members = BTreeMap::new();
+        members.insert("c.wasm".to_owned(), component);
+        members.insert(MANIFEST.to_owned(), manifest);
+        let lock = Lock {
+            format: 1,
+            members: members
+                .iter()
+                .map(|(p, d)| LockEntry {
+                    path: p.clone(),
+                    blake3: blake3::hash(d).to_hex().to_string(),
+                    size: d.len() as u64,
+                })
+                .collect(),
+        };
+        members.insert(LOCK.to_owned(), serde_json::to_vec(&lock).unwrap());
+        write_archive(&members).unwrap()
+    }
+
+    #[test]
+    fn the_seed_itself_reads() {
+        assert!(Bundle::read(&seed()).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = Bundle::read(&bytes);
+        }
+
+        #[test]
+        fn gzip_of_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&bytes).unwrap();
+            let _ = Bundle::read(&gz.finish().unwrap());
+        }
+
+        #[test]
+        fn mutated_bundles_never_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = seed();
+            for (at, value) in flips {
+                let len = bytes.len();
+                bytes[at % len] = value;
+            }
+            let len = bytes.len();
+            bytes.truncate(cut % (len + 1));
+            let _ = Bundle::read(&bytes);
+        }
+    }
+}

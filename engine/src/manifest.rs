@@ -283,3 +283,46 @@ mod tests {
         }
     }
 }
+
+/// Fuzzing the manifest parser: seeds from `engine/fuzz-corpus/manifests`,
+/// mutated, plus arbitrary bytes. Parsing may fail; it may never panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus/manifests");
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .expect("corpus exists")
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect();
+        seeds.sort();
+        seeds
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Manifest::parse(&bytes);
+        }
+
+        #[test]
+        fn mutated_seeds_never_panic(
+            seed in 0usize..3,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = seeds()[seed % 3].clone();
+            for (at, value) in flips {
+                let len = bytes.len();
+                bytes[at % len] = value;
+            }
+            let len = bytes.len();
+            bytes.truncate(cut % (len + 1));
+            let _ = Manifest::parse(&bytes);
+        }
+    }
+}

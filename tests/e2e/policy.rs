@@ -4,7 +4,12 @@ use crate::support::{Cairn, Pipeline, repo_root};
 
 fn example(name: &str) -> String {
     crate::support::guest("echo");
-    repo_root().join("guest-examples/pipelines").join(name).to_str().unwrap().to_owned()
+    repo_root()
+        .join("guest-examples/pipelines")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 struct Host {
@@ -14,7 +19,10 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
-        Self { cairn: Cairn::new(), dir: tempfile::tempdir().unwrap() }
+        Self {
+            cairn: Cairn::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_str().unwrap().to_owned()
@@ -26,7 +34,10 @@ impl Host {
     }
     fn key(&self, name: &str) -> String {
         self.ok(&["key", "gen", "--out", &self.path(name)]);
-        std::fs::read_to_string(self.path(&format!("{name}.pub"))).unwrap().trim().to_owned()
+        std::fs::read_to_string(self.path(&format!("{name}.pub")))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
     fn policy(&self, text: &str) -> String {
         let path = self.path("policy.toml");
@@ -46,12 +57,21 @@ fn pack_sign_verify_run_under_a_policy_that_requires_signatures() {
     let id_before = host.ok(&["bundle", "inspect", &bundle, "--json"]).json()["id"].clone();
     host.ok(&["bundle", "sign", &bundle, "--key", &host.path("author.key")]);
     let verify = host.ok(&["bundle", "verify", &bundle]);
-    assert!(verify.stdout.contains("1 valid signature"), "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("1 valid signature"),
+        "{}",
+        verify.stdout
+    );
     let info = host.ok(&["bundle", "inspect", &bundle, "--json"]).json();
-    assert_eq!(info["id"], id_before, "signing does not change the bundle id");
+    assert_eq!(
+        info["id"], id_before,
+        "signing does not change the bundle id"
+    );
     assert_eq!(info["signatures"][0]["public_key"], public.as_str());
 
-    let policy = host.policy(&format!("[default]\n{ROOMY}require_signed = true\ntrusted_keys = [\"{public}\"]\n"));
+    let policy = host.policy(&format!(
+        "[default]\n{ROOMY}require_signed = true\ntrusted_keys = [\"{public}\"]\n"
+    ));
     let run = host.ok(&["run", &bundle, "--policy", &policy, "--json"]);
     assert_eq!(run.json()["output"]["documents"], 4);
 }
@@ -63,17 +83,37 @@ fn unsigned_and_untrusted_bundles_are_refused_when_signatures_are_required() {
     host.key("stranger");
     let bundle = host.path("text.cairn");
     host.ok(&["bundle", "pack", &example("text"), "-o", &bundle]);
-    let policy = host.policy(&format!("[default]\n{ROOMY}require_signed = true\ntrusted_keys = [\"{trusted}\"]\n"));
+    let policy = host.policy(&format!(
+        "[default]\n{ROOMY}require_signed = true\ntrusted_keys = [\"{trusted}\"]\n"
+    ));
 
     let run = host.cairn.run(&["run", &bundle, "--policy", &policy]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("refusing an unsigned bundle"), "{}", run.stderr);
-    assert!(!run.stderr.contains("start "), "nothing ran: {}", run.stderr);
+    assert!(
+        run.stderr.contains("refusing an unsigned bundle"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("start "),
+        "nothing ran: {}",
+        run.stderr
+    );
 
-    host.ok(&["bundle", "sign", &bundle, "--key", &host.path("stranger.key")]);
+    host.ok(&[
+        "bundle",
+        "sign",
+        &bundle,
+        "--key",
+        &host.path("stranger.key"),
+    ]);
     let run = host.cairn.run(&["run", &bundle, "--policy", &policy]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("signed only by untrusted keys"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("signed only by untrusted keys"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -87,7 +127,9 @@ fn a_signature_moved_to_another_bundle_is_refused() {
 
     // Rebuild `orders` with text's signature member added.
     let read = |path: &str| {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(path).unwrap(),
+        ));
         archive
             .entries()
             .unwrap()
@@ -101,11 +143,17 @@ fn a_signature_moved_to_another_bundle_is_refused() {
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     let mut members = read(&orders);
-    let (sig_name, sig) = read(&text).into_iter().find(|(n, _)| n.starts_with("signatures/")).unwrap();
+    let (sig_name, sig) = read(&text)
+        .into_iter()
+        .find(|(n, _)| n.starts_with("signatures/"))
+        .unwrap();
     members.insert(sig_name, sig);
     let forged = host.path("forged.cairn");
     {
-        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&forged).unwrap(), flate2::Compression::fast());
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&forged).unwrap(),
+            flate2::Compression::fast(),
+        );
         let mut tar = tar::Builder::new(gz);
         for (name, data) in &members {
             let mut header = tar::Header::new_gnu();
@@ -117,7 +165,12 @@ fn a_signature_moved_to_another_bundle_is_refused() {
     }
     let run = host.cairn.run(&["bundle", "verify", &forged]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("does not verify against this bundle's id"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("does not verify against this bundle's id"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -128,24 +181,40 @@ fn a_step_asking_for_a_forbidden_read_dir_is_refused_at_plan_time_and_audited() 
         "name = \"reader\"\n[steps.peek]\ncomponent = \"{{wasm:hostile}}\"\ninput = {{ attack = \"read-passwd\" }}\ngrants = {{ read = [\"{}\"] }}\n",
         data.path().display()
     ));
-    let policy = host.policy(&format!("[default]\n{ROOMY}allow_read = [\"/srv/allowed\"]\n[tenants.acme]\nallow_env = []\n"));
-    let run = host.cairn.run(&["run", p.path(), "--policy", &policy, "--tenant", "acme"]);
+    let policy = host.policy(&format!(
+        "[default]\n{ROOMY}allow_read = [\"/srv/allowed\"]\n[tenants.acme]\nallow_env = []\n"
+    ));
+    let run = host
+        .cairn
+        .run(&["run", p.path(), "--policy", &policy, "--tenant", "acme"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    let line = format!("error: step `peek`: read access to {} is not in allow_read ([default] of {policy})", data.path().display());
-    assert!(run.stderr.contains(&line), "expected {line:?} in {}", run.stderr);
+    let line = format!(
+        "error: step `peek`: read access to {} is not in allow_read ([default] of {policy})",
+        data.path().display()
+    );
+    assert!(
+        run.stderr.contains(&line),
+        "expected {line:?} in {}",
+        run.stderr
+    );
 
     let audit = host.ok(&["audit", "--json"]).json();
     let denial = &audit[0];
     assert_eq!(denial["event"], "denied");
     assert_eq!(denial["tenant"], "acme");
     assert_eq!(denial["step"], "peek");
-    assert_eq!(denial["capability"], format!("read:{}", data.path().display()));
+    assert_eq!(
+        denial["capability"],
+        format!("read:{}", data.path().display())
+    );
 }
 
 #[test]
 fn grants_used_by_a_run_are_audited_with_run_and_step() {
     let host = Host::new();
-    let p = Pipeline::new("name = \"env\"\n[steps.say]\ncomponent = \"{wasm:hostile}\"\ninput = { attack = \"read-env\" }\ngrants = { env = [\"GREETING=hello\"] }\n");
+    let p = Pipeline::new(
+        "name = \"env\"\n[steps.say]\ncomponent = \"{wasm:hostile}\"\ninput = { attack = \"read-env\" }\ngrants = { env = [\"GREETING=hello\"] }\n",
+    );
     let policy = host.policy(&format!("[default]\n{ROOMY}allow_env = [\"GREETING\"]\n"));
     let run = host.ok(&["run", p.path(), "--policy", &policy, "--json"]);
     let run_id = run.json()["run_id"].as_str().unwrap().to_owned();
@@ -160,12 +229,36 @@ fn grants_used_by_a_run_are_audited_with_run_and_step() {
 #[test]
 fn policy_limits_are_enforced_per_tenant() {
     let host = Host::new();
-    let policy = host.policy("[default]\nmax_fuel = 1_000_000_000_000\n[tenants.small]\nmax_fuel = 1_000\n");
+    let policy =
+        host.policy("[default]\nmax_fuel = 1_000_000_000_000\n[tenants.small]\nmax_fuel = 1_000\n");
     host.ok(&["check", &example("text"), "--policy", &policy]);
-    let run = host.cairn.run(&["check", &example("text"), "--policy", &policy, "--tenant", "small"]);
+    let run = host.cairn.run(&[
+        "check",
+        &example("text"),
+        "--policy",
+        &policy,
+        "--tenant",
+        "small",
+    ]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("exceeds max_fuel = 1000 ([tenants.small] of"), "{}", run.stderr);
-    let run = host.cairn.run(&["check", &example("text"), "--policy", &policy, "--tenant", "nobody"]);
+    assert!(
+        run.stderr
+            .contains("exceeds max_fuel = 1000 ([tenants.small] of"),
+        "{}",
+        run.stderr
+    );
+    let run = host.cairn.run(&[
+        "check",
+        &example("text"),
+        "--policy",
+        &policy,
+        "--tenant",
+        "nobody",
+    ]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("no [tenants.nobody] (tenants: small)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no [tenants.nobody] (tenants: small)"),
+        "{}",
+        run.stderr
+    );
 }
