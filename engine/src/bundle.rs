@@ -510,7 +510,7 @@ fn write_archive(members: &BTreeMap<String, Vec<u8>>) -> std::io::Result<Vec<u8>
     {
         let gz = flate2::GzBuilder::new()
             .mtime(0)
-            .write(&mut out, flate2::Compression::default());
+            .write(&mut out, flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
         for (path, data) in members {
