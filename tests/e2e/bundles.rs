@@ -24,13 +24,16 @@ fn pack(cairn: &Cairn, pipeline: &str, out: &std::path::Path) {
 }
 
 #[test]
-fn pack_inspect_verify_run_round_trip_for_the_examples() {
-    for name in ["orders", "text"] {
+fn pack_inspect_verify_sign_run_round_trip_for_every_example() {
+    for name in ["orders", "text", "flaky"] {
         let cairn = Cairn::new();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(format!("{name}.cairn"));
         pack(&cairn, &example(name), &file);
         let file_s = file.to_str().unwrap();
+        // The flaky example keeps its attempt counter in a scratch dir next
+        // to the bundle (relative grants resolve against the bundle's dir).
+        std::fs::create_dir(dir.path().join("state")).unwrap();
 
         let inspect = cairn.run(&["bundle", "inspect", file_s, "--json"]);
         assert_eq!(inspect.code, 0, "{}", inspect.stderr);
@@ -59,8 +62,43 @@ fn pack_inspect_verify_run_round_trip_for_the_examples() {
             verify.stdout
         );
 
-        let from_bundle = cairn.run(&["run", file_s, "--json"]);
-        assert_eq!(from_bundle.code, 0, "{}", from_bundle.stderr);
+        let key = dir.path().join("author");
+        assert_eq!(
+            cairn
+                .run(&["key", "gen", "--out", key.to_str().unwrap()])
+                .code,
+            0
+        );
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let signed = cairn.run(&[
+            "bundle",
+            "sign",
+            file_s,
+            "--key",
+            key.with_extension("key").to_str().unwrap(),
+        ]);
+        assert_eq!(signed.code, 0, "{}", signed.stderr);
+        assert!(
+            cairn
+                .run(&["bundle", "verify", file_s])
+                .stdout
+                .contains("1 valid signature")
+        );
+
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!("[default]\nmax_memory = \"1GiB\"\nallow_scratch = true\nrequire_signed = true\ntrusted_keys = [\"{}\"]\n", public.trim()),
+        )
+        .unwrap();
+        let from_bundle = cairn.run(&[
+            "run",
+            file_s,
+            "--json",
+            "--policy",
+            policy.to_str().unwrap(),
+        ]);
+        assert_eq!(from_bundle.code, 0, "{name}: {}", from_bundle.stderr);
         let from_dir = Cairn::new().run(&["run", &example(name), "--json"]);
         assert_eq!(
             from_bundle.json()["output"],
@@ -68,6 +106,38 @@ fn pack_inspect_verify_run_round_trip_for_the_examples() {
             "{name}: same output from the bundle"
         );
     }
+}
+
+#[test]
+fn a_bundle_asking_for_a_read_dir_the_policy_forbids_is_refused() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("private")).unwrap();
+    let pipeline = crate::support::Pipeline::new(
+        "name = \"nosy\"\n[steps.peek]\ncomponent = \"{wasm:hostile}\"\ninput = { attack = \"list-root\" }\ngrants = { read = [\"private\"] }\n",
+    );
+    std::fs::create_dir(pipeline.dir.path().join("private")).unwrap();
+    let file = dir.path().join("nosy.cairn");
+    pack(&cairn, pipeline.path(), &file);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[default]\nallow_read = [\"/srv/data\"]\n").unwrap();
+    let run = cairn.run(&[
+        "run",
+        file.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let expected = format!(
+        "step `peek`: read access to {} is not in allow_read",
+        dir.path().join("private").display()
+    );
+    assert!(
+        run.stderr.contains(&expected),
+        "expected {expected:?} in {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was run"), "{}", run.stderr);
 }
 
 #[test]
