@@ -6,17 +6,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use crate::support::{Cairn, repo_root};
-
-fn example(name: &str) -> String {
-    crate::support::guest("echo");
-    repo_root()
-        .join("guest-examples/pipelines")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
+use crate::support::{Cairn, example};
 
 fn pack(cairn: &Cairn, pipeline: &str, out: &std::path::Path) {
     let run = cairn.run(&["bundle", "pack", pipeline, "-o", out.to_str().unwrap()]);

@@ -3,18 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{Cairn, Pipeline, repo_root, step};
-
-fn example(name: &str) -> String {
-    // Make sure the components the examples reference are built.
-    crate::support::guest("echo");
-    repo_root()
-        .join("guest-examples/pipelines")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
+use crate::support::{Cairn, Pipeline, example, step};
 
 #[test]
 fn orders_pipeline_produces_the_report() {

@@ -1,16 +1,6 @@
 //! Signing, host policy and the audit log through the real binary.
 
-use crate::support::{Cairn, Pipeline, repo_root};
-
-fn example(name: &str) -> String {
-    crate::support::guest("echo");
-    repo_root()
-        .join("guest-examples/pipelines")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
+use crate::support::{Cairn, Pipeline, example};
 
 struct Host {
     cairn: Cairn,

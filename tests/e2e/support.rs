@@ -185,3 +185,14 @@ pub fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("no step {name} in {report}"))
 }
+
+/// Path of an example pipeline directory (its components built).
+pub fn example(name: &str) -> String {
+    guest("echo");
+    repo_root()
+        .join("guest-examples/pipelines")
+        .join(name)
+        .to_str()
+        .expect("utf-8 path")
+        .to_owned()
+}

@@ -51,6 +51,20 @@ pub enum KeyCommand {
     },
 }
 
+/// Replace `path` with `bytes` via a synced temporary file and a rename, so
+/// a crash leaves either the old file or the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_data()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 pub fn key(command: KeyCommand) -> u8 {
     let KeyCommand::Gen { out } = command;
     let (secret, public) = bundle::generate_key();
@@ -92,17 +106,7 @@ pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
                     return report_error(&format!("the packed bundle does not read back: {e}"));
                 }
             };
-            let dir = output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut file| {
-                file.write_all(&bytes)?;
-                file.as_file().sync_data()?;
-                file.persist(&output).map_err(|e| e.error)?;
-                Ok(())
-            });
-            if let Err(e) = written {
+            if let Err(e) = write_atomically(&output, &bytes) {
                 return report_error(&format!("cannot write {}: {e}", output.display()));
             }
             println!(
@@ -136,17 +140,7 @@ pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
                 Err(e) => return report_error(&format!("{}: {e}", bundle.display())),
             };
             let bytes = opened.sign(&signing);
-            let dir = bundle
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut file| {
-                file.write_all(&bytes)?;
-                file.as_file().sync_data()?;
-                file.persist(&bundle).map_err(|e| e.error)?;
-                Ok(())
-            });
-            if let Err(e) = written {
+            if let Err(e) = write_atomically(&bundle, &bytes) {
                 return report_error(&format!("cannot write {}: {e}", bundle.display()));
             }
             let public = hex::encode(signing.verifying_key().to_bytes());

@@ -115,38 +115,35 @@ fn journal(db: &dyn Store, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
     db.journal(run).map_err(|e| report_error(&e.to_string()))
 }
 
+/// Open the store just long enough to read a run and its journal (`Launch`
+/// opens it again, and sled allows one opener at a time).
+fn load_run(store: &Path, text: &str) -> Result<(RunRecord, Vec<JournalEvent>), u8> {
+    let db = open(store)?;
+    let record = find_run(&db, text)?;
+    let events = journal(&db, &record.id)?;
+    Ok((record, events))
+}
+
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
     let policy = match args.policy.load() {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let (record, keys) = {
-        let db = match open(store) {
-            Ok(db) => db,
-            Err(code) => return code,
-        };
-        let record = match find_run(&db, &args.run) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        if record.status == "succeeded" {
-            eprintln!("run {} already succeeded; nothing to resume", record.id);
-            return 0;
-        }
-        let events = match journal(&db, &record.id) {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
-        let keys: HashSet<CacheKey> = events
-            .iter()
-            .filter_map(|e| match e {
-                JournalEvent::ItemSucceeded { key, .. } => CacheKey::from_hex(key),
-                _ => None,
-            })
-            .collect();
-        (record, keys)
-        // The store is closed here: `Launch` opens it again.
+    let (record, events) = match load_run(store, &args.run) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
+    if record.status == "succeeded" {
+        eprintln!("run {} already succeeded; nothing to resume", record.id);
+        return 0;
+    }
+    let keys: HashSet<CacheKey> = events
+        .iter()
+        .filter_map(|e| match e {
+            JournalEvent::ItemSucceeded { key, .. } => CacheKey::from_hex(key),
+            _ => None,
+        })
+        .collect();
     let manifest = record.manifest.clone();
     let launch = Launch {
         store,
@@ -167,30 +164,19 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let (record, original) = {
-        let db = match open(store) {
-            Ok(db) => db,
-            Err(code) => return code,
-        };
-        let record = match find_run(&db, &args.run) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        let events = match journal(&db, &record.id) {
-            Ok(e) => e,
-            Err(code) => return code,
-        };
-        let original: BTreeMap<String, String> = events
-            .into_iter()
-            .filter_map(|e| match e {
-                JournalEvent::StepSucceeded {
-                    step, output_hash, ..
-                } => Some((step, output_hash)),
-                _ => None,
-            })
-            .collect();
-        (record, original)
+    let (record, events) = match load_run(store, &args.run) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
+    let original: BTreeMap<String, String> = events
+        .into_iter()
+        .filter_map(|e| match e {
+            JournalEvent::StepSucceeded {
+                step, output_hash, ..
+            } => Some((step, output_hash)),
+            _ => None,
+        })
+        .collect();
     let launch = Launch {
         store,
         jobs: args.jobs,
