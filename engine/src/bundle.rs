@@ -1,8 +1,7 @@
 //! Bundles: a whole pipeline — manifest, components, data files — in one
 //! reproducible file (`.cairn`), read back without trusting it.
 //!
-//! Format: a gzip-compressed tar archive (the `tar` and `flate2` crates: the
-//! same pair cargo uses for `.crate` files) holding
+//! Format: a zstd-compressed tar archive (the `tar` and `zstd` crates) holding
 //! - `cairn.lock`: JSON `{"format": 1, "members": [{"path", "blake3", "size"}]}`
 //!   listing every other member, sorted by path;
 //! - `pipeline.toml`: the manifest, with component paths rewritten to
@@ -11,8 +10,8 @@
 //!   manifest-relative paths.
 //!
 //! The bundle id is blake3 of `cairn.lock`. Packing is reproducible: members
-//! in path order, zero timestamps, uid/gid 0, mode 0644, gzip without a name
-//! or time.
+//! in path order, zero timestamps, uid/gid 0, mode 0644, one single-threaded
+//! zstd frame with a checksum.
 //!
 //! Reading is hostile-input code: the compressed and unpacked sizes are
 //! capped, only regular files with plain relative paths are accepted (no
@@ -178,7 +177,9 @@ impl Bundle {
         // The cap applies to the decompressed stream, so a bomb stops at
         // MAX_UNPACKED_BYTES + 1 bytes however small the file is. Tar
         // headers count towards it, so the cap is slightly conservative.
-        let decoder = flate2::read::GzDecoder::new(bytes).take(MAX_UNPACKED_BYTES + 1);
+        let decoder = zstd::stream::read::Decoder::new(bytes)
+            .map_err(|e| BundleError::Archive(e.to_string()))?
+            .take(MAX_UNPACKED_BYTES + 1);
         let mut archive = tar::Archive::new(decoder);
         let mut members = BTreeMap::new();
         let mut total: u64 = 0;
@@ -235,8 +236,8 @@ impl Bundle {
                 });
             }
         }
-        // Read to the end of the gzip stream so its CRC and length trailer
-        // are checked: a truncated file must not pass as a shorter bundle.
+        // Read to the end of the zstd frame so its checksum is checked: a
+        // truncated file must not pass as a shorter bundle.
         let mut rest = archive.into_inner();
         std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| archive_error(e, total))?;
         if rest.limit() == 0 {
@@ -508,10 +509,11 @@ pub fn pack(path: &Path) -> Result<Vec<u8>, BundleError> {
 fn write_archive(members: &BTreeMap<String, Vec<u8>>) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     {
-        let gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(&mut out, flate2::Compression::fast());
-        let mut tar = tar::Builder::new(gz);
+        // Level 1: fast, and zstd stores incompressible blocks at memory speed.
+        // Single-threaded, so the same input always gives the same bytes.
+        let mut zst = zstd::stream::write::Encoder::new(&mut out, 1)?;
+        zst.include_checksum(true)?;
+        let mut tar = tar::Builder::new(zst);
         tar.mode(tar::HeaderMode::Deterministic);
         for (path, data) in members {
             let mut header = tar::Header::new_gnu();
@@ -570,7 +572,9 @@ mod tests {
     fn tar_gz(entries: &[(&str, &[u8], tar::EntryType)]) -> Vec<u8> {
         let mut out = Vec::new();
         {
-            let gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+            let gz = zstd::stream::write::Encoder::new(&mut out, 1)
+                .unwrap()
+                .auto_finish();
             let mut tar = tar::Builder::new(gz);
             for (path, data, kind) in entries {
                 let mut header = tar::Header::new_gnu();
@@ -583,7 +587,7 @@ mod tests {
                 header.set_cksum();
                 tar.append(&header, *data).unwrap();
             }
-            tar.into_inner().unwrap().finish().unwrap();
+            drop(tar.into_inner().unwrap());
         }
         out
     }
@@ -676,7 +680,7 @@ mod tests {
         for cut in [0, 1, 10, good.len() / 2, good.len() - 1] {
             assert!(Bundle::read(&good[..cut]).is_err(), "cut at {cut}");
         }
-        assert!(Bundle::read(b"definitely not gzip").is_err());
+        assert!(Bundle::read(b"definitely not zstd").is_err());
     }
 }
 
@@ -722,10 +726,9 @@ mod fuzz {
         }
 
         #[test]
-        fn gzip_of_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&bytes).unwrap();
-            let _ = Bundle::read(&gz.finish().unwrap());
+        fn zstd_of_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let compressed = zstd::stream::encode_all(bytes.as_slice(), 1).unwrap();
+            let _ = Bundle::read(&compressed);
         }
 
         #[test]

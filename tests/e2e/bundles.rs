@@ -144,7 +144,9 @@ fn packing_the_same_sources_twice_gives_the_same_bytes() {
 fn hostile(members: &[(&str, &[u8], tar::EntryType)]) -> Vec<u8> {
     let mut out = Vec::new();
     {
-        let gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+        let gz = zstd::stream::write::Encoder::new(&mut out, 1)
+            .unwrap()
+            .auto_finish();
         let mut tar = tar::Builder::new(gz);
         for (path, data, kind) in members {
             let mut header = tar::Header::new_gnu();
@@ -155,7 +157,7 @@ fn hostile(members: &[(&str, &[u8], tar::EntryType)]) -> Vec<u8> {
             header.set_cksum();
             tar.append(&header, *data).unwrap();
         }
-        tar.into_inner().unwrap().finish().unwrap();
+        drop(tar.into_inner().unwrap());
     }
     out
 }
@@ -248,7 +250,9 @@ fn a_decompression_bomb_is_refused_at_the_cap() {
     // 300 MB of zeros compresses to a few hundred KB.
     let mut out = Vec::new();
     {
-        let gz = flate2::write::GzEncoder::new(&mut out, flate2::Compression::fast());
+        let gz = zstd::stream::write::Encoder::new(&mut out, 1)
+            .unwrap()
+            .auto_finish();
         let mut tar = tar::Builder::new(gz);
         let mut header = tar::Header::new_gnu();
         let size = 300u64 << 20;
@@ -259,7 +263,7 @@ fn a_decompression_bomb_is_refused_at_the_cap() {
         header.set_cksum();
         tar.append(&header, std::io::repeat(0).take_bytes(size))
             .unwrap();
-        tar.into_inner().unwrap().finish().unwrap();
+        drop(tar.into_inner().unwrap());
     }
     assert!(
         out.len() < 2 << 20,
@@ -290,7 +294,7 @@ fn a_truncated_bundle_is_refused() {
 
 #[test]
 fn garbage_is_refused() {
-    let mut bytes = vec![0x1f, 0x8b];
-    bytes.write_all(b"not really gzip at all").unwrap();
+    let mut bytes = vec![0x28, 0xb5, 0x2f, 0xfd];
+    bytes.write_all(b"not really zstd at all").unwrap();
     refused(&bytes, "not a readable archive");
 }

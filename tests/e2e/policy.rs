@@ -117,9 +117,9 @@ fn a_signature_moved_to_another_bundle_is_refused() {
 
     // Rebuild `orders` with text's signature member added.
     let read = |path: &str| {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
-            std::fs::File::open(path).unwrap(),
-        ));
+        let mut archive = tar::Archive::new(
+            zstd::stream::read::Decoder::new(std::fs::File::open(path).unwrap()).unwrap(),
+        );
         archive
             .entries()
             .unwrap()
@@ -140,10 +140,9 @@ fn a_signature_moved_to_another_bundle_is_refused() {
     members.insert(sig_name, sig);
     let forged = host.path("forged.cairn");
     {
-        let gz = flate2::write::GzEncoder::new(
-            std::fs::File::create(&forged).unwrap(),
-            flate2::Compression::fast(),
-        );
+        let gz = zstd::stream::write::Encoder::new(std::fs::File::create(&forged).unwrap(), 1)
+            .unwrap()
+            .auto_finish();
         let mut tar = tar::Builder::new(gz);
         for (name, data) in &members {
             let mut header = tar::Header::new_gnu();
@@ -151,7 +150,7 @@ fn a_signature_moved_to_another_bundle_is_refused() {
             header.set_mode(0o644);
             tar.append_data(&mut header, name, data.as_slice()).unwrap();
         }
-        tar.into_inner().unwrap().finish().unwrap();
+        drop(tar.into_inner().unwrap());
     }
     let run = host.cairn.run(&["bundle", "verify", &forged]);
     assert_eq!(run.code, 1);

@@ -85,14 +85,17 @@ pub struct GraphArgs {
 }
 
 /// Load and validate a manifest, printing every problem.
+/// The first bytes of a zstd frame, which every bundle starts with.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// Is `path` a bundle file (rather than a manifest or a directory)?
 pub(super) fn is_bundle(path: &Path) -> bool {
     path.is_file()
         && (path.extension().is_some_and(|e| e == "cairn")
             || std::fs::File::open(path)
                 .and_then(|mut f| {
-                    let mut magic = [0u8; 2];
-                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic == [0x1f, 0x8b])
+                    let mut magic = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic == ZSTD_MAGIC)
                 })
                 .unwrap_or(false))
 }
