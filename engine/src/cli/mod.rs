@@ -33,7 +33,10 @@ fn exit_code_help() -> String {
     let mut help = String::from(
         "Exit codes:\n  0    success\n  1    error: bad input, invalid manifest, unloadable component, I/O problem, store in use\n  2    usage error\n  3    cairn run/resume/replay: a required step failed\n  4    cairn replay --verify: some output differs from the original run\n",
     );
-    for class in FailureClass::ALL {
+    help.push_str("  cairn task run, when the task fails:\n");
+    let mut classes = FailureClass::ALL;
+    classes.sort_by_key(|c| c.exit_code());
+    for class in classes {
         help.push_str(&format!(
             "  {:<4} {} ({})\n",
             class.exit_code(),
@@ -58,7 +61,7 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
-    /// Store directory (precompiled artifacts; later results and journals).
+    /// Store directory: precompiled artifacts, result cache, run journals, audit log.
     #[arg(
         long,
         global = true,
