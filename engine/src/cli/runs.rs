@@ -137,12 +137,16 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
         eprintln!("run {} already succeeded; nothing to resume", record.id);
         return 0;
     }
+    // Results the run already has: each executed element's own event, and
+    // every key a finished step lists (cache hits have no event of their own).
     let keys: HashSet<CacheKey> = events
         .iter()
-        .filter_map(|e| match e {
-            JournalEvent::ItemSucceeded { key, .. } => CacheKey::from_hex(key),
-            _ => None,
+        .flat_map(|e| match e {
+            JournalEvent::ItemSucceeded { key, .. } => vec![key.as_str()],
+            JournalEvent::StepSucceeded { keys, .. } => keys.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
         })
+        .filter_map(CacheKey::from_hex)
         .collect();
     let manifest = record.manifest.clone();
     let launch = Launch {

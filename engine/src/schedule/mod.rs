@@ -103,29 +103,41 @@ impl Ledger {
 /// the limits that change what a run can produce (fuel, memory, output cap;
 /// not the wall-clock timeout) and the step's arguments.
 pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
-    let mut hasher = blake3::Hasher::new_derive_key("cairn result cache key v1");
+    let mut hasher = blake3::Hasher::new_derive_key("cairn result cache key v2");
     let mut field = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
     field(step.component.hash.as_bytes());
     field(input);
-    let grants = serde_json::json!({
-        "read": step.grants.read_dirs,
-        "scratch": step.grants.scratch,
-        "env": step.grants.env,
-        "clock": step.grants.wall_clock,
-        "random": step.grants.random,
-    });
-    field(grants.to_string().as_bytes());
+    let grants = &step.grants;
+    field(&(grants.read_dirs.len() as u64).to_le_bytes());
+    for dir in &grants.read_dirs {
+        field(dir.as_os_str().as_encoded_bytes());
+    }
+    field(
+        grants
+            .scratch
+            .as_deref()
+            .map_or(&b""[..], |d| d.as_os_str().as_encoded_bytes()),
+    );
+    field(&(grants.env.len() as u64).to_le_bytes());
+    for (name, value) in &grants.env {
+        field(name.as_bytes());
+        field(value.as_bytes());
+    }
+    field(&[
+        u8::from(grants.scratch.is_some()),
+        u8::from(grants.wall_clock),
+        u8::from(grants.random),
+    ]);
     field(&step.limits.fuel.to_le_bytes());
     field(&step.limits.memory.bytes().to_le_bytes());
     field(&step.limits.output.bytes().to_le_bytes());
-    field(
-        serde_json::to_string(&step.args)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    field(&(step.args.len() as u64).to_le_bytes());
+    for arg in &step.args {
+        field(arg.as_bytes());
+    }
     CacheKey(hasher.finalize())
 }
 
@@ -905,14 +917,8 @@ async fn attempt_loop<E: Executor>(
     if let Some(ledger) = &ledger
         && let Some((source, bytes)) = reuse(ledger, step, &key)
     {
-        ledger.append(JournalEvent::ItemSucceeded {
-            at_ms: now_ms(),
-            step: step.name.clone(),
-            index,
-            key: key.to_hex(),
-            output_hash: blake3::hash(&bytes).to_hex().to_string(),
-            cached: true,
-        });
+        // No journal event of its own: the step's "succeeded" event lists
+        // this key, and the result is already in the store.
         done.result = Ok(decode_output(step, &bytes));
         done.reused = Some(source);
         return done;
