@@ -130,6 +130,7 @@ enum Command {
 
 /// Entry point of the `cairn` binary.
 pub fn main() -> ExitCode {
+    restore_sigpipe();
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -205,6 +206,17 @@ fn init_diagnostics(verbose: u8) {
         .with_target(false)
         .without_time()
         .init();
+}
+
+/// Rust ignores SIGPIPE, so `cairn runs list | head` would fail writing to a
+/// closed pipe; like other Unix tools, let the signal end the process quietly.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; setting
+    // a signal's disposition to its default has no other preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// A panic is a bug in Cairn, never the user's fault: say so in one line

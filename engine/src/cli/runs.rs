@@ -410,8 +410,27 @@ fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
 }
 
 /// The plan of a recorded run, if its manifest still loads.
+/// The plan of a recorded run (manifest, directory or bundle), if it still
+/// loads; used only to draw dependencies.
 async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
     let sandbox = open_sandbox(store).ok()?;
+    if super::pipeline::is_bundle(&record.manifest) {
+        let bundle = crate::bundle::Bundle::open(&record.manifest).ok()?;
+        let manifest = bundle.manifest().ok()?;
+        let shown = record.manifest.join(crate::bundle::MANIFEST);
+        let grants_base = record
+            .manifest
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let sources = crate::plan::Sources::Bundle {
+            bundle: &bundle,
+            grants_base: &grants_base,
+        };
+        return Plan::build_from(&shown, manifest, &sandbox, sources)
+            .await
+            .ok();
+    }
     let (path, manifest) = Manifest::load(&record.manifest).ok()?;
     Plan::build(&path, manifest, &sandbox).await.ok()
 }
