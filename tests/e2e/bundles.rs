@@ -43,6 +43,19 @@ fn pack_inspect_verify_sign_run_round_trip_for_every_example() {
                 .iter()
                 .all(|s| s["component_hash"].as_str().unwrap().len() == 64)
         );
+        if name == "flaky" {
+            let unreliable = info["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "unreliable")
+                .unwrap();
+            assert_eq!(
+                unreliable["capabilities"],
+                serde_json::json!(["scratch:state"]),
+                "inspect shows what a step asks for"
+            );
+        }
 
         let verify = cairn.run(&["bundle", "verify", file_s]);
         assert_eq!(verify.code, 0, "{}", verify.stderr);

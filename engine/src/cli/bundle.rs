@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{open_sandbox, report_error};
+use super::report_error;
 use crate::bundle::{self, Bundle};
-use crate::plan::{Plan, Sources};
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
@@ -92,7 +91,7 @@ pub fn key(command: KeyCommand) -> u8 {
     0
 }
 
-pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
+pub async fn execute(command: BundleCommand) -> u8 {
     match command {
         BundleCommand::Pack { pipeline, output } => {
             let bytes = match bundle::pack(&pipeline) {
@@ -147,11 +146,13 @@ pub async fn execute(command: BundleCommand, store: &Path) -> u8 {
             println!("signed {} with key {public}", bundle.display());
             0
         }
-        BundleCommand::Inspect { bundle, json } => inspect(&bundle, json, store).await,
+        BundleCommand::Inspect { bundle, json } => inspect(&bundle, json).await,
     }
 }
 
-async fn inspect(path: &Path, json: bool, store: &Path) -> u8 {
+/// Show a bundle without running or compiling anything in it: what a host
+/// reads before deciding to trust it.
+async fn inspect(path: &Path, json: bool) -> u8 {
     let bundle = match Bundle::open(path) {
         Ok(b) => b,
         Err(e) => return report_error(&format!("{}: {e}", path.display())),
@@ -160,79 +161,52 @@ async fn inspect(path: &Path, json: bool, store: &Path) -> u8 {
         Ok(m) => m,
         Err(e) => return report_error(&format!("{}: {e}", path.display())),
     };
-    let sandbox = match open_sandbox(store) {
-        Ok(s) => s,
-        Err(e) => return report_error(&e),
-    };
-    let grants_base = path.parent().map(Path::to_owned).unwrap_or_default();
-    let shown = path.join(bundle::MANIFEST);
-    let plan = match Plan::build_from(
-        &shown,
-        manifest,
-        &sandbox,
-        Sources::Bundle {
-            bundle: &bundle,
-            grants_base: &grants_base,
-        },
-    )
-    .await
-    {
-        Ok(plan) => plan,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            return report_error(&format!(
-                "{}: the bundled pipeline is not valid",
-                path.display()
-            ));
-        }
-    };
-    let steps: Vec<_> = plan
-        .order
+    let steps: Vec<_> = manifest
+        .steps
         .iter()
-        .map(|&id| {
-            let s = &plan.steps[id];
-            let mut wants: Vec<String> = s
-                .grants
-                .read_dirs
-                .iter()
-                .map(|d| format!("read:{}", d.display()))
-                .collect();
+        .map(|(name, spec)| {
+            let settings = spec.settings(&manifest.defaults);
+            let g = &spec.grants;
+            let mut wants: Vec<String> = g.read.iter().map(|d| format!("read:{d}")).collect();
+            wants.extend(g.scratch.iter().map(|d| format!("scratch:{d}")));
             wants.extend(
-                s.grants
-                    .scratch
+                g.env
                     .iter()
-                    .map(|d| format!("scratch:{}", d.display())),
+                    .map(|e| format!("env:{}", e.split('=').next().unwrap_or(e))),
             );
-            wants.extend(s.grants.env.iter().map(|(k, _)| format!("env:{k}")));
-            if s.grants.wall_clock {
+            if g.clock {
                 wants.push("clock".into());
             }
-            if s.grants.random {
+            if g.random {
                 wants.push("random".into());
             }
+            let member = bundle
+                .lock
+                .members
+                .iter()
+                .find(|m| m.path == spec.component);
             json!({
-                "name": s.name,
-                "component": s.component_path,
-                "component_hash": s.component.hash.to_hex().as_str(),
+                "name": name,
+                "component": spec.component,
+                "component_hash": member.map(|m| m.blake3.as_str()),
+                "component_size": member.map(|m| m.size),
                 "capabilities": wants,
-                "fuel": s.limits.fuel,
-                "timeout_ms": s.limits.timeout.as_millis() as u64,
-                "memory": s.limits.memory.bytes(),
+                "fuel": settings.fuel,
+                "timeout": settings.timeout,
+                "memory": settings.memory,
             })
         })
         .collect();
     if json {
         println!(
             "{}",
-            json!({"id": bundle.id.to_hex().as_str(), "pipeline": plan.name, "members": bundle.lock.members, "steps": steps, "signatures": bundle.signatures})
+            json!({"id": bundle.id.to_hex().as_str(), "pipeline": manifest.name, "members": bundle.lock.members, "steps": steps, "signatures": bundle.signatures})
         );
         return 0;
     }
     println!("bundle     {}", path.display());
     println!("id         {}", bundle.id.to_hex());
-    println!("pipeline   {} ({} steps)", plan.name, plan.steps.len());
+    println!("pipeline   {} ({} steps)", manifest.name, steps.len());
     println!("members:");
     for m in &bundle.lock.members {
         println!(

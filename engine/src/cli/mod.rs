@@ -158,7 +158,7 @@ pub fn main() -> ExitCode {
             Command::Runs(command) => runs::runs(command, &cli.store),
             Command::Cache(command) => runs::cache(command, &cli.store),
             Command::Lineage(args) => runs::lineage(args, &cli.store),
-            Command::Bundle(command) => bundle::execute(command, &cli.store).await,
+            Command::Bundle(command) => bundle::execute(command).await,
             Command::Key(command) => bundle::key(command),
             Command::Audit(args) => runs::audit(args, &cli.store),
             Command::Task(command) => task::execute(command, &cli.store).await,
