@@ -104,11 +104,11 @@ impl Executor for Noop {
     async fn execute(
         &self,
         _: &Step,
-        input: Vec<u8>,
+        input: &[u8],
         _: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
         Ok(Attempt {
-            result: Ok(input),
+            result: Ok(input.to_vec()),
             fuel_used: 0,
             duration: Duration::ZERO,
             peak_memory: 0,

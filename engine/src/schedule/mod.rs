@@ -146,7 +146,7 @@ pub trait Executor: Send + Sync + 'static {
     fn execute(
         &self,
         step: &Step,
-        input: Vec<u8>,
+        input: &[u8],
         observer: Option<Arc<dyn Observer>>,
     ) -> impl Future<Output = Result<Attempt, SandboxError>> + Send;
 }
@@ -160,11 +160,11 @@ impl Executor for SandboxExecutor {
     async fn execute(
         &self,
         step: &Step,
-        input: Vec<u8>,
+        input: &[u8],
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
         let request = RunRequest {
-            input: &input,
+            input,
             args: &step.args,
             limits: step.limits,
             grants: &step.grants,
@@ -945,7 +945,7 @@ async fn attempt_loop<E: Executor>(
                 .await
                 .expect("the job semaphore is never closed");
             executor
-                .execute(step, input.clone(), Some(logs.clone()))
+                .execute(step, &input, Some(logs.clone()))
                 .await
         };
         if let (Some(ledger), Ok(attempt)) = (&ledger, &attempt) {
