@@ -128,12 +128,7 @@ fn log_flood_is_capped_and_the_task_still_finishes() {
     let (run, report) = cairn.task_json(&guest("hostile"), r#"{"attack":"log-flood"}"#, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(report["output"], "still alive");
-    let kept: usize = report["logs"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().len())
-        .sum();
+    let kept = kept_log_bytes(&report);
     assert!(kept <= (1 << 20) + (16 << 10) + 64, "kept {kept} log bytes");
     assert!(report["logs"]["dropped"].as_u64().unwrap() > 90_000);
 }
@@ -147,12 +142,7 @@ fn stdout_flood_is_bounded_and_ends_by_fuel() {
         &["--fuel", "100_000_000"],
     );
     assert_failed(&report, &run, "out-of-fuel", 12);
-    let kept: usize = report["logs"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap().len())
-        .sum();
+    let kept = kept_log_bytes(&report);
     assert!(
         kept <= 80 << 10,
         "stdout kept as logs must stay near its 64 KiB cap, kept {kept}"
@@ -172,4 +162,19 @@ fn task_errors_keep_their_kind() {
             .unwrap()
             .contains("rejected its input")
     );
+}
+
+/// Bytes of task log messages a `--json` report kept.
+fn kept_log_bytes(report: &serde_json::Value) -> usize {
+    report["logs"]["lines"]
+        .as_array()
+        .expect("the report has log lines")
+        .iter()
+        .map(|l| {
+            l["message"]
+                .as_str()
+                .expect("each line has a message")
+                .len()
+        })
+        .sum()
 }

@@ -13,6 +13,7 @@ use super::pipeline::{Launch, PolicyArgs};
 use super::{open_sandbox, report_error};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
+use crate::policy::Policy;
 use crate::sandbox::limits::parse_duration;
 use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store};
 
@@ -115,21 +116,23 @@ fn journal(db: &dyn Store, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
     db.journal(run).map_err(|e| report_error(&e.to_string()))
 }
 
-/// Open the store just long enough to read a run and its journal (`Launch`
-/// opens it again, and sled allows one opener at a time).
-fn load_run(store: &Path, text: &str) -> Result<(RunRecord, Vec<JournalEvent>), u8> {
+/// The policy to run under, a recorded run and its journal. The store is
+/// open only while reading (`Launch` opens it again, and sled allows one
+/// opener at a time).
+fn load_run(
+    store: &Path,
+    text: &str,
+    policy: &PolicyArgs,
+) -> Result<(Option<Policy>, RunRecord, Vec<JournalEvent>), u8> {
+    let policy = policy.load()?;
     let db = open(store)?;
     let record = find_run(&db, text)?;
     let events = journal(&db, &record.id)?;
-    Ok((record, events))
+    Ok((policy, record, events))
 }
 
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
-    let policy = match args.policy.load() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let (record, events) = match load_run(store, &args.run) {
+    let (policy, record, events) = match load_run(store, &args.run, &args.policy) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -164,11 +167,7 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
 }
 
 pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
-    let policy = match args.policy.load() {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let (record, events) = match load_run(store, &args.run) {
+    let (policy, record, events) = match load_run(store, &args.run, &args.policy) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -197,7 +196,8 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
     if !args.verify {
         return code;
     }
-    let mut mismatches = Vec::new();
+    // (step, original hash, replayed hash) for every step whose output changed.
+    let mut mismatches: Vec<(&str, &str, &str)> = Vec::new();
     let mut compared = 0;
     for step in &report.steps {
         let (Some(before), Some(after)) = (original.get(&step.name), &step.output_hash) else {
@@ -205,24 +205,26 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         };
         compared += 1;
         if before != after {
-            mismatches.push(json!({"step": step.name, "original": before, "replay": after}));
+            mismatches.push((&step.name, before, after));
         }
     }
     if args.json {
+        let list: Vec<Value> = mismatches
+            .iter()
+            .map(|(step, before, after)| json!({"step": step, "original": before, "replay": after}))
+            .collect();
         println!(
             "{}",
-            json!({"verified": compared, "nondeterministic": mismatches})
+            json!({"verified": compared, "nondeterministic": list})
         );
     } else {
-        for m in &mismatches {
+        let short = |hash: &str| hash.chars().take(12).collect::<String>();
+        for (step, before, after) in &mismatches {
             eprintln!(
-                "nondeterministic: step `{}` produced different output (run {}: {}…, replay: {}…)",
-                m["step"].as_str().unwrap_or_default(),
+                "nondeterministic: step `{step}` produced different output (run {}: {}…, replay: {}…)",
                 record.id,
-                &m["original"].as_str().unwrap_or_default()
-                    [..12.min(m["original"].as_str().unwrap_or_default().len())],
-                &m["replay"].as_str().unwrap_or_default()
-                    [..12.min(m["replay"].as_str().unwrap_or_default().len())],
+                short(before),
+                short(after)
             );
         }
         if mismatches.is_empty() {

@@ -944,9 +944,7 @@ async fn attempt_loop<E: Executor>(
                 .acquire()
                 .await
                 .expect("the job semaphore is never closed");
-            executor
-                .execute(step, &input, Some(logs.clone()))
-                .await
+            executor.execute(step, &input, Some(logs.clone())).await
         };
         if let (Some(ledger), Ok(attempt)) = (&ledger, &attempt) {
             ledger.append(attempt_finished(step, index, done.attempts, attempt));
