@@ -150,8 +150,17 @@ fn cache_stats_gc_and_clear() {
     assert_eq!(stats.json()["entries"], 4);
     let gc = cairn.run(&["cache", "gc", "--older-than", "1h"]);
     assert!(gc.stdout.contains("removed 0"), "{}", gc.stdout);
+    assert!(
+        executed(&run_json(&cairn, p.path(), &[])).is_empty(),
+        "young results survive gc's compaction of the packs"
+    );
     let clear = cairn.run(&["cache", "clear"]);
     assert!(clear.stdout.contains("removed 4"), "{}", clear.stdout);
+    let packed: u64 = files_in(&cairn.store.path().join("packs"))
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert_eq!(packed, 0, "clear reclaims the packs' space");
     assert_eq!(
         cairn.run(&["cache", "stats", "--json"]).json()["entries"],
         0
@@ -212,10 +221,12 @@ fn start_until(cairn: &Cairn, path: &str, line: &str) -> (Child, String) {
     (child, run_id)
 }
 
-fn crash_and_resume(kill_after: usize) {
+/// Kill `cairn run` with SIGKILL once it prints `line`, when steps
+/// `s0..finished` have been reported done, then resume the run.
+fn crash_and_resume(line: &str, finished: usize) {
     let p = chain(6);
     let cairn = Cairn::new();
-    let (mut child, run_id) = start_until(&cairn, p.path(), &format!("done   s{kill_after} "));
+    let (mut child, run_id) = start_until(&cairn, p.path(), line);
     child.kill().unwrap(); // SIGKILL: no cleanup of any kind
     child.wait().unwrap();
 
@@ -237,7 +248,7 @@ fn crash_and_resume(kill_after: usize) {
     for i in 0..6 {
         assert_eq!(step(&report, &format!("s{i}"))["status"], "succeeded");
     }
-    for i in 0..=kill_after {
+    for i in 0..finished {
         let s = step(&report, &format!("s{i}"));
         assert_eq!(
             s["attempts"], 0,
@@ -256,12 +267,18 @@ fn crash_and_resume(kill_after: usize) {
 
 #[test]
 fn kill_9_after_the_first_step_then_resume() {
-    crash_and_resume(0);
+    crash_and_resume("done   s0 ", 1);
 }
 
 #[test]
 fn kill_9_mid_pipeline_then_resume() {
-    crash_and_resume(2);
+    crash_and_resume("done   s2 ", 3);
+}
+
+#[test]
+fn kill_9_while_a_step_runs_then_resume() {
+    // s3 is in flight: it runs again, nothing before it does.
+    crash_and_resume("start  s3", 3);
 }
 
 #[test]
@@ -402,4 +419,65 @@ fn a_damaged_store_is_reported_clearly() {
             run.stderr
         );
     }
+}
+
+fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn damaged_result_packs_are_recomputed_and_damaged_journals_named() {
+    let p = two_documents();
+    let cairn = Cairn::new();
+    let first = run_json(&cairn, p.path(), &[]);
+    let id = first["run_id"].as_str().unwrap().to_owned();
+
+    // Results are recomputable: garbage in a pack means those steps run again.
+    for pack in files_in(&cairn.store.path().join("packs")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        for b in bytes.iter_mut().skip(30) {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&pack, bytes).unwrap();
+    }
+    let again = run_json(&cairn, p.path(), &[]);
+    assert_eq!(executed(&again).len(), 4, "damaged results run again");
+    assert_eq!(again["output"], first["output"]);
+    let third = run_json(&cairn, p.path(), &[]);
+    assert!(executed(&third).is_empty(), "and are cached afresh");
+
+    // A journal cut short (a write the machine never finished) still reads.
+    let journal = cairn.store.path().join("journal").join(format!("{id}.log"));
+    let len = std::fs::metadata(&journal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let shown = cairn.run(&["runs", "show", &id]);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+
+    // Damage inside a journal is an error that names the run.
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[30] ^= 0xff;
+    std::fs::write(&journal, bytes).unwrap();
+    for args in [&["runs", "show", &id][..], &["resume", &id], &["lineage", &id]] {
+        let out = cairn.run(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("the journal of run {id} is damaged")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+    let listed = cairn.run(&["runs", "list"]);
+    assert_eq!(listed.code, 0, "other commands still work: {}", listed.stderr);
 }

@@ -560,7 +560,7 @@ pub fn cache(command: CacheCommand, store: &Path) -> u8 {
                 );
                 println!("in blobs     {}", stats.blobs);
                 println!(
-                    "on disk      {} (sled index + blobs)",
+                    "on disk      {} (sled index, packs, blobs)",
                     crate::sandbox::ByteSize(stats.disk_bytes)
                 );
                 if let Some(oldest) = stats.oldest_ms {

@@ -21,9 +21,9 @@
 //! has); after a success it commits the result together with its journal
 //! event; every scheduling decision is appended to the run's journal.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,65 +38,10 @@ use crate::sandbox::{
     SandboxError,
 };
 use crate::store::records::now_ms;
-use crate::store::{CacheKey, JournalEvent, LoggedLine, ResultMeta, RunId, StepSource, Store};
+use crate::store::{CacheKey, JournalEvent, LoggedLine, NewResult, ResultMeta, StepSource};
 
-/// Where a run's results and journal go.
-pub struct Ledger {
-    pub store: Arc<dyn Store>,
-    pub run: RunId,
-    /// Run every step even when a cached result exists (results are still stored).
-    pub refresh: bool,
-    /// Results the run being resumed already has, by key; used whatever the
-    /// step's cache policy, because they belong to this very run.
-    pub resumed: HashSet<CacheKey>,
-    buffer: Mutex<Vec<JournalEvent>>,
-}
-
-impl Ledger {
-    pub fn new(
-        store: Arc<dyn Store>,
-        run: RunId,
-        refresh: bool,
-        resumed: HashSet<CacheKey>,
-    ) -> Self {
-        Self {
-            store,
-            run,
-            refresh,
-            resumed,
-            buffer: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Queue an event; queued events are written in one batch (in order)
-    /// before the next flush, or when the queue grows long.
-    fn append(&self, event: JournalEvent) {
-        let full = {
-            let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-            buffer.push(event);
-            buffer.len() >= 256
-        };
-        if full {
-            self.write_buffered();
-        }
-    }
-
-    fn write_buffered(&self) {
-        let events = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()));
-        if events.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.append_all(&self.run, &events) {
-            tracing::warn!("cannot write the journal of run {}: {e}", self.run);
-        }
-    }
-
-    fn flush(&self) {
-        if let Err(e) = self.store.flush() {
-            tracing::warn!("cannot flush the store: {e}");
-        }
-    }
-}
+mod ledger;
+pub use ledger::Ledger;
 
 /// The cache key of one unit of work: blake3 over the key-format version,
 /// the component, the canonical input bytes, the grants (with env values),
@@ -419,15 +364,19 @@ pub async fn run<E: Executor>(
     };
     tokio::pin!(cancel);
     let mut cancelled = false;
+    // The group commit being made durable, and the steps it will release.
+    let mut in_flight: Option<(tokio::sync::oneshot::Receiver<()>, Vec<StepId>)> = None;
     loop {
         while let Some(id) = run.ready.pop_front() {
             run.start(id);
         }
-        run.commit();
+        if in_flight.is_none() {
+            in_flight = run.commit();
+        }
         if !run.ready.is_empty() {
             continue;
         }
-        if run.stop || run.work.is_empty() {
+        if run.stop || (run.work.is_empty() && in_flight.is_none()) {
             break;
         }
         tokio::select! {
@@ -436,14 +385,24 @@ pub async fn run<E: Executor>(
                 cancelled = true;
                 break;
             }
+            _ = async {
+                match in_flight.as_mut() {
+                    Some((durable, _)) => durable.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (_, steps) = in_flight.take().expect("only a commit in flight completes");
+                for id in steps {
+                    run.announce(id);
+                }
+            }
             Some(joined) = run.work.join_next() => {
                 run.joined(joined);
-                // Group commit: take every completion that is already
-                // waiting, then make them all durable with one flush.
+                // Take every completion that is already waiting: they join
+                // the next group commit together.
                 while let Some(joined) = run.work.try_join_next() {
                     run.joined(joined);
                 }
-                run.commit();
             }
         }
     }
@@ -460,8 +419,7 @@ pub async fn run<E: Executor>(
         }
     }
     if let Some(ledger) = &run.ledger {
-        ledger.write_buffered();
-        ledger.flush();
+        ledger.flush().await;
     }
     let failed = run
         .reports
@@ -497,8 +455,8 @@ struct Run<E: Executor> {
     /// Set by fail-fast: start nothing more.
     stop: bool,
     ledger: Option<Arc<Ledger>>,
-    /// Finished steps whose journal record awaits the next flush; they are
-    /// announced (and release their dependents) only after it.
+    /// Finished steps whose journal record awaits the next group commit;
+    /// they are announced (and release their dependents) only after it.
     unflushed: Vec<StepId>,
 }
 
@@ -792,17 +750,22 @@ impl<E: Executor> Run<E> {
         self.announce(id);
     }
 
-    /// Make every finished step durable with one flush, then announce them.
-    fn commit(&mut self) {
+    /// Start a group commit of every finished step not yet durable; the
+    /// caller announces them when the returned receiver fires. Without a
+    /// ledger there is nothing to wait for: they are announced at once.
+    fn commit(&mut self) -> Option<(tokio::sync::oneshot::Receiver<()>, Vec<StepId>)> {
         if self.unflushed.is_empty() {
-            return;
+            return None;
         }
-        if let Some(ledger) = &self.ledger {
-            ledger.write_buffered();
-            ledger.flush();
-        }
-        for id in std::mem::take(&mut self.unflushed) {
-            self.announce(id);
+        let steps = std::mem::take(&mut self.unflushed);
+        match &self.ledger {
+            Some(ledger) => Some((ledger.commit(), steps)),
+            None => {
+                for id in steps {
+                    self.announce(id);
+                }
+                None
+            }
         }
     }
 
@@ -1019,7 +982,8 @@ fn reuse(ledger: &Ledger, step: &Step, key: &CacheKey) -> Option<(StepSource, Ve
     }
 }
 
-/// Store a fresh result with the journal event that reports it.
+/// Queue a fresh result with the journal event that reports it; both are
+/// written, and made durable, before the step is reported done.
 #[allow(clippy::too_many_arguments)]
 fn record(
     ledger: &Ledger,
@@ -1031,12 +995,12 @@ fn record(
     fuel: u64,
     duration: Duration,
 ) {
-    let output_hash = blake3::hash(output).to_hex().to_string();
+    let output_hash = blake3::hash(output);
     let meta = ResultMeta {
-        output_hash: output_hash.clone(),
+        output_hash,
         size: output.len() as u64,
-        component: step.component.hash.to_hex().to_string(),
-        input_hash: blake3::hash(input).to_hex().to_string(),
+        component: step.component.hash,
+        input_hash: blake3::hash(input),
         fuel,
         duration_us: duration.as_micros() as u64,
         created_ms: now_ms(),
@@ -1046,20 +1010,15 @@ fn record(
         step: step.name.clone(),
         index,
         key: key.to_hex(),
-        output_hash,
+        output_hash: output_hash.to_hex().to_string(),
         cached: false,
     };
-    // Earlier events of this unit (attempt started/finished) go first.
-    ledger.write_buffered();
-    if let Err(e) = ledger
-        .store
-        .commit_result(key, &meta, output, &ledger.run, &event)
-    {
-        tracing::warn!(
-            "cannot store the result of step {}: {e}; it will run again next time",
-            step.name
-        );
-    }
+    let result = NewResult {
+        key: *key,
+        meta,
+        output: output.to_vec(),
+    };
+    ledger.stage(result, event);
 }
 
 fn attempt_finished(

@@ -4,7 +4,8 @@
 //! bottom of the data flow (manifest → plan → schedule → sandbox → store): it
 //! never imports a higher module. Two narrow traits: [`ArtifactStore`] for
 //! precompiled components (files), and [`Store`] for the result cache, the run
-//! journal and run records (sled by default, see [`db`]), so a shared
+//! journal and run records (sled as the index with append-only files beside
+//! it by default, see [`db`]), so a shared
 //! PostgreSQL backend can replace the embedded one without touching callers.
 //!
 //! Invariant: every value read back is verified against a blake3 checksum
@@ -14,6 +15,9 @@
 pub mod artifacts;
 pub mod audit;
 pub mod db;
+mod journal;
+mod log;
+mod pack;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -32,21 +36,21 @@ pub trait Store: Send + Sync {
         key: &CacheKey,
         max_age: Option<Duration>,
     ) -> Result<Option<(ResultMeta, Vec<u8>)>, StoreError>;
-    /// Store a result together with the journal event that reports it, atomically.
-    fn commit_result(
+    /// Record a run's progress: first the new results, then the journal
+    /// events (in order) that may report them. With [`Durability::Machine`]
+    /// the results are on disk before the events are written, and both are
+    /// before this returns.
+    fn record(
         &self,
-        key: &CacheKey,
-        meta: &ResultMeta,
-        output: &[u8],
         run: &RunId,
-        event: &JournalEvent,
+        results: &[NewResult],
+        events: &[JournalEvent],
+        durability: Durability,
     ) -> Result<(), StoreError>;
-    /// Append an event to a run's journal.
+    /// Append one event to a run's journal.
     fn append(&self, run: &RunId, event: &JournalEvent) -> Result<(), StoreError> {
-        self.append_all(run, std::slice::from_ref(event))
+        self.record(run, &[], std::slice::from_ref(event), Durability::Process)
     }
-    /// Append events to a run's journal, in order, in one write.
-    fn append_all(&self, run: &RunId, events: &[JournalEvent]) -> Result<(), StoreError>;
     /// A run's journal, in order.
     fn journal(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError>;
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
@@ -54,11 +58,28 @@ pub trait Store: Send + Sync {
     fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
     fn cache_stats(&self) -> Result<CacheStats, StoreError>;
-    /// Remove results older than `older_than` (all results if `None`);
-    /// returns how many were removed.
+    /// Remove results older than `older_than` (all results if `None`) and
+    /// reclaim their space; returns how many were removed.
     fn cache_gc(&self, older_than: Option<Duration>) -> Result<u64, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// A fresh result to store.
+#[derive(Debug, Clone)]
+pub struct NewResult {
+    pub key: CacheKey,
+    pub meta: ResultMeta,
+    pub output: Vec<u8>,
+}
+
+/// What a write must survive before [`Store::record`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A crash of this process (the bytes are with the operating system).
+    Process,
+    /// A crash of the machine (the bytes are on disk: fsync).
+    Machine,
 }
 
 /// What `cairn cache stats` shows.
@@ -71,7 +92,7 @@ pub struct CacheStats {
     pub blobs: u64,
     /// Bytes of keys and values in the index.
     pub index_bytes: u64,
-    /// Bytes on disk: the sled directory and the blobs.
+    /// Bytes on disk: the sled directory, the packs and the blobs (not the journals).
     pub disk_bytes: u64,
     pub oldest_ms: Option<u64>,
 }

@@ -68,14 +68,15 @@ impl fmt::Display for RunId {
 }
 
 /// What the store knows about a result besides its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResultMeta {
     /// blake3 of the output bytes.
-    pub output_hash: String,
+    pub output_hash: blake3::Hash,
     pub size: u64,
-    pub component: String,
+    /// blake3 of the component.
+    pub component: blake3::Hash,
     /// blake3 of the canonical input bytes.
-    pub input_hash: String,
+    pub input_hash: blake3::Hash,
     pub fuel: u64,
     pub duration_us: u64,
     pub created_ms: u64,

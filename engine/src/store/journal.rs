@@ -1,0 +1,249 @@
+//! Run journals: one append-only file per run, `<store>/journal/<run id>.log`,
+//! holding the run's [`JournalEvent`]s as JSON, each in a [`super::log`] frame.
+//!
+//! A journal is the one thing in the store that cannot be recomputed, so it
+//! is never rewritten: events are appended in batches (one `write` each) and
+//! made durable with `fdatasync` when the scheduler asks. A torn last frame
+//! (power lost mid-write) is cut off before the journal is appended to
+//! again and skipped when it is read; damage anywhere else is an error that
+//! names the run.
+//!
+//! Invariant: events of one run are appended in the order they were given,
+//! by one writer at a time (the map of open files is behind a lock).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::StoreError;
+use super::log;
+use super::records::{JournalEvent, RunId};
+
+pub struct Journals {
+    dir: PathBuf,
+    open: Mutex<HashMap<RunId, Arc<File>>>,
+}
+
+impl Journals {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, run: &RunId) -> Result<PathBuf, StoreError> {
+        // Run ids become file names: accept nothing that could leave the directory.
+        if run.0.is_empty() || !run.0.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(StoreError::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("{:?} is not a run id", run.0),
+            });
+        }
+        Ok(self.dir.join(format!("{}.log", run.0)))
+    }
+
+    /// The run's journal file, opened for appending on first use. An
+    /// existing journal is checked first: a torn tail is cut off, damage
+    /// refuses the append (adding to it would bury the damage).
+    fn file(
+        &self,
+        open: &mut HashMap<RunId, Arc<File>>,
+        run: &RunId,
+    ) -> Result<Arc<File>, StoreError> {
+        if let Some(file) = open.get(run) {
+            return Ok(file.clone());
+        }
+        let path = self.path(run)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let scan = log::scan(&bytes);
+        if let Some(at) = scan.damage {
+            return Err(damaged(run, &path, at));
+        }
+        if scan.torn(bytes.len()) {
+            tracing::warn!(
+                "journal of run {run}: cutting off an unfinished write at byte {}",
+                scan.valid_len
+            );
+            file.set_len(scan.valid_len)
+                .map_err(|e| StoreError::io(&path, e))?;
+        }
+        let file = Arc::new(file);
+        open.insert(run.clone(), file.clone());
+        Ok(file)
+    }
+
+    /// Append events in order with one write. They survive a crash of this
+    /// process at once; [`Self::sync`] makes them survive the machine's.
+    pub fn append(&self, run: &RunId, events: &[JournalEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut frames = Vec::with_capacity(events.len() * 128);
+        let mut json = Vec::with_capacity(256);
+        for event in events {
+            json.clear();
+            serde_json::to_writer(&mut json, event).expect("journal events always encode");
+            log::frame(&json, &mut frames);
+        }
+        // Holding the lock while writing keeps batches whole and in order.
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let file = self.file(&mut open, run)?;
+        let len = file.metadata().map(|m| m.len());
+        if let Err(e) = log::append(&mut &*file, &frames) {
+            // Cut a partial write so the next batch starts on a frame boundary.
+            if let Ok(len) = len {
+                let _ = file.set_len(len);
+            }
+            return Err(StoreError::io(&self.path(run)?, e));
+        }
+        Ok(())
+    }
+
+    /// Make the run's appended events durable.
+    pub fn sync(&self, run: &RunId) -> Result<(), StoreError> {
+        let file = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            self.file(&mut open, run)?
+        };
+        file.sync_data()
+            .map_err(|e| StoreError::io(&self.dir.join(&run.0), e))
+    }
+
+    /// Make every open journal durable.
+    pub fn sync_all(&self) -> Result<(), StoreError> {
+        let files: Vec<(RunId, Arc<File>)> = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(run, file)| (run.clone(), file.clone()))
+            .collect();
+        for (run, file) in files {
+            file.sync_data()
+                .map_err(|e| StoreError::io(&self.dir.join(&run.0), e))?;
+        }
+        Ok(())
+    }
+
+    /// A run's events in order. A run with no journal file has no events.
+    pub fn read(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError> {
+        let path = self.path(run)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        let scan = log::scan(&bytes);
+        if let Some(at) = scan.damage {
+            return Err(damaged(run, &path, at));
+        }
+        if scan.torn(bytes.len()) {
+            tracing::warn!(
+                "journal of run {run}: ignoring an unfinished write at byte {}",
+                scan.valid_len
+            );
+        }
+        scan.records
+            .iter()
+            .map(|&(offset, payload)| {
+                serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: format!(
+                        "the journal of run {run} has an unreadable event at byte {offset} ({e}); that run can no longer be resumed or replayed"
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
+fn damaged(run: &RunId, path: &Path, at: u64) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_owned(),
+        reason: format!(
+            "the journal of run {run} is damaged at byte {at} (its checksum does not match); that run can no longer be resumed or replayed"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u64) -> JournalEvent {
+        JournalEvent::StepScheduled {
+            at_ms: i,
+            step: format!("s{i}"),
+        }
+    }
+
+    #[test]
+    fn events_read_back_in_order_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = Journals::open(dir.path()).unwrap();
+        let (a, b) = (RunId("aaaa".into()), RunId("bbbb".into()));
+        journals.append(&a, &[event(1), event(2)]).unwrap();
+        journals.append(&b, &[event(9)]).unwrap();
+        journals.append(&a, &[event(3)]).unwrap();
+        journals.sync_all().unwrap();
+        assert_eq!(journals.read(&a).unwrap(), [event(1), event(2), event(3)]);
+        assert_eq!(journals.read(&b).unwrap(), [event(9)]);
+        assert!(journals.read(&RunId("cccc".into())).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_torn_tail_is_skipped_then_cut_before_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunId("abcd".into());
+        {
+            let journals = Journals::open(dir.path()).unwrap();
+            journals.append(&run, &[event(1), event(2)]).unwrap();
+        }
+        let path = dir.path().join("abcd.log");
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let journals = Journals::open(dir.path()).unwrap();
+        assert_eq!(journals.read(&run).unwrap(), [event(1)]);
+        journals.append(&run, &[event(3)]).unwrap();
+        assert_eq!(journals.read(&run).unwrap(), [event(1), event(3)]);
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_an_error_naming_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunId("abcd".into());
+        let journals = Journals::open(dir.path()).unwrap();
+        journals.append(&run, &[event(1), event(2)]).unwrap();
+        let path = dir.path().join("abcd.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[log::HEADER + 2] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let err = journals.read(&run).unwrap_err().to_string();
+        assert!(err.contains("run abcd is damaged at byte 0"), "{err}");
+        let fresh = Journals::open(dir.path()).unwrap();
+        assert!(fresh.append(&run, &[event(3)]).is_err(), "no appending after damage");
+    }
+
+    #[test]
+    fn run_ids_cannot_name_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = Journals::open(dir.path()).unwrap();
+        for bad in ["../x", "", "a/b", "."] {
+            assert!(journals.append(&RunId(bad.into()), &[event(1)]).is_err(), "{bad}");
+        }
+    }
+}
