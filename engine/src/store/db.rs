@@ -14,11 +14,13 @@
 //!   process loses nothing it wrote; `fdatasync` (on [`Durability::Machine`])
 //!   makes them survive a power cut. The scheduler asks for that once per
 //!   group of finished steps, before it reports any of them done.
-//! - The result index in sled may lag behind the packs after a crash. It
-//!   records a *watermark* (segment, offset) with every batch of entries, in
-//!   the same atomic batch; on open, every pack record past the watermark is
-//!   indexed again, so a result whose journal event survived always has its
-//!   index entry back.
+//! - The result index in sled lags behind the packs: a sled insert costs
+//!   ~10 µs here, so entries are written by an indexer thread while the
+//!   scheduler goes on, and lookups consult the entries still on their way
+//!   first. With every batch of entries sled records a *watermark* (segment,
+//!   offset) in the same atomic batch; on open, every pack record past the
+//!   watermark is indexed again, so after any crash a result whose journal
+//!   event survived has its index entry back.
 //! - sled has been seen to corrupt on unclean stops, so every value (index
 //!   entries, run records) carries a blake3 checksum verified on read, as do
 //!   pack and journal frames. A bad result is a cache miss (it is
@@ -31,10 +33,11 @@
 //! - sled keeps several copies of what it stores; here it stores ~50 bytes
 //!   per result, and the result bytes are written once, in a pack.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::journal::Journals;
@@ -80,9 +83,14 @@ pub struct SledStore {
     /// Cache key → [`IndexEntry`], plus the [`WATERMARK`].
     results: sled::Tree,
     runs: sled::Tree,
-    /// Appends to the packs; held while the index is updated, so index
-    /// batches land in pack order.
+    /// Appends to the packs; held while index entries are handed to the
+    /// indexer, so they reach sled in pack order.
     writer: Mutex<PackWriter>,
+    /// Index entries in the packs but not yet in sled; lookups see them first.
+    overlay: Arc<Mutex<HashMap<[u8; 32], IndexEntry>>>,
+    /// Feeds the indexer thread; `None` once the store is dropped.
+    to_indexer: Mutex<Option<mpsc::Sender<IndexJob>>>,
+    indexer: Option<JoinHandle<()>>,
     reader: PackReader,
     journals: Journals,
     packs: PathBuf,
@@ -209,10 +217,23 @@ impl SledStore {
         check_identity(&db, &path)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&path, e));
         let packs = dir.join("packs");
+        let results = tree("results")?;
+        let overlay = Arc::new(Mutex::new(HashMap::new()));
+        let (to_indexer, jobs) = mpsc::channel();
+        let indexer = {
+            let (results, overlay) = (results.clone(), overlay.clone());
+            std::thread::Builder::new()
+                .name("cairn-indexer".into())
+                .spawn(move || index_jobs(&results, &overlay, jobs))
+                .map_err(|e| StoreError::io(&path, e))?
+        };
         let store = Self {
-            results: tree("results")?,
+            results,
             runs: tree("runs")?,
             writer: Mutex::new(PackWriter::open(&packs)?),
+            overlay,
+            to_indexer: Mutex::new(Some(to_indexer)),
+            indexer: Some(indexer),
             reader: PackReader::new(&packs),
             journals: Journals::open(&dir.join("journal"))?,
             db,
@@ -241,16 +262,17 @@ impl SledStore {
             if segment < watermark.0 {
                 continue;
             }
-            let bytes = self.reader.read_from(segment, 0)?;
             let mut from = if segment == watermark.0 { watermark.1 } else { 0 };
-            if from > bytes.len() as u64 {
+            if from > self.reader.len(segment)? {
                 tracing::warn!(
                     "{} is shorter than the index expects; indexing it again",
                     self.reader.path(segment).display()
                 );
                 from = 0;
             }
-            let scan = log::scan(&bytes[from as usize..]);
+            // Only the part past the watermark is read: usually nothing.
+            let bytes = self.reader.read_from(segment, from)?;
+            let scan = log::scan(&bytes);
             for &(offset, payload) in &scan.records {
                 let Some(packed) = pack::decode(payload) else {
                     continue;
@@ -265,11 +287,11 @@ impl SledStore {
                 recovered += 1;
             }
             let end = from + scan.valid_len;
-            if end < bytes.len() as u64 {
+            if scan.valid_len < bytes.len() as u64 {
                 tracing::warn!(
                     "{}: dropping {} damaged or unfinished bytes at offset {end} (cached results there will be computed again)",
                     self.reader.path(segment).display(),
-                    bytes.len() as u64 - end
+                    bytes.len() as u64 - scan.valid_len
                 );
                 if segment == active {
                     writer.truncate(end)?;
@@ -403,14 +425,24 @@ impl Store for SledStore {
         key: &CacheKey,
         max_age: Option<Duration>,
     ) -> Result<Option<(ResultMeta, Vec<u8>)>, StoreError> {
-        let Some(value) = self
-            .results
+        let recent = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(key.0.as_bytes())
-            .map_err(|e| self.sled_error(e))?
-        else {
-            return Ok(None);
+            .copied();
+        let entry = match recent {
+            Some(entry) => Ok(entry),
+            None => match self
+                .results
+                .get(key.0.as_bytes())
+                .map_err(|e| self.sled_error(e))?
+            {
+                Some(value) => IndexEntry::decode(&value),
+                None => return Ok(None),
+            },
         };
-        let loaded = IndexEntry::decode(&value).and_then(|entry| {
+        let loaded = entry.and_then(|entry| {
             if entry.expired(max_age) {
                 return Ok(None);
             }
@@ -454,15 +486,19 @@ impl Store for SledStore {
             if sync {
                 writer.sync()?;
             }
-            let mut batch = sled::Batch::default();
-            for (r, at) in results.iter().zip(locations) {
-                let blob = r.output.len() > BLOB_THRESHOLD;
-                batch.insert(r.key.0.as_bytes(), IndexEntry::new(at, &r.meta, blob).encode());
-            }
-            batch.insert(WATERMARK, encode_watermark(writer.position()));
-            self.results
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
+            let entries: Vec<([u8; 32], IndexEntry)> = results
+                .iter()
+                .zip(locations)
+                .map(|(r, at)| {
+                    let blob = r.output.len() > BLOB_THRESHOLD;
+                    (*r.key.0.as_bytes(), IndexEntry::new(at, &r.meta, blob))
+                })
+                .collect();
+            self.overlay
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(entries.iter().copied());
+            self.send(IndexJob::Entries(entries, writer.position()));
         }
         self.journals.append(run, events)?;
         if sync {
@@ -513,6 +549,7 @@ impl Store for SledStore {
     }
 
     fn cache_stats(&self) -> Result<CacheStats, StoreError> {
+        self.settle_index()?;
         let mut stats = CacheStats::default();
         for entry in self.results.iter() {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
@@ -539,6 +576,7 @@ impl Store for SledStore {
     fn cache_gc(&self, older_than: Option<Duration>) -> Result<u64, StoreError> {
         let cutoff = older_than.map(|age| now_ms().saturating_sub(age.as_millis() as u64));
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.settle_index()?;
         let mut live = Vec::new();
         let mut removed = 0;
         let mut batch = sled::Batch::default();
@@ -590,6 +628,11 @@ impl Store for SledStore {
         self.results
             .apply_batch(batch)
             .map_err(|e| self.sled_error(e))?;
+        // Whatever the overlay still holds points into the old segments.
+        self.overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.db.flush().map_err(|e| self.sled_error(e))?;
         // Only now is nothing indexed in the old segments.
         for segment in old_segments {
@@ -616,6 +659,7 @@ impl Store for SledStore {
             .unwrap_or_else(|e| e.into_inner())
             .sync()?;
         self.journals.sync_all()?;
+        self.settle_index()?;
         self.db.flush().map_err(|e| self.sled_error(e))?;
         Ok(())
     }
@@ -633,6 +677,93 @@ impl SledStore {
         StoreError::Corrupt {
             path: self.path.clone(),
             reason: format!("{reason}; run history is damaged"),
+        }
+    }
+}
+
+/// Work for the indexer thread.
+enum IndexJob {
+    /// Entries to write, with the pack position they reach.
+    Entries(Vec<([u8; 32], IndexEntry)>, (u32, u64)),
+    /// Answer once every earlier job is done (with the first error since
+    /// the last barrier, if any).
+    Barrier(mpsc::Sender<Result<(), String>>),
+}
+
+fn index_jobs(
+    results: &sled::Tree,
+    overlay: &Mutex<HashMap<[u8; 32], IndexEntry>>,
+    jobs: mpsc::Receiver<IndexJob>,
+) {
+    let mut failure: Option<String> = None;
+    for job in jobs {
+        match job {
+            IndexJob::Entries(entries, position) => {
+                let mut batch = sled::Batch::default();
+                for (key, entry) in &entries {
+                    batch.insert(&key[..], entry.encode());
+                }
+                batch.insert(WATERMARK, encode_watermark(position));
+                match results.apply_batch(batch) {
+                    Ok(()) => {
+                        let mut overlay = overlay.lock().unwrap_or_else(|e| e.into_inner());
+                        for (key, entry) in &entries {
+                            // A newer entry for the same key stays until it is written.
+                            if overlay.get(key) == Some(entry) {
+                                overlay.remove(key);
+                            }
+                        }
+                    }
+                    // The entries stay in the overlay for this process, and
+                    // the packs re-index them on the next open.
+                    Err(e) => {
+                        failure.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            IndexJob::Barrier(answer) => {
+                let _ = answer.send(failure.take().map_or(Ok(()), Err));
+            }
+        }
+    }
+}
+
+impl SledStore {
+    fn send(&self, job: IndexJob) {
+        if let Some(to_indexer) = &*self.to_indexer.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = to_indexer.send(job);
+        }
+    }
+
+    /// Wait until every index entry handed over so far is in sled.
+    fn settle_index(&self) -> Result<(), StoreError> {
+        let (answer, settled) = mpsc::channel();
+        self.send(IndexJob::Barrier(answer));
+        match settled.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Unreadable {
+                path: self.path.clone(),
+                reason: format!("cannot write the result index: {reason}"),
+            }),
+            Err(_) => Err(StoreError::Unreadable {
+                path: self.path.clone(),
+                reason: "the result indexer stopped".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the indexer once it has written everything.
+        self.to_indexer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(indexer) = self.indexer.take()
+            && indexer.join().is_err()
+        {
+            tracing::error!("the result indexer of {} panicked", self.path.display());
         }
     }
 }
@@ -780,9 +911,11 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let early = result(b"early", now_ms());
         commit(&store, std::slice::from_ref(&early));
+        store.settle_index().unwrap();
         let watermark = store.results.get(WATERMARK).unwrap().unwrap();
         let late: Vec<NewResult> = (0..10u8).map(|i| result(&[i; 100], now_ms())).collect();
         commit(&store, &late);
+        store.settle_index().unwrap();
         // What sled would look like had it lost everything after `early`.
         for r in &late {
             store.results.remove(r.key.0.as_bytes()).unwrap();

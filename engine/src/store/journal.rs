@@ -22,7 +22,14 @@ use super::records::{JournalEvent, RunId};
 
 pub struct Journals {
     dir: PathBuf,
-    open: Mutex<HashMap<RunId, Arc<File>>>,
+    open: Mutex<HashMap<RunId, Open>>,
+}
+
+struct Open {
+    file: Arc<File>,
+    /// Written since its last sync: a sync of a clean file still costs a
+    /// disk cache flush, so it is skipped.
+    dirty: bool,
 }
 
 impl Journals {
@@ -48,13 +55,13 @@ impl Journals {
     /// The run's journal file, opened for appending on first use. An
     /// existing journal is checked first: a torn tail is cut off, damage
     /// refuses the append (adding to it would bury the damage).
-    fn file(
+    fn file<'o>(
         &self,
-        open: &mut HashMap<RunId, Arc<File>>,
+        open: &'o mut HashMap<RunId, Open>,
         run: &RunId,
-    ) -> Result<Arc<File>, StoreError> {
-        if let Some(file) = open.get(run) {
-            return Ok(file.clone());
+    ) -> Result<&'o mut Open, StoreError> {
+        if open.contains_key(run) {
+            return Ok(open.get_mut(run).expect("just checked"));
         }
         let path = self.path(run)?;
         let file = OpenOptions::new()
@@ -76,9 +83,11 @@ impl Journals {
             file.set_len(scan.valid_len)
                 .map_err(|e| StoreError::io(&path, e))?;
         }
-        let file = Arc::new(file);
-        open.insert(run.clone(), file.clone());
-        Ok(file)
+        let open = open.entry(run.clone()).or_insert(Open {
+            file: Arc::new(file),
+            dirty: false,
+        });
+        Ok(open)
     }
 
     /// Append events in order with one write. They survive a crash of this
@@ -96,9 +105,11 @@ impl Journals {
         }
         // Holding the lock while writing keeps batches whole and in order.
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let file = self.file(&mut open, run)?;
+        let journal = self.file(&mut open, run)?;
+        journal.dirty = true;
+        let file = &*journal.file;
         let len = file.metadata().map(|m| m.len());
-        if let Err(e) = log::append(&mut &*file, &frames) {
+        if let Err(e) = log::append(file, &frames) {
             // Cut a partial write so the next batch starts on a frame boundary.
             if let Ok(len) = len {
                 let _ = file.set_len(len);
@@ -112,24 +123,28 @@ impl Journals {
     pub fn sync(&self, run: &RunId) -> Result<(), StoreError> {
         let file = {
             let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            self.file(&mut open, run)?
+            let journal = self.file(&mut open, run)?;
+            if !std::mem::take(&mut journal.dirty) {
+                return Ok(());
+            }
+            journal.file.clone()
         };
         file.sync_data()
             .map_err(|e| StoreError::io(&self.dir.join(&run.0), e))
     }
 
-    /// Make every open journal durable.
+    /// Make every journal written to since its last sync durable.
     pub fn sync_all(&self) -> Result<(), StoreError> {
-        let files: Vec<(RunId, Arc<File>)> = self
+        let dirty: Vec<RunId> = self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(run, file)| (run.clone(), file.clone()))
+            .filter(|(_, journal)| journal.dirty)
+            .map(|(run, _)| run.clone())
             .collect();
-        for (run, file) in files {
-            file.sync_data()
-                .map_err(|e| StoreError::io(&self.dir.join(&run.0), e))?;
+        for run in dirty {
+            self.sync(&run)?;
         }
         Ok(())
     }

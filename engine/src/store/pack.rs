@@ -123,11 +123,13 @@ pub struct PackWriter {
     segment: u32,
     file: File,
     len: u64,
+    /// Appended to since the last sync.
+    dirty: bool,
 }
 
 impl PackWriter {
-    /// Continue the newest segment in `dir` (or start segment 1), cutting
-    /// off a torn tail first: a later append must not land after garbage.
+    /// Continue the newest segment in `dir` (or start segment 1). The
+    /// store's recovery cuts off a torn tail before anything is appended.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let segment = segments(dir)?.last().copied().unwrap_or(1);
@@ -148,6 +150,7 @@ impl PackWriter {
             segment,
             file,
             len,
+            dirty: false,
         })
     }
 
@@ -196,14 +199,20 @@ impl PackWriter {
             return Err(StoreError::io(&segment_path(&self.dir, self.segment), e));
         }
         self.len += frames.len() as u64;
+        self.dirty = true;
         Ok(locations)
     }
 
     /// Make everything appended so far durable.
-    pub fn sync(&self) -> Result<(), StoreError> {
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if !self.dirty {
+            return Ok(());
+        }
         self.file
             .sync_data()
-            .map_err(|e| StoreError::io(&segment_path(&self.dir, self.segment), e))
+            .map_err(|e| StoreError::io(&segment_path(&self.dir, self.segment), e))?;
+        self.dirty = false;
+        Ok(())
     }
 }
 
@@ -255,7 +264,14 @@ impl PackReader {
         Ok(frame)
     }
 
-    /// A whole segment from `offset` to its end.
+    /// A segment's length in bytes.
+    pub fn len(&self, segment: u32) -> Result<u64, StoreError> {
+        let path = self.path(segment);
+        let file = self.file(segment).map_err(|e| StoreError::io(&path, e))?;
+        Ok(file.metadata().map_err(|e| StoreError::io(&path, e))?.len())
+    }
+
+    /// A segment from `offset` to its end.
     pub fn read_from(&self, segment: u32, offset: u64) -> Result<Vec<u8>, StoreError> {
         let path = self.path(segment);
         let file = self.file(segment).map_err(|e| StoreError::io(&path, e))?;
