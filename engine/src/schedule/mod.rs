@@ -907,7 +907,9 @@ async fn attempt_loop<E: Executor>(
                 .acquire()
                 .await
                 .expect("the job semaphore is never closed");
-            executor.execute(step, &input, Some(logs.clone())).await
+            // Boxed: the sandbox's future is large, and inline it would make
+            // every spawned unit of work that large, cache hits included.
+            Box::pin(executor.execute(step, &input, Some(logs.clone()))).await
         };
         if let (Some(ledger), Ok(attempt)) = (&ledger, &attempt) {
             ledger.append(attempt_finished(step, index, done.attempts, attempt));
