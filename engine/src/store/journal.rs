@@ -12,7 +12,7 @@
 //! by one writer at a time (the map of open files is behind a lock).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -64,12 +64,7 @@ impl Journals {
             return Ok(open.get_mut(run).expect("just checked"));
         }
         let path = self.path(run)?;
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
+        let file = log::open(&path).map_err(|e| StoreError::io(&path, e))?;
         let bytes = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
         let scan = log::scan(&bytes);
         if let Some(at) = scan.damage {

@@ -118,6 +118,15 @@ pub fn scan(bytes: &[u8]) -> Scan<'_> {
     scan
 }
 
+/// Open (creating if needed) a log for appending and reading back.
+pub fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+}
+
 /// Write a batch of frames with one call. Appending with `O_APPEND` keeps
 /// every batch whole and in order even if two writers share the file.
 pub fn append(mut file: impl Write, frames: &[u8]) -> std::io::Result<()> {

@@ -17,7 +17,7 @@
 //! thread at a time (the caller holds it behind a lock).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -138,12 +138,7 @@ impl PackWriter {
 
     fn open_segment(dir: &Path, segment: u32) -> Result<Self, StoreError> {
         let path = segment_path(dir, segment);
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
+        let file = log::open(&path).map_err(|e| StoreError::io(&path, e))?;
         let len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
         Ok(Self {
             dir: dir.to_owned(),
