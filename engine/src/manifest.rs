@@ -7,6 +7,10 @@
 //! manifest may come from anyone, so nothing here panics or reads anything
 //! but the one file it is given.
 //!
+//! Manifests may be generated and huge (100 000 steps), so the text is parsed
+//! one `[steps.NAME]` table at a time where its shape allows (`sections`),
+//! with exactly the result and the errors of a whole-document parse.
+//!
 //! ```toml
 //! name = "orders"
 //! output = "${report}"            # optional: what `cairn run` prints
@@ -23,6 +27,8 @@
 //! component = "aggregate.wasm"
 //! input = { rows = "${parse.rows}", group_by = "region", sum = ["amount"] }
 //! ```
+
+mod sections;
 
 use std::path::{Path, PathBuf};
 
@@ -68,46 +74,132 @@ pub struct StepSettings {
 }
 
 /// One step, as written.
+///
+/// Deserialized from the table's flat keys, then the settings most steps
+/// leave unset are boxed, so they cost one pointer: a generated 100 000-step
+/// manifest is held whole while it is planned.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "table::StepSpec")]
 pub struct StepSpec {
     /// Path to the component, relative to the manifest.
     pub component: String,
     /// The input document: any TOML value, where a string `"${step.field}"`
     /// is replaced by that upstream value, `{ "$file" = "path" }` by a file's
     /// text and `{ "$json" = "path" }` by a file's JSON.
-    #[serde(default)]
     pub input: Option<toml::Value>,
     /// Run once per element of this upstream list (`"${split.parts}"`);
     /// the input may use `${item}` for the element and `${index}` for its position.
-    #[serde(default)]
     pub map: Option<String>,
     /// Run only if this upstream value is truthy; `"!${x}"` negates.
-    #[serde(default)]
     pub when: Option<String>,
     /// Order-only dependencies.
-    #[serde(default)]
     pub after: Vec<String>,
     /// A failure of this step does not fail the pipeline (its dependents are still skipped).
-    #[serde(default)]
     pub allow_failure: bool,
     /// Arguments for a command component.
-    #[serde(default)]
     pub args: Vec<String>,
-    #[serde(default)]
     pub grants: GrantSpec,
-    pub fuel: Option<u64>,
-    pub timeout: Option<String>,
-    pub memory: Option<String>,
-    pub output_limit: Option<String>,
-    pub retry: Option<RetrySpec>,
-    pub cache: Option<String>,
-    pub cache_ttl: Option<String>,
+    /// The limits, retry policy and cache settings this step sets itself
+    /// (`fuel`, `timeout`, …); `None` when it sets none. Read them with
+    /// [`StepSpec::settings`].
+    pub overrides: Option<Box<StepSettings>>,
+}
+
+/// A `[steps.NAME]` table's keys, flat, as TOML spells them. In a module
+/// of its own only so it can share `StepSpec`'s name, which serde puts in
+/// its messages ("expected struct StepSpec").
+mod table {
+    use serde::Deserialize;
+
+    use super::{GrantSpec, RetrySpec};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct StepSpec {
+        pub component: String,
+        #[serde(default)]
+        pub input: Option<toml::Value>,
+        #[serde(default)]
+        pub map: Option<String>,
+        #[serde(default)]
+        pub when: Option<String>,
+        #[serde(default)]
+        pub after: Vec<String>,
+        #[serde(default)]
+        pub allow_failure: bool,
+        #[serde(default)]
+        pub args: Vec<String>,
+        #[serde(default)]
+        pub grants: GrantSpec,
+        pub fuel: Option<u64>,
+        pub timeout: Option<String>,
+        pub memory: Option<String>,
+        pub output_limit: Option<String>,
+        pub retry: Option<RetrySpec>,
+        pub cache: Option<String>,
+        pub cache_ttl: Option<String>,
+    }
+}
+
+impl From<table::StepSpec> for StepSpec {
+    fn from(table: table::StepSpec) -> StepSpec {
+        let overrides = StepSettings {
+            fuel: table.fuel,
+            timeout: table.timeout,
+            memory: table.memory,
+            output_limit: table.output_limit,
+            retry: table.retry,
+            cache: table.cache,
+            cache_ttl: table.cache_ttl,
+        };
+        StepSpec {
+            component: table.component,
+            input: table.input,
+            map: table.map,
+            when: table.when,
+            after: table.after,
+            allow_failure: table.allow_failure,
+            args: table.args,
+            grants: table.grants,
+            overrides: (!overrides.is_empty()).then(|| Box::new(overrides)),
+        }
+    }
 }
 
 impl StepSpec {
     /// This step's settings over the pipeline defaults.
     pub fn settings(&self, defaults: &StepSettings) -> StepSettings {
+        match &self.overrides {
+            Some(own) => own.over(defaults),
+            None => defaults.clone(),
+        }
+    }
+}
+
+impl StepSettings {
+    /// Nothing set.
+    fn is_empty(&self) -> bool {
+        // Destructured so that a new setting cannot be forgotten here.
+        let StepSettings {
+            fuel,
+            timeout,
+            memory,
+            output_limit,
+            retry,
+            cache,
+            cache_ttl,
+        } = self;
+        fuel.is_none()
+            && timeout.is_none()
+            && memory.is_none()
+            && output_limit.is_none()
+            && retry.is_none()
+            && cache.is_none()
+            && cache_ttl.is_none()
+    }
+
+    /// These settings, each falling back to `defaults` where unset.
+    fn over(&self, defaults: &StepSettings) -> StepSettings {
         StepSettings {
             fuel: self.fuel.or(defaults.fuel),
             timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
@@ -201,8 +293,20 @@ impl Manifest {
     /// Parse manifest text. The error names the line and column.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
-        toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))
+        // A few step tables at a time keep a generated 100 000-step
+        // manifest's peak memory near the manifest's own size; whatever that
+        // path does not accept, errors included, is parsed whole, so errors
+        // are toml's own.
+        match sections::parse(text) {
+            Some(manifest) => Ok(manifest),
+            None => parse_whole(text),
+        }
     }
+}
+
+/// The reference parse: the whole document as one TOML tree.
+fn parse_whole(text: &str) -> Result<Manifest, String> {
+    toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))
 }
 
 /// toml's errors are multi-line with a source excerpt; keep the position and
@@ -269,6 +373,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("line 4") && err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn only_steps_that_set_something_carry_their_settings() {
+        let m = Manifest::parse(
+            b"name = \"p\"\n[steps.a]\ncomponent = \"a\"\n[steps.b]\ncomponent = \"b\"\ncache = \"off\"\n",
+        )
+        .unwrap();
+        assert!(m.steps["a"].overrides.is_none(), "{:?}", m.steps["a"]);
+        assert_eq!(
+            m.steps["b"].settings(&m.defaults).cache.as_deref(),
+            Some("off")
+        );
+    }
+
+    #[test]
+    fn a_step_that_is_not_a_table_is_named_in_the_error() {
+        let err = Manifest::parse(b"name = \"p\"\n[steps]\na = 1\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "line 3, column 5: invalid type: integer `1`, expected struct StepSpec"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -240,13 +240,16 @@ async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
         });
     }
     let (path, manifest) = Manifest::load(path).map_err(|e| fail(&e))?;
-    let bytes = std::fs::read(&path).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+    // Hashed before planning, so the text is not held beside a big plan.
+    let source_hash = std::fs::read(&path)
+        .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
+        .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
     let plan = Plan::build(&path, manifest, sandbox)
         .await
         .map_err(|e| report(e, &path))?;
     Ok(Planned {
         plan,
-        source_hash: blake3::hash(&bytes).to_hex().to_string(),
+        source_hash,
         signatures: None,
     })
 }
