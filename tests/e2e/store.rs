@@ -468,16 +468,25 @@ fn damaged_result_packs_are_recomputed_and_damaged_journals_named() {
     let mut bytes = std::fs::read(&journal).unwrap();
     bytes[30] ^= 0xff;
     std::fs::write(&journal, bytes).unwrap();
-    for args in [&["runs", "show", &id][..], &["resume", &id], &["lineage", &id]] {
+    for args in [
+        &["runs", "show", &id][..],
+        &["resume", &id],
+        &["lineage", &id],
+    ] {
         let out = cairn.run(args);
         assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
         assert!(
-            out.stderr.contains(&format!("the journal of run {id} is damaged")),
+            out.stderr
+                .contains(&format!("the journal of run {id} is damaged")),
             "{args:?}: {}",
             out.stderr
         );
         assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     }
     let listed = cairn.run(&["runs", "list"]);
-    assert_eq!(listed.code, 0, "other commands still work: {}", listed.stderr);
+    assert_eq!(
+        listed.code, 0,
+        "other commands still work: {}",
+        listed.stderr
+    );
 }

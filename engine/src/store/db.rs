@@ -262,7 +262,11 @@ impl SledStore {
             if segment < watermark.0 {
                 continue;
             }
-            let mut from = if segment == watermark.0 { watermark.1 } else { 0 };
+            let mut from = if segment == watermark.0 {
+                watermark.1
+            } else {
+                0
+            };
             if from > self.reader.len(segment)? {
                 tracing::warn!(
                     "{} is shorter than the index expects; indexing it again",
@@ -338,13 +342,15 @@ impl SledStore {
     /// A result's metadata and bytes, read through every checksum.
     fn load(&self, key: &CacheKey, entry: &IndexEntry) -> Result<(ResultMeta, Vec<u8>), String> {
         let mut payload = self.reader.read(entry.at)?;
-        let packed = pack::decode(&payload).filter(|p| p.key == *key).ok_or_else(|| {
-            format!(
-                "{} at offset {} does not hold result {key}",
-                self.reader.path(entry.at.segment).display(),
-                entry.at.offset
-            )
-        })?;
+        let packed = pack::decode(&payload)
+            .filter(|p| p.key == *key)
+            .ok_or_else(|| {
+                format!(
+                    "{} at offset {} does not hold result {key}",
+                    self.reader.path(entry.at.segment).display(),
+                    entry.at.offset
+                )
+            })?;
         let meta = packed.meta;
         let inline = packed.inline.map(<[u8]>::len);
         match inline {
@@ -381,7 +387,8 @@ fn check_identity(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
         Some(value) if value.as_ref() == IDENTITY => Ok(()),
         Some(value) if value.as_ref() == b"1" => Err(StoreError::Unreadable {
             path: path.to_owned(),
-            reason: "it was written by an earlier cairn (store format 1, journals inside sled)".into(),
+            reason: "it was written by an earlier cairn (store format 1, journals inside sled)"
+                .into(),
         }),
         Some(other) => Err(StoreError::Unreadable {
             path: path.to_owned(),
@@ -563,7 +570,11 @@ impl Store for SledStore {
             stats.entries += 1;
             stats.output_bytes += entry.size;
             stats.blobs += u64::from(entry.blob);
-            stats.oldest_ms = Some(stats.oldest_ms.map_or(entry.created_ms, |o| o.min(entry.created_ms)));
+            stats.oldest_ms = Some(
+                stats
+                    .oldest_ms
+                    .map_or(entry.created_ms, |o| o.min(entry.created_ms)),
+            );
         }
         stats.disk_bytes = dir_size(&self.path) + dir_size(&self.packs) + dir_size(&self.blobs);
         Ok(stats)
@@ -586,7 +597,9 @@ impl Store for SledStore {
                 continue;
             };
             match IndexEntry::decode(&value) {
-                Ok(entry) if cutoff.is_some_and(|c| entry.created_ms >= c) => live.push((key, entry)),
+                Ok(entry) if cutoff.is_some_and(|c| entry.created_ms >= c) => {
+                    live.push((key, entry))
+                }
                 _ => {
                     batch.remove(&key[..]);
                     removed += 1;
@@ -600,9 +613,11 @@ impl Store for SledStore {
             let mut payloads = Vec::with_capacity(chunk.len());
             let mut keys = Vec::with_capacity(chunk.len());
             for (key, entry) in chunk {
-                let record = self.reader.read(entry.at).ok().filter(|p| {
-                    pack::decode(p).is_some_and(|r| r.key.0.as_bytes() == key)
-                });
+                let record = self
+                    .reader
+                    .read(entry.at)
+                    .ok()
+                    .filter(|p| pack::decode(p).is_some_and(|r| r.key.0.as_bytes() == key));
                 match record {
                     Some(payload) => {
                         if entry.blob
@@ -812,7 +827,12 @@ mod tests {
 
     fn commit(store: &SledStore, results: &[NewResult]) {
         store
-            .record(&RunId("aa".into()), results, &[event()], Durability::Machine)
+            .record(
+                &RunId("aa".into()),
+                results,
+                &[event()],
+                Durability::Machine,
+            )
             .unwrap();
     }
 
@@ -824,7 +844,12 @@ mod tests {
         for output in [b"small".to_vec(), vec![7u8; BLOB_THRESHOLD + 1], Vec::new()] {
             let new = result(&output, now_ms());
             store
-                .record(&run, std::slice::from_ref(&new), &[event()], Durability::Machine)
+                .record(
+                    &run,
+                    std::slice::from_ref(&new),
+                    &[event()],
+                    Durability::Machine,
+                )
                 .unwrap();
             let (meta, got) = store.result(&new.key, None).unwrap().unwrap();
             assert_eq!(got, output);
@@ -835,8 +860,16 @@ mod tests {
             3,
             "each result came with its journal event"
         );
-        assert_eq!(std::fs::read_dir(dir.path().join("blobs")).unwrap().count(), 1);
-        assert!(store.result(&CacheKey(blake3::hash(b"absent")), None).unwrap().is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("blobs")).unwrap().count(),
+            1
+        );
+        assert!(
+            store
+                .result(&CacheKey(blake3::hash(b"absent")), None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -869,10 +902,23 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let old = result(b"v", now_ms() - 60_000);
         commit(&store, std::slice::from_ref(&old));
-        assert!(store.result(&old.key, Some(Duration::from_secs(30))).unwrap().is_none());
-        assert!(store.result(&old.key, Some(Duration::from_secs(120))).unwrap().is_some());
+        assert!(
+            store
+                .result(&old.key, Some(Duration::from_secs(30)))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .result(&old.key, Some(Duration::from_secs(120)))
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(store.cache_gc(Some(Duration::from_secs(120))).unwrap(), 0);
-        assert!(store.result(&old.key, None).unwrap().is_some(), "kept through compaction");
+        assert!(
+            store.result(&old.key, None).unwrap().is_some(),
+            "kept through compaction"
+        );
         assert_eq!(store.cache_gc(Some(Duration::from_secs(30))).unwrap(), 1);
         assert_eq!(store.cache_stats().unwrap().entries, 0);
     }
@@ -891,11 +937,24 @@ mod tests {
         let before = dir_size(&packs);
         assert_eq!(store.cache_gc(Some(Duration::from_secs(60))).unwrap(), 50);
         let after = dir_size(&packs);
-        assert!(after < before / 20, "packs shrank from {before} to {after} bytes");
-        assert_eq!(pack::segments(&packs).unwrap().len(), 1, "old segments deleted");
-        assert_eq!(store.result(&keep.key, None).unwrap().unwrap().1, keep.output);
+        assert!(
+            after < before / 20,
+            "packs shrank from {before} to {after} bytes"
+        );
+        assert_eq!(
+            pack::segments(&packs).unwrap().len(),
+            1,
+            "old segments deleted"
+        );
+        assert_eq!(
+            store.result(&keep.key, None).unwrap().unwrap().1,
+            keep.output
+        );
         drop_and_reopen(store, dir.path(), |store| {
-            assert_eq!(store.result(&keep.key, None).unwrap().unwrap().1, keep.output);
+            assert_eq!(
+                store.result(&keep.key, None).unwrap().unwrap().1,
+                keep.output
+            );
             assert!(store.result(&stale[0].key, None).unwrap().is_none());
         });
     }
@@ -939,15 +998,25 @@ mod tests {
         let intact = std::fs::metadata(&pack).unwrap().len();
         std::mem::drop(store);
         // Half a frame, as a power cut mid-write would leave it.
-        let mut file = std::fs::OpenOptions::new().append(true).open(&pack).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&pack)
+            .unwrap();
         file.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(std::fs::metadata(&pack).unwrap().len(), intact, "torn tail cut");
+        assert_eq!(
+            std::fs::metadata(&pack).unwrap().len(),
+            intact,
+            "torn tail cut"
+        );
         let second = result(b"second", now_ms());
         commit(&store, std::slice::from_ref(&second));
         drop_and_reopen(store, dir.path(), |store| {
             assert_eq!(store.result(&first.key, None).unwrap().unwrap().1, b"first");
-            assert_eq!(store.result(&second.key, None).unwrap().unwrap().1, b"second");
+            assert_eq!(
+                store.result(&second.key, None).unwrap().unwrap().1,
+                b"second"
+            );
         });
     }
 

@@ -245,7 +245,10 @@ mod tests {
         let err = journals.read(&run).unwrap_err().to_string();
         assert!(err.contains("run abcd is damaged at byte 0"), "{err}");
         let fresh = Journals::open(dir.path()).unwrap();
-        assert!(fresh.append(&run, &[event(3)]).is_err(), "no appending after damage");
+        assert!(
+            fresh.append(&run, &[event(3)]).is_err(),
+            "no appending after damage"
+        );
     }
 
     #[test]
@@ -253,7 +256,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journals = Journals::open(dir.path()).unwrap();
         for bad in ["../x", "", "a/b", "."] {
-            assert!(journals.append(&RunId(bad.into()), &[event(1)]).is_err(), "{bad}");
+            assert!(
+                journals.append(&RunId(bad.into()), &[event(1)]).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -43,11 +43,16 @@ pub fn unframe(bytes: &[u8]) -> Option<&[u8]> {
 }
 
 enum Next<'a> {
-    Frame { payload: &'a [u8], len: usize },
+    Frame {
+        payload: &'a [u8],
+        len: usize,
+    },
     /// The frame claims more bytes than there are.
     Short,
     /// The frame is complete but its checksum or length is wrong.
-    Bad { len: usize },
+    Bad {
+        len: usize,
+    },
 }
 
 fn next(bytes: &[u8]) -> Next<'_> {

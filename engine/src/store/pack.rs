@@ -68,7 +68,9 @@ pub fn encode(key: &CacheKey, meta: &ResultMeta, inline: Option<&[u8]>) -> Vec<u
 /// Decode a record's payload (already checked against its frame checksum).
 pub fn decode(payload: &[u8]) -> Option<Packed<'_>> {
     let (head, rest) = payload.split_at_checked(META_LEN)?;
-    let hash = |i: usize| blake3::Hash::from_bytes(head[i * 32..i * 32 + 32].try_into().expect("32 bytes"));
+    let hash = |i: usize| {
+        blake3::Hash::from_bytes(head[i * 32..i * 32 + 32].try_into().expect("32 bytes"))
+    };
     let number = |i: usize| {
         let at = 128 + i * 8;
         u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"))
@@ -248,12 +250,21 @@ impl PackReader {
 
     /// The intact payload at `at`, or why it cannot be had.
     pub fn read(&self, at: Location) -> Result<Vec<u8>, String> {
-        let what = || format!("{} at offset {}", self.path(at.segment).display(), at.offset);
-        let file = self.file(at.segment).map_err(|e| format!("{}: {e}", what()))?;
+        let what = || {
+            format!(
+                "{} at offset {}",
+                self.path(at.segment).display(),
+                at.offset
+            )
+        };
+        let file = self
+            .file(at.segment)
+            .map_err(|e| format!("{}: {e}", what()))?;
         let mut frame = vec![0; at.len as usize];
         file.read_exact_at(&mut frame, at.offset)
             .map_err(|e| format!("{}: {e}", what()))?;
-        let payload = log::unframe(&frame).ok_or_else(|| format!("{} fails its checksum", what()))?;
+        let payload =
+            log::unframe(&frame).ok_or_else(|| format!("{} fails its checksum", what()))?;
         // Drop the frame header in place rather than copy the payload.
         frame.drain(..frame.len() - payload.len());
         Ok(frame)
@@ -307,7 +318,10 @@ mod tests {
         let key = CacheKey(blake3::hash(b"k"));
         let payload = encode(&key, &meta(3), Some(b"abc"));
         let packed = decode(&payload).unwrap();
-        assert_eq!((packed.key, packed.meta, packed.inline), (key, meta(3), Some(&b"abc"[..])));
+        assert_eq!(
+            (packed.key, packed.meta, packed.inline),
+            (key, meta(3), Some(&b"abc"[..]))
+        );
         let payload = encode(&key, &meta(1 << 20), None);
         assert!(decode(&payload).unwrap().inline.is_none());
     }
