@@ -613,22 +613,22 @@ impl Store for SledStore {
             let mut payloads = Vec::with_capacity(chunk.len());
             let mut keys = Vec::with_capacity(chunk.len());
             for (key, entry) in chunk {
-                let record = self
-                    .reader
-                    .read(entry.at)
-                    .ok()
-                    .filter(|p| pack::decode(p).is_some_and(|r| r.key.0.as_bytes() == key));
-                match record {
-                    Some(payload) => {
-                        if entry.blob
-                            && let Some(packed) = pack::decode(&payload)
-                        {
-                            live_blobs.insert(packed.meta.output_hash.to_hex().to_string());
+                let payload = self.reader.read(entry.at).ok();
+                // Decoded once: `Some(blob hash if any)` for an intact record.
+                let intact = payload
+                    .as_deref()
+                    .and_then(pack::decode)
+                    .filter(|r| r.key.0.as_bytes() == key)
+                    .map(|r| r.inline.is_none().then_some(r.meta.output_hash));
+                match (payload, intact) {
+                    (Some(payload), Some(blob)) => {
+                        if let Some(hash) = blob {
+                            live_blobs.insert(hash.to_hex().to_string());
                         }
                         payloads.push(payload);
                         keys.push((key, entry));
                     }
-                    None => {
+                    _ => {
                         batch.remove(&key[..]);
                         removed += 1;
                     }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -102,9 +103,9 @@ impl Journals {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let journal = self.file(&mut open, run)?;
         journal.dirty = true;
-        let file = &*journal.file;
+        let mut file = &*journal.file;
         let len = file.metadata().map(|m| m.len());
-        if let Err(e) = log::append(file, &frames) {
+        if let Err(e) = file.write_all(&frames) {
             // Cut a partial write so the next batch starts on a frame boundary.
             if let Ok(len) = len {
                 let _ = file.set_len(len);

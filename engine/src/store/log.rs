@@ -11,8 +11,6 @@
 //!
 //! This module knows nothing about what the payloads mean.
 
-use std::io::Write;
-
 /// Bytes before each payload: its length and its checksum.
 pub const HEADER: usize = 4 + CHECKSUM;
 const CHECKSUM: usize = 16;
@@ -130,12 +128,6 @@ pub fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .read(true)
         .append(true)
         .open(path)
-}
-
-/// Write a batch of frames with one call. Appending with `O_APPEND` keeps
-/// every batch whole and in order even if two writers share the file.
-pub fn append(mut file: impl Write, frames: &[u8]) -> std::io::Result<()> {
-    file.write_all(frames)
 }
 
 #[cfg(test)]

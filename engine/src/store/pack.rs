@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -189,7 +190,7 @@ impl PackWriter {
                 len: (payload.len() + log::HEADER) as u32,
             });
         }
-        if let Err(e) = log::append(&mut self.file, &frames) {
+        if let Err(e) = self.file.write_all(&frames) {
             // A partial write leaves a torn tail; cut it so the next append
             // starts on a frame boundary.
             let _ = self.file.set_len(self.len);
