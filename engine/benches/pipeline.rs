@@ -23,6 +23,11 @@ use cairn::store::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
+/// The same allocator as the `cairn` binary, so the figures are the shipped
+/// engine's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -52,8 +57,15 @@ fn write_manifest(name: &str, text: &str) -> PathBuf {
 
 /// `n` independent steps after one source step.
 fn fan_out(n: usize) -> String {
+    fan_out_with(n, "")
+}
+
+/// [`fan_out`] with `defaults` (TOML lines) as the pipeline's defaults.
+fn fan_out_with(n: usize, defaults: &str) -> String {
     let echo = component("echo");
-    let mut m = format!("name = \"fan-out\"\n[steps.source]\ncomponent = \"{echo}\"\n");
+    let mut m = format!(
+        "name = \"fan-out\"\n[defaults]\n{defaults}\n[steps.source]\ncomponent = \"{echo}\"\n"
+    );
     for i in 0..n {
         let _ = write!(
             m,
@@ -180,7 +192,8 @@ fn pipelines(c: &mut Criterion) {
 
     let big = write_manifest("chain-100k", &chain(100_000));
     group.bench_function("plan/100k-step-chain", |b| {
-        b.iter(|| runtime.block_on(plan(&big, &sandbox)))
+        // Planning ends when the plan is built: dropping it is not timed.
+        b.iter_with_large_drop(|| runtime.block_on(plan(&big, &sandbox)))
     });
 
     let fan = write_manifest("fan-out-10k", &fan_out(10_000));
@@ -240,6 +253,22 @@ fn pipelines(c: &mut Criterion) {
                 Arc::new(Noop),
                 2,
                 Some(ledger(&db, true)),
+            ))
+        })
+    });
+    // The journal alone: no step is cached, so only events are written.
+    let uncached = write_manifest(
+        "fan-out-10k-uncached",
+        &fan_out_with(10_000, "cache = \"off\""),
+    );
+    let uncached_plan = Arc::new(runtime.block_on(plan(&uncached, &sandbox)));
+    group.bench_function("store/journal-only-noop/10k-fan-out", |b| {
+        b.iter(|| {
+            runtime.block_on(run_with(
+                uncached_plan.clone(),
+                Arc::new(Noop),
+                2,
+                Some(ledger(&db, false)),
             ))
         })
     });

@@ -114,6 +114,32 @@ fn a_step_failing_k_times_succeeds_on_attempt_k_plus_1_after_its_backoff() {
 }
 
 #[test]
+fn the_plain_event_log_keeps_the_order_of_events() {
+    // Not a terminal: one line per event, whatever is buffered between
+    // scheduler moves and task events.
+    let p = flaky_manifest(2, 3, r#""task-retryable""#);
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let position = |prefix: &str| {
+        run.stderr
+            .lines()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{}", run.stderr))
+    };
+    let order = [
+        position("start  flaky"),
+        position("retry  flaky attempt 1 failed"),
+        position("retry  flaky attempt 2 failed"),
+        position("done   flaky"),
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "events out of order {order:?}:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn retries_stop_when_attempts_run_out() {
     let p = flaky_manifest(5, 2, r#""task-retryable""#);
     let run = Cairn::new().run(&["run", p.path(), "--json"]);

@@ -1,7 +1,7 @@
 //! `cairn run`, `cairn check` and `cairn graph`: pipelines from a manifest.
 
 use std::collections::{HashMap, HashSet};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -557,7 +557,7 @@ impl Launch<'_> {
         } else if live {
             Arc::new(LiveProgress::new(&plan))
         } else {
-            Arc::new(EventLines)
+            Arc::new(EventLines::default())
         };
         let cancel = async {
             if tokio::signal::ctrl_c().await.is_err() {
@@ -575,6 +575,9 @@ impl Launch<'_> {
             cancel,
         )
         .await;
+        // Work tasks may still hold the observer for a moment; write out
+        // what it buffered before the summary.
+        observer.idle();
         drop(observer);
         let denied: Vec<AuditEntry> = report
             .steps
@@ -618,9 +621,26 @@ impl Launch<'_> {
         }
 
         if self.json {
-            let mut value = serde_json::to_value(&report).unwrap_or_default();
-            value["run_id"] = json!(record.id.0);
-            println!("{value}");
+            #[derive(serde::Serialize)]
+            struct JsonReport<'a> {
+                run_id: &'a str,
+                #[serde(flatten)]
+                report: &'a RunReport,
+            }
+            let json = JsonReport {
+                run_id: &record.id.0,
+                report: &report,
+            };
+            // Straight to stdout through one large buffer: a report of ten
+            // thousand steps is megabytes, and stdout is line-buffered.
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            let written = serde_json::to_writer(&mut out, &json)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
+                .and_then(|()| out.flush());
+            if let Err(e) = written {
+                eprintln!("warning: cannot write the JSON report: {e}");
+            }
         } else {
             if !self.quiet {
                 eprint!("{}", summary(&report));
@@ -783,13 +803,60 @@ fn describe_event(event: &Event<'_>) -> Option<String> {
 }
 
 /// Not a terminal: one plain line per event on stderr.
-struct EventLines;
+///
+/// Lines about the scheduler's own moves (a step started, cached, finished)
+/// are gathered and written when it goes idle, so a burst of ten thousand
+/// cached steps costs a few writes rather than ten thousand. Lines from
+/// running tasks (their logs, a failed attempt) go out at once, after what
+/// was gathered, so stderr keeps the order of events.
+#[derive(Default)]
+struct EventLines {
+    pending: Mutex<String>,
+}
+
+impl EventLines {
+    /// Write out what is buffered. A closed stderr is not worth failing the
+    /// run for, so write errors are dropped (as `eprintln!` would panic).
+    fn write_out(pending: &mut String) {
+        if !pending.is_empty() {
+            let _ = std::io::stderr().lock().write_all(pending.as_bytes());
+            pending.clear();
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, String> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Buffered event lines are written out at least at this size.
+const EVENT_BUFFER: usize = 64 * 1024;
 
 impl RunObserver for EventLines {
     fn event(&self, event: Event<'_>) {
-        if let Some(line) = describe_event(&event) {
-            eprintln!("{line}");
+        let Some(line) = describe_event(&event) else {
+            return;
+        };
+        let mut pending = self.pending();
+        pending.push_str(&line);
+        pending.push('\n');
+        let from_task = matches!(
+            event,
+            Event::TaskLog { .. } | Event::TaskProgress { .. } | Event::AttemptFailed { .. }
+        );
+        if from_task || pending.len() >= EVENT_BUFFER {
+            Self::write_out(&mut pending);
         }
+    }
+
+    fn idle(&self) {
+        Self::write_out(&mut self.pending());
+    }
+}
+
+impl Drop for EventLines {
+    fn drop(&mut self) {
+        Self::write_out(self.pending.get_mut().unwrap_or_else(|e| e.into_inner()));
     }
 }
 

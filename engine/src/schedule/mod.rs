@@ -271,6 +271,10 @@ pub enum Event<'a> {
 /// Receives [`Event`]s; called from many tasks at once.
 pub trait RunObserver: Send + Sync {
     fn event(&self, event: Event<'_>);
+
+    /// The scheduler has nothing to do until some work finishes: a good
+    /// moment to write out anything the observer buffered.
+    fn idle(&self) {}
 }
 
 /// An observer that ignores everything.
@@ -379,6 +383,7 @@ pub async fn run<E: Executor>(
         if run.stop || (run.work.is_empty() && in_flight.is_none()) {
             break;
         }
+        run.observer.idle();
         tokio::select! {
             biased;
             () = &mut cancel => {
