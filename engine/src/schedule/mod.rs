@@ -308,7 +308,46 @@ struct StepState {
 }
 
 /// Run `plan` to completion (or until `cancel` resolves).
+///
+/// The scheduler itself runs as a task on the runtime, not in the caller's
+/// future: work it spawns then lands on the same worker thread and its
+/// completions wake it there, rather than every step of a chain crossing
+/// between a `block_on` thread and a worker (two thread wake-ups per step).
 pub async fn run<E: Executor>(
+    plan: Arc<Plan>,
+    executor: Arc<E>,
+    options: RunOptions,
+    observer: Arc<dyn RunObserver>,
+    ledger: Option<Arc<Ledger>>,
+    cancel: impl Future<Output = ()>,
+) -> RunReport {
+    // Dropping `stop` (the caller gave up on this future) cancels too.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut driver = tokio::spawn(drive(plan, executor, options, observer, ledger, async {
+        let _ = stopped.await;
+    }));
+    tokio::pin!(cancel);
+    let joined = tokio::select! {
+        biased;
+        joined = &mut driver => joined,
+        () = &mut cancel => {
+            let _ = stop.send(());
+            driver.await
+        }
+    };
+    match joined {
+        Ok(report) => report,
+        // The scheduler panicked: carry the panic to the caller as if the
+        // loop had run in its future. (It is never aborted, and a runtime
+        // shutting down drops this future too.)
+        Err(e) => std::panic::resume_unwind(
+            e.try_into_panic()
+                .unwrap_or_else(|_| Box::new("the scheduler task was cancelled")),
+        ),
+    }
+}
+
+async fn drive<E: Executor>(
     plan: Arc<Plan>,
     executor: Arc<E>,
     options: RunOptions,

@@ -1,12 +1,15 @@
 //! Run journals: one append-only file per run, `<store>/journal/<run id>.log`,
-//! holding the run's [`JournalEvent`]s as JSON, each in a [`super::log`] frame.
+//! holding the run's [`JournalEvent`]s as JSON lines. Each batch the
+//! scheduler hands over is one [`super::log`] frame (or a few, if it is
+//! large), so a step's five events cost one checksum between them, not five.
 //!
 //! A journal is the one thing in the store that cannot be recomputed, so it
 //! is never rewritten: events are appended in batches (one `write` each) and
 //! made durable with `fdatasync` when the scheduler asks. A torn last frame
 //! (power lost mid-write) is cut off before the journal is appended to
-//! again and skipped when it is read; damage anywhere else is an error that
-//! names the run.
+//! again and skipped when it is read: its events were never reported
+//! durable, as the fsync that would have covered them never returned.
+//! Damage anywhere else is an error that names the run.
 //!
 //! Invariant: events of one run are appended in the order they were given,
 //! by one writer at a time (the map of open files is behind a lock).
@@ -20,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use super::StoreError;
 use super::log;
 use super::records::{JournalEvent, RunId};
+
+/// A batch's events share a frame until it holds about this many bytes.
+const FRAME_TARGET: usize = 1 << 20;
 
 pub struct Journals {
     dir: PathBuf,
@@ -92,13 +98,19 @@ impl Journals {
         if events.is_empty() {
             return Ok(());
         }
-        let mut frames = Vec::with_capacity(events.len() * 128);
-        let mut json = Vec::with_capacity(256);
+        let mut frames = Vec::with_capacity(events.len() * 160 + log::HEADER);
+        let mut lines = Vec::with_capacity(events.len() * 160);
         for event in events {
-            json.clear();
-            serde_json::to_writer(&mut json, event).expect("journal events always encode");
-            log::frame(&json, &mut frames);
+            if lines.len() >= FRAME_TARGET {
+                log::frame(&lines, &mut frames);
+                lines.clear();
+            } else if !lines.is_empty() {
+                lines.push(b'\n');
+            }
+            // JSON never holds a raw newline, so lines split cleanly.
+            serde_json::to_writer(&mut lines, event).expect("journal events always encode");
         }
+        log::frame(&lines, &mut frames);
         // Holding the lock while writing keeps batches whole and in order.
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let journal = self.file(&mut open, run)?;
@@ -165,11 +177,16 @@ impl Journals {
         }
         scan.records
             .iter()
-            .map(|&(offset, payload)| {
-                serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
+            .flat_map(|&(offset, payload)| {
+                payload
+                    .split(|&b| b == b'\n')
+                    .map(move |line| (offset, line))
+            })
+            .map(|(offset, line)| {
+                serde_json::from_slice(line).map_err(|e| StoreError::Corrupt {
                     path: path.clone(),
                     reason: format!(
-                        "the journal of run {run} has an unreadable event at byte {offset} ({e}); that run can no longer be resumed or replayed"
+                        "the journal of run {run} has an unreadable event in the frame at byte {offset} ({e}); that run can no longer be resumed or replayed"
                     ),
                 })
             })
@@ -217,7 +234,8 @@ mod tests {
         let run = RunId("abcd".into());
         {
             let journals = Journals::open(dir.path()).unwrap();
-            journals.append(&run, &[event(1), event(2)]).unwrap();
+            journals.append(&run, &[event(1)]).unwrap();
+            journals.append(&run, &[event(2)]).unwrap();
         }
         let path = dir.path().join("abcd.log");
         let len = std::fs::metadata(&path).unwrap().len();
@@ -238,7 +256,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunId("abcd".into());
         let journals = Journals::open(dir.path()).unwrap();
-        journals.append(&run, &[event(1), event(2)]).unwrap();
+        journals.append(&run, &[event(1)]).unwrap();
+        journals.append(&run, &[event(2)]).unwrap();
         let path = dir.path().join("abcd.log");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[log::HEADER + 2] ^= 0xff;
@@ -249,6 +268,44 @@ mod tests {
         assert!(
             fresh.append(&run, &[event(3)]).is_err(),
             "no appending after damage"
+        );
+    }
+
+    #[test]
+    fn a_batch_shares_frames_and_a_torn_batch_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunId("abcd".into());
+        let path = dir.path().join("abcd.log");
+        let journals = Journals::open(dir.path()).unwrap();
+        journals.append(&run, &[event(1), event(2)]).unwrap();
+        let one_batch = std::fs::read(&path).unwrap();
+        assert_eq!(
+            log::scan(&one_batch).records.len(),
+            1,
+            "one frame per batch"
+        );
+
+        // A batch larger than a frame is split, and reads back whole and in order.
+        let big: Vec<JournalEvent> = (3..30_003).map(event).collect();
+        journals.append(&run, &big).unwrap();
+        let frames = log::scan(&std::fs::read(&path).unwrap()).records.len();
+        assert!(frames > 2, "a batch of 1.6 MB is split: {frames} frames");
+        let mut expected = vec![event(1), event(2)];
+        expected.extend(big);
+        assert_eq!(journals.read(&run).unwrap(), expected);
+
+        // The last batch torn: all of it is gone, the one before it stays.
+        journals.append(&run, &[event(7), event(8)]).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        assert_eq!(
+            Journals::open(dir.path()).unwrap().read(&run).unwrap(),
+            expected
         );
     }
 
