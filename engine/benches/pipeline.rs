@@ -26,7 +26,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 /// The same allocator as the `cairn` binary, so the figures are the shipped
 /// engine's.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: cairn::allocator::Allocator = cairn::allocator::Allocator;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -181,6 +181,8 @@ async fn run<E: Executor>(plan: Arc<Plan>, executor: Arc<E>, jobs: usize) {
 }
 
 fn pipelines(c: &mut Criterion) {
+    // SAFETY: the benchmarks start their threads (the runtime) below.
+    unsafe { cairn::allocator::tune() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,6 +4,7 @@
 //! [`schedule`] → [`sandbox`] → [`store`]. A lower module never imports a higher one, and the
 //! [`cli`] is a thin layer over this library so tests can drive the same code.
 
+pub mod allocator;
 pub mod bundle;
 pub mod cli;
 pub mod manifest;

@@ -1,11 +1,10 @@
 //! The `cairn` binary: parse arguments, run, map the outcome to an exit code.
 
-/// The engine allocates many small, short-lived values per step (names,
-/// JSON values, journal events); mimalloc serves those markedly faster than
-/// glibc's allocator (see the README's benchmark notes).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: cairn::allocator::Allocator = cairn::allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
+    // SAFETY: nothing has started a thread yet.
+    unsafe { cairn::allocator::tune() };
     cairn::cli::main()
 }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use toml_parser::Source;
 use toml_parser::lexer::{Lexer, Token, TokenKind};
 
-use super::{Manifest, StepSpec};
+use super::{Manifest, NameHasher, StepSpec};
 
 /// Consecutive step tables are parsed this many bytes at a time: one toml
 /// call per step spends more on setting up and freeing its tree than on
@@ -38,7 +38,7 @@ const BATCH_BYTES: usize = if cfg!(test) { 200 } else { 16 << 10 };
 /// Parse `text` table by table; `None` means "parse it whole instead".
 pub(super) fn parse(text: &str) -> Option<Manifest> {
     let mut head = String::new();
-    let mut steps: IndexMap<String, Box<StepSpec>> = IndexMap::new();
+    let mut steps: IndexMap<String, Box<StepSpec>, NameHasher> = IndexMap::default();
     let mut batch = Batch::default();
     for section in Sections::new(text) {
         match section.ok()? {
@@ -100,12 +100,12 @@ impl Batch {
     fn parse_into(
         &mut self,
         text: &str,
-        steps: &mut IndexMap<String, Box<StepSpec>>,
+        steps: &mut IndexMap<String, Box<StepSpec>, NameHasher>,
     ) -> Option<()> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Piece {
-            steps: IndexMap<String, Box<StepSpec>>,
+            steps: IndexMap<String, Box<StepSpec>, NameHasher>,
         }
         if self.names.is_empty() {
             return Some(());

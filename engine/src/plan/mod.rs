@@ -21,6 +21,8 @@ pub mod schema;
 pub mod template;
 
 use std::collections::{HashMap, HashSet};
+
+use crate::manifest::NameHasher;
 use std::fmt;
 use std::path::{Component as PathComponent, Path, PathBuf};
 use std::sync::Arc;
@@ -54,7 +56,7 @@ pub struct Plan {
     pub dependents: Vec<Vec<StepId>>,
     /// What the pipeline returns; `None` means "every sink step's output".
     pub output: Option<Template>,
-    ids: HashMap<String, StepId>,
+    ids: HashMap<String, StepId, NameHasher>,
 }
 
 /// One validated step.
@@ -271,7 +273,7 @@ impl Plan {
         // references are resolved as it is drafted and it becomes a `Step`
         // at once: the manifest is consumed while the plan grows, and no
         // third copy of a 100 000-step pipeline (drafts) exists between them.
-        let ids: HashMap<String, StepId> = specs
+        let ids: HashMap<String, StepId, NameHasher> = specs
             .keys()
             .filter(|name| check_name(name).is_ok())
             .cloned()
@@ -690,14 +692,26 @@ async fn describe_all(
 
 fn resolve_deps(
     draft: &Draft,
-    ids: &HashMap<String, StepId>,
+    ids: &HashMap<String, StepId, NameHasher>,
     names: &[&str],
     errors: &mut Errors<'_>,
 ) -> Vec<StepId> {
     let mut deps = Vec::new();
-    let mut seen = HashSet::new();
+    // Most steps have a few dependencies: a scan of them beats hashing.
+    // A wide fan-in gets a set once it is large enough for that to matter.
+    let mut seen: Option<HashSet<StepId, NameHasher>> = None;
     let mut add = |dep: StepId, deps: &mut Vec<StepId>| {
-        if seen.insert(dep) {
+        let new = match &mut seen {
+            Some(seen) => seen.insert(dep),
+            None if deps.len() < 16 => !deps.contains(&dep),
+            None => {
+                let mut set: HashSet<StepId, NameHasher> = deps.iter().copied().collect();
+                let new = set.insert(dep);
+                seen = Some(set);
+                new
+            }
+        };
+        if new {
             deps.push(dep);
         }
     };
@@ -1076,6 +1090,43 @@ mod tests {
             [1, 2, 1],
             "starts at the first-written step and closes"
         );
+    }
+
+    #[test]
+    fn dependencies_are_listed_once_in_first_mention_order() {
+        let names: Vec<String> = (0..40).map(|i| format!("s{i}")).collect();
+        let ids: HashMap<String, StepId, NameHasher> = names.iter().cloned().zip(0..).collect();
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        let draft = |after: Vec<String>| Draft {
+            name: "me".into(),
+            component_path: PathBuf::new(),
+            component: None,
+            input: Template::parse(&serde_json::json!({"a": "${s5.x}", "b": "${s5.y}"})).unwrap(),
+            map: None,
+            when: None,
+            after,
+            limits: Limits::default(),
+            grants: Grants::default(),
+            retry: RetryPolicy::default(),
+            allow_failure: false,
+            args: Vec::new(),
+            cache: true,
+            cache_ttl: None,
+        };
+        let mut errors = Errors {
+            file: Path::new("p.toml"),
+            list: Vec::new(),
+        };
+        // Few dependencies (a scan) and a wide fan-in (a set) must agree.
+        let few = draft(vec!["s2".into(), "s5".into(), "s2".into()]);
+        assert_eq!(resolve_deps(&few, &ids, &all, &mut errors), [5, 2]);
+        let mut wide: Vec<String> = names.iter().rev().cloned().collect();
+        wide.extend(names.iter().cloned());
+        let deps = resolve_deps(&draft(wide), &ids, &all, &mut errors);
+        let mut expected = vec![5];
+        expected.extend((0..40).rev().filter(|&i| i != 5));
+        assert_eq!(deps, expected);
+        assert!(errors.list.is_empty());
     }
 
     #[test]
