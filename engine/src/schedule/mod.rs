@@ -451,6 +451,10 @@ async fn drive<E: Executor>(
         }
     }
     run.work.abort_all();
+    // Wait for aborted work to stop: a unit of work running on another
+    // worker when it was aborted could still queue a journal event, which
+    // would then land after the run's last one.
+    while run.work.join_next().await.is_some() {}
     for report in &mut run.reports {
         if !report.status.is_finished() {
             report.status = StepStatus::Cancelled;
