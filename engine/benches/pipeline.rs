@@ -57,15 +57,8 @@ fn write_manifest(name: &str, text: &str) -> PathBuf {
 
 /// `n` independent steps after one source step.
 fn fan_out(n: usize) -> String {
-    fan_out_with(n, "")
-}
-
-/// [`fan_out`] with `defaults` (TOML lines) as the pipeline's defaults.
-fn fan_out_with(n: usize, defaults: &str) -> String {
     let echo = component("echo");
-    let mut m = format!(
-        "name = \"fan-out\"\n[defaults]\n{defaults}\n[steps.source]\ncomponent = \"{echo}\"\n"
-    );
+    let mut m = format!("name = \"fan-out\"\n[steps.source]\ncomponent = \"{echo}\"\n");
     for i in 0..n {
         let _ = write!(
             m,
@@ -255,22 +248,6 @@ fn pipelines(c: &mut Criterion) {
                 Arc::new(Noop),
                 2,
                 Some(ledger(&db, true)),
-            ))
-        })
-    });
-    // The journal alone: no step is cached, so only events are written.
-    let uncached = write_manifest(
-        "fan-out-10k-uncached",
-        &fan_out_with(10_000, "cache = \"off\""),
-    );
-    let uncached_plan = Arc::new(runtime.block_on(plan(&uncached, &sandbox)));
-    group.bench_function("store/journal-only-noop/10k-fan-out", |b| {
-        b.iter(|| {
-            runtime.block_on(run_with(
-                uncached_plan.clone(),
-                Arc::new(Noop),
-                2,
-                Some(ledger(&db, false)),
             ))
         })
     });
