@@ -167,6 +167,29 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Completes on Ctrl-C (SIGINT). The handler is installed by this call, not
+/// when the future is first polled: work starts on other threads at once,
+/// and a signal that came before the first poll would otherwise end the
+/// process by its default action instead of cancelling the work.
+fn interrupted() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        #[cfg(unix)]
+        if let Ok(mut signal) = signal
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_ok() {
+            return;
+        }
+        // No signal handler: never cancel.
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Print one error line and return the generic error exit code.
 fn fail(message: &str) -> ExitCode {
     ExitCode::from(report_error(message))

@@ -559,12 +559,7 @@ impl Launch<'_> {
         } else {
             Arc::new(EventLines::default())
         };
-        let cancel = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                // No signal handler: never cancel.
-                std::future::pending::<()>().await;
-            }
-        };
+        let cancel = super::interrupted();
         let executor = Arc::new(SandboxExecutor { sandbox });
         let report = schedule::run(
             plan.clone(),

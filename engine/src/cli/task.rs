@@ -194,9 +194,10 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
         grants: &grants,
         observer,
     };
+    let interrupted = super::interrupted();
     let attempt = tokio::select! {
         attempt = sandbox.run(&loaded, request) => attempt.map_err(|e| e.to_string())?,
-        _ = tokio::signal::ctrl_c() => {
+        () = interrupted => {
             eprintln!("interrupted: the task was stopped");
             return Ok(EXIT_INTERRUPTED);
         }
