@@ -390,6 +390,110 @@ fn runs_show_logs_and_lineage_describe_a_run() {
     );
 }
 
+fn run_ids(cairn: &Cairn) -> Vec<String> {
+    let listed = cairn.run(&["runs", "list", "--json"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let mut ids: Vec<String> = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn journal_files(cairn: &Cairn) -> usize {
+    std::fs::read_dir(cairn.store.path().join("journal"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn runs_gc_forgets_old_runs_keeps_interrupted_ones_and_the_cache() {
+    let (docs, long) = (two_documents(), chain(2));
+    let cairn = Cairn::new();
+    let first = run_json(&cairn, docs.path(), &[])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = run_json(&cairn, docs.path(), &[])["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut child, interrupted) = start_until(&cairn, long.path(), "done   s0 ");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut all = vec![first.clone(), second.clone(), interrupted.clone()];
+    all.sort();
+    assert_eq!(run_ids(&cairn), all);
+    assert_eq!(journal_files(&cairn), 3);
+
+    // The default retention (30 days) keeps runs this young.
+    let kept = cairn.run(&["runs", "gc", "--json"]);
+    assert_eq!(kept.code, 0, "{}", kept.stderr);
+    assert_eq!(kept.json()["removed"], json!([]));
+    assert_eq!(run_ids(&cairn), all);
+
+    // A dry run says what would go and removes nothing.
+    let dry = cairn.run(&["runs", "gc", "--older-than", "0s", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stdout.contains("would forget 2 runs") && dry.stdout.contains(&first),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("interrupted runs of that age kept, as they can still be resumed (--include-interrupted forgets them too): 1"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(run_ids(&cairn), all);
+
+    let gc = cairn.run(&["runs", "gc", "--older-than", "0s", "--json"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    let report = gc.json();
+    let mut removed: Vec<String> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    removed.sort();
+    let mut finished = vec![first.clone(), second];
+    finished.sort();
+    assert_eq!(removed, finished);
+    assert_eq!(report["kept_interrupted"], 1);
+    assert!(report["freed_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(run_ids(&cairn), vec![interrupted.clone()]);
+    assert_eq!(journal_files(&cairn), 1);
+    let gone = cairn.run(&["runs", "show", &first]);
+    assert_eq!(gone.code, 1);
+    assert!(gone.stderr.contains("no run"), "{}", gone.stderr);
+
+    // Results outlive the runs that made them.
+    let rerun = run_json(&cairn, docs.path(), &[]);
+    assert_eq!(executed(&rerun), Vec::<String>::new(), "{rerun}");
+
+    let rerun_id = rerun["run_id"].as_str().unwrap().to_owned();
+    let all_gone = cairn.run(&["runs", "gc", "--older-than", "0s", "--include-interrupted"]);
+    assert_eq!(all_gone.code, 0, "{}", all_gone.stderr);
+    assert!(
+        all_gone
+            .stdout
+            .starts_with("forgot 2 runs older than 0s, freeing "),
+        "{}",
+        all_gone.stdout
+    );
+    assert_eq!(
+        run_ids(&cairn),
+        Vec::<String>::new(),
+        "{rerun_id} and {interrupted} are gone"
+    );
+    assert_eq!(journal_files(&cairn), 0);
+}
+
 #[test]
 fn a_damaged_store_is_reported_clearly() {
     let p = two_documents();

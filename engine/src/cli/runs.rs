@@ -14,7 +14,7 @@ use super::{open_sandbox, report_error};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
 use crate::policy::Policy;
-use crate::sandbox::limits::parse_duration;
+use crate::sandbox::limits::{parse_age, parse_duration};
 use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store};
 
 /// Exit code: `cairn replay --verify` found steps whose output changed.
@@ -72,6 +72,27 @@ pub enum RunsCommand {
         /// Only this step.
         #[arg(long, value_name = "STEP")]
         step: Option<String>,
+    },
+    /// Forget runs that ended more than a duration ago: their records and
+    /// journals, with the task logs in them. The results they produced stay
+    /// in the cache (`cairn cache gc` trims those); the audit log is never
+    /// trimmed. Interrupted runs are kept, as they can still be resumed,
+    /// unless --include-interrupted is given.
+    Gc {
+        /// Age past which a run is forgotten, counted from its end (from its
+        /// start, for an interrupted run), e.g. 30d, 12h, 0s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_age, default_value = "30d")]
+        older_than: Duration,
+        /// Forget interrupted runs of that age too (they can no longer be resumed).
+        #[arg(long)]
+        include_interrupted: bool,
+        /// Say what would be forgotten, and forget nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object: the removed run ids, the interrupted runs
+        /// kept, the bytes freed.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -303,6 +324,23 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
             0
         }
         RunsCommand::Show { run, json } => show(&db, &run, json, store),
+        RunsCommand::Gc {
+            older_than,
+            include_interrupted,
+            dry_run,
+            json,
+        } => {
+            let runs = match db.runs() {
+                Ok(runs) => runs,
+                Err(e) => return report_error(&e.to_string()),
+            };
+            let retention = Retention {
+                now_ms: crate::store::records::now_ms(),
+                older_than,
+                include_interrupted,
+            };
+            gc_runs(&db, &runs, &retention, dry_run, json)
+        }
         RunsCommand::Logs { run, step } => {
             let record = match find_run(&db, &run) {
                 Ok(r) => r,
@@ -543,6 +581,107 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
     0
 }
 
+/// Which runs `cairn runs gc` forgets.
+struct Retention {
+    now_ms: u64,
+    older_than: Duration,
+    include_interrupted: bool,
+}
+
+/// What [`Retention::select`] decided.
+struct Selection<'r> {
+    expired: Vec<&'r RunRecord>,
+    /// Interrupted runs old enough to go, kept because they can be resumed.
+    kept_interrupted: usize,
+}
+
+impl Retention {
+    fn select<'r>(&self, runs: &'r [RunRecord]) -> Selection<'r> {
+        let mut selection = Selection {
+            expired: Vec::new(),
+            kept_interrupted: 0,
+        };
+        let cutoff = self
+            .now_ms
+            .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
+        for run in runs {
+            let interrupted = run.status == "running";
+            let ended = if interrupted {
+                run.started_ms
+            } else {
+                run.finished_ms.unwrap_or(run.started_ms)
+            };
+            if ended > cutoff {
+                continue;
+            }
+            if interrupted && !self.include_interrupted {
+                selection.kept_interrupted += 1;
+            } else {
+                selection.expired.push(run);
+            }
+        }
+        selection
+    }
+}
+
+fn gc_runs(
+    db: &dyn Store,
+    runs: &[RunRecord],
+    retention: &Retention,
+    dry_run: bool,
+    json: bool,
+) -> u8 {
+    let Selection {
+        expired,
+        kept_interrupted,
+    } = retention.select(runs);
+    let ids: Vec<RunId> = expired.iter().map(|r| r.id.clone()).collect();
+    let freed = if dry_run {
+        0
+    } else {
+        match db.remove_runs(&ids) {
+            Ok(freed) => freed,
+            Err(e) => return report_error(&e.to_string()),
+        }
+    };
+    if json {
+        let report = json!({
+            "dry_run": dry_run,
+            "removed": ids,
+            "kept_interrupted": kept_interrupted,
+            "freed_bytes": freed,
+        });
+        println!("{report}");
+        return 0;
+    }
+    let age = humantime::format_duration(retention.older_than);
+    let runs = |n: usize| {
+        if n == 1 {
+            "1 run".to_owned()
+        } else {
+            format!("{n} runs")
+        }
+    };
+    if dry_run {
+        println!("would forget {} older than {age}:", runs(ids.len()));
+        for run in &expired {
+            println!("  {}  {}  {}", run.id, run.pipeline, time(run.started_ms));
+        }
+    } else {
+        println!(
+            "forgot {} older than {age}, freeing {} of journals",
+            runs(ids.len()),
+            crate::sandbox::ByteSize(freed)
+        );
+    }
+    if kept_interrupted > 0 {
+        println!(
+            "interrupted runs of that age kept, as they can still be resumed (--include-interrupted forgets them too): {kept_interrupted}"
+        );
+    }
+    0
+}
+
 pub fn cache(command: CacheCommand, store: &Path) -> u8 {
     let db = match open(store) {
         Ok(db) => db,
@@ -685,4 +824,66 @@ pub fn audit(args: AuditArgs, store: &Path) -> u8 {
         eprintln!("warning: {bad} damaged line(s) in the audit log were skipped");
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, status: &str, started_ms: u64, finished_ms: Option<u64>) -> RunRecord {
+        RunRecord {
+            id: RunId(id.into()),
+            pipeline: "p".into(),
+            manifest: "m".into(),
+            manifest_hash: "h".into(),
+            started_ms,
+            finished_ms,
+            status: status.into(),
+            steps: 1,
+            replay_of: None,
+        }
+    }
+
+    fn selected(retention: &Retention, runs: &[RunRecord]) -> (Vec<String>, usize) {
+        let selection = retention.select(runs);
+        let ids = selection.expired.iter().map(|r| r.id.0.clone()).collect();
+        (ids, selection.kept_interrupted)
+    }
+
+    #[test]
+    fn retention_counts_age_from_the_end_and_keeps_interrupted_runs() {
+        let day = 86_400_000;
+        let runs = [
+            // Started 40 days ago but ended 10 days ago: young.
+            record("long", "succeeded", 60 * day, Some(90 * day)),
+            record("old", "failed", 10 * day, Some(10 * day + 5)),
+            record("cancelled", "cancelled", 20 * day, Some(20 * day)),
+            record("interrupted", "running", 5 * day, None),
+            record("fresh", "running", 99 * day, None),
+        ];
+        let mut retention = Retention {
+            now_ms: 100 * day,
+            older_than: Duration::from_millis(30 * day),
+            include_interrupted: false,
+        };
+        assert_eq!(
+            selected(&retention, &runs),
+            (vec!["old".to_owned(), "cancelled".to_owned()], 1)
+        );
+        retention.include_interrupted = true;
+        assert_eq!(
+            selected(&retention, &runs),
+            (
+                vec![
+                    "old".to_owned(),
+                    "cancelled".to_owned(),
+                    "interrupted".to_owned()
+                ],
+                0
+            )
+        );
+        // A retention longer than the epoch selects nothing, without overflow.
+        retention.older_than = Duration::MAX;
+        assert_eq!(selected(&retention, &runs), (vec![], 0));
+    }
 }

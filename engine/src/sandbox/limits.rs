@@ -87,10 +87,7 @@ pub struct DurationError {
 
 /// Parse a duration such as `500ms`, `5s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let duration = humantime::parse_duration(s.trim()).map_err(|e| DurationError {
-        input: s.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let duration = parse_age(s)?;
     if duration.is_zero() {
         return Err(DurationError {
             input: s.to_owned(),
@@ -98,6 +95,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         });
     }
     Ok(duration)
+}
+
+/// Parse an age, as [`parse_duration`] does but allowing zero (`0s`: "everything").
+pub fn parse_age(s: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(s.trim()).map_err(|e| DurationError {
+        input: s.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Parse a fuel amount: digits, optionally with `_` separators (`5_000_000`).

@@ -555,6 +555,31 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn remove_runs(&self, ids: &[RunId]) -> Result<u64, StoreError> {
+        for id in ids {
+            self.runs
+                .remove(id.0.as_bytes())
+                .map_err(|e| self.sled_error(e))?;
+        }
+        // A record must never outlive its journal: a crash from here on
+        // leaves journals without records, which the sweep below removes.
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        let mut freed = 0;
+        for id in ids {
+            freed += self.journals.remove(id)?;
+        }
+        for id in self.journals.runs()? {
+            if !self
+                .runs
+                .contains_key(id.0.as_bytes())
+                .map_err(|e| self.sled_error(e))?
+            {
+                freed += self.journals.remove(&id)?;
+            }
+        }
+        Ok(freed)
+    }
+
     fn cache_stats(&self) -> Result<CacheStats, StoreError> {
         self.settle_index()?;
         let mut stats = CacheStats::default();
@@ -1069,6 +1094,73 @@ mod tests {
             store.run(&RunId("0000".into())),
             Err(StoreError::Ambiguous { count: 2, .. })
         ));
+    }
+
+    fn record_of(id: &RunId) -> RunRecord {
+        RunRecord {
+            id: id.clone(),
+            pipeline: "p".into(),
+            manifest: "m".into(),
+            manifest_hash: "h".into(),
+            started_ms: 0,
+            finished_ms: Some(1),
+            status: "succeeded".into(),
+            steps: 1,
+            replay_of: None,
+        }
+    }
+
+    #[test]
+    fn removed_runs_lose_record_and_journal_and_orphan_journals_go_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gone, kept, orphan) = (
+            RunId("0000000000001111".into()),
+            RunId("0000000000002222".into()),
+            RunId("0000000000003333".into()),
+        );
+        let keep_result = result(b"kept output", now_ms());
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for id in [&gone, &kept] {
+                store.put_run(&record_of(id)).unwrap();
+            }
+            let results = std::slice::from_ref(&keep_result);
+            store
+                .record(&gone, results, &[event()], Durability::Machine)
+                .unwrap();
+            for id in [&kept, &orphan] {
+                store.append(id, &event()).unwrap();
+            }
+            let journal_len = |id: &RunId| {
+                std::fs::metadata(dir.path().join(format!("journal/{}.log", id.0)))
+                    .unwrap()
+                    .len()
+            };
+            let expected = journal_len(&gone) + journal_len(&orphan);
+            assert_eq!(
+                store.remove_runs(std::slice::from_ref(&gone)).unwrap(),
+                expected
+            );
+            assert!(store.run(&gone).unwrap().is_none());
+            assert_eq!(store.journal(&gone).unwrap(), vec![]);
+            assert_eq!(store.journal(&orphan).unwrap(), vec![]);
+            assert_eq!(store.journal(&kept).unwrap(), vec![event()]);
+            // Removing what is gone already is not an error.
+            assert_eq!(store.remove_runs(std::slice::from_ref(&gone)).unwrap(), 0);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let ids: Vec<RunId> = store.runs().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![kept.clone()], "the removal survives a reopen");
+        let journals: Vec<String> = std::fs::read_dir(dir.path().join("journal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(journals, vec![format!("{}.log", kept.0)]);
+        assert_eq!(
+            store.result(&keep_result.key, None).unwrap().unwrap().1,
+            b"kept output",
+            "results outlive the runs that made them"
+        );
     }
 
     #[test]

@@ -157,6 +157,42 @@ impl Journals {
         Ok(())
     }
 
+    /// Delete a run's journal; returns the bytes it held (0 if it had none).
+    pub fn remove(&self, run: &RunId) -> Result<u64, StoreError> {
+        let path = self.path(run)?;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.remove(run);
+        let len = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(len),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// The runs that have a journal file. Files that are not journals
+    /// (other names, other extensions) are not listed.
+    pub fn runs(&self) -> Result<Vec<RunId>, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        let mut runs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+                continue;
+            };
+            let run = RunId(id.to_owned());
+            if self.path(&run).is_ok() {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
     /// A run's events in order. A run with no journal file has no events.
     pub fn read(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError> {
         let path = self.path(run)?;

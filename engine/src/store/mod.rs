@@ -57,6 +57,11 @@ pub trait Store: Send + Sync {
     /// A run by id or unique id prefix.
     fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+    /// Forget runs: first their records (durably), then their journals,
+    /// with the task logs in them; the results they produced stay in the
+    /// cache. Journals that no record points to (left by a removal that was
+    /// cut short) go too. Returns the journal bytes freed.
+    fn remove_runs(&self, ids: &[RunId]) -> Result<u64, StoreError>;
     fn cache_stats(&self) -> Result<CacheStats, StoreError>;
     /// Remove results older than `older_than` (all results if `None`) and
     /// reclaim their space; returns how many were removed.
