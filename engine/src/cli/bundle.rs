@@ -24,6 +24,7 @@ pub enum BundleCommand {
     /// capabilities every step asks for.
     Inspect {
         bundle: PathBuf,
+        /// Print what was found as one JSON object.
         #[arg(long)]
         json: bool,
     },

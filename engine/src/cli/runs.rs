@@ -29,8 +29,10 @@ pub struct ResumeArgs {
     /// Most steps running at once (default: the number of CPU cores).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     jobs: Option<u32>,
+    /// Print one JSON report on stdout (status, every step, the output).
     #[arg(long)]
     json: bool,
+    /// Print only the output and errors: no progress, no task logs, no summary.
     #[arg(short, long)]
     quiet: bool,
 }
@@ -45,10 +47,14 @@ pub struct ReplayArgs {
     /// difference as nondeterminism (exit code 4).
     #[arg(long)]
     verify: bool,
+    /// Most steps running at once (default: the number of CPU cores).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     jobs: Option<u32>,
+    /// Print the run's JSON report on stdout; with --verify, then one more
+    /// JSON line: how many steps were compared and which ones differ.
     #[arg(long)]
     json: bool,
+    /// Print only the output and errors: no progress, no task logs, no summary.
     #[arg(short, long)]
     quiet: bool,
 }
@@ -57,12 +63,14 @@ pub struct ReplayArgs {
 pub enum RunsCommand {
     /// List recorded runs, newest first.
     List {
+        /// Print the run records as one JSON array.
         #[arg(long)]
         json: bool,
     },
     /// Show one run: its steps in dependency order with status and duration.
     Show {
         run: String,
+        /// Print the run record and every step's status as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -100,6 +108,7 @@ pub enum RunsCommand {
 pub enum CacheCommand {
     /// How many results are cached and how much space they take.
     Stats {
+        /// Print the figures as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -786,6 +795,7 @@ pub struct AuditArgs {
     /// Only entries of this run.
     #[arg(long, value_name = "RUN")]
     run: Option<String>,
+    /// Print the entries as one JSON array.
     #[arg(long)]
     json: bool,
 }
