@@ -353,8 +353,10 @@ fn check_validates_without_running() {
     );
 }
 
-#[test]
-fn ctrl_c_cancels_the_run_and_stops_running_sandboxes() {
+/// Start a run whose first step would burn CPU for minutes, send `signal`
+/// once it is running, and check the run ends cancelled with `code` and is
+/// recorded so.
+fn signal_cancels_the_run(signal: &str, code: i32) {
     use std::io::{BufRead, BufReader};
     let p = Pipeline::new(
         r#"
@@ -390,7 +392,7 @@ fn ctrl_c_cancels_the_run_and_stops_running_sandboxes() {
     }
     let started = std::time::Instant::now();
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -399,9 +401,26 @@ fn ctrl_c_cancels_the_run_and_stops_running_sandboxes() {
         started.elapsed() < std::time::Duration::from_secs(60),
         "cancellation did not stop the sandbox"
     );
-    assert_eq!(out.status.code(), Some(130));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["status"], "cancelled");
     assert_eq!(step(&report, "slow")["status"], "cancelled");
     assert_eq!(step(&report, "after")["status"], "cancelled");
+    let listed = cairn.run(&["runs", "list", "--json"]);
+    assert_eq!(listed.json()[0]["status"], "cancelled", "{}", listed.stdout);
+}
+
+#[test]
+fn ctrl_c_cancels_the_run_and_stops_running_sandboxes() {
+    signal_cancels_the_run("-INT", 130);
+}
+
+#[test]
+fn sigterm_cancels_the_run_like_ctrl_c() {
+    signal_cancels_the_run("-TERM", 143);
 }

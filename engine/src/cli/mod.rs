@@ -28,6 +28,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_PIPELINE_FAILED: u8 = 3;
 /// Exit code: interrupted with Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code: stopped by SIGTERM.
+pub const EXIT_TERMINATED: u8 = 143;
 
 fn exit_code_help() -> String {
     let mut help = String::from(
@@ -45,6 +47,9 @@ fn exit_code_help() -> String {
         ));
     }
     help.push_str(&format!("  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)\n"));
+    help.push_str(&format!(
+        "  {EXIT_TERMINATED:<4} stopped by SIGTERM (a run is cancelled as on Ctrl-C)\n"
+    ));
     help.push_str("\nDiagnostics: -v (info), -vv (debug), or CAIRN_LOG=<filter> (e.g. CAIRN_LOG=cairn=debug).");
     help
 }
@@ -167,26 +172,71 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Completes on Ctrl-C (SIGINT). The handler is installed by this call, not
-/// when the future is first polled: work starts on other threads at once,
-/// and a signal that came before the first poll would otherwise end the
-/// process by its default action instead of cancelling the work.
-fn interrupted() -> impl std::future::Future<Output = ()> + Send + 'static {
+/// A signal that asks Cairn to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// Ctrl-C (SIGINT).
+    CtrlC,
+    /// SIGTERM: what service managers and container runtimes send.
+    Terminate,
+}
+
+impl Interrupt {
+    /// The shell's convention: 128 + the signal's number.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Interrupt::CtrlC => EXIT_INTERRUPTED,
+            Interrupt::Terminate => EXIT_TERMINATED,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Interrupt::CtrlC => "Ctrl-C",
+            Interrupt::Terminate => "SIGTERM",
+        }
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM, saying which. The handlers are
+/// installed by this call, not when the future is first polled: work
+/// starts on other threads at once, and a signal that came before the
+/// first poll would otherwise end the process by its default action
+/// instead of cancelling the work.
+fn interrupted() -> impl std::future::Future<Output = Interrupt> + Send + 'static {
     #[cfg(unix)]
-    let signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        )
+    };
     async move {
         #[cfg(unix)]
-        if let Ok(mut signal) = signal
-            && signal.recv().await.is_some()
         {
-            return;
+            // A stream that cannot be had, or that ends, never fires.
+            async fn next(signal: std::io::Result<tokio::signal::unix::Signal>) {
+                if let Ok(mut signal) = signal
+                    && signal.recv().await.is_some()
+                {
+                    return;
+                }
+                std::future::pending::<()>().await;
+            }
+            let (int, term) = signals;
+            tokio::select! {
+                () = next(int) => Interrupt::CtrlC,
+                () = next(term) => Interrupt::Terminate,
+            }
         }
         #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_ok() {
-            return;
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            Interrupt::CtrlC
         }
-        // No signal handler: never cancel.
-        std::future::pending::<()>().await;
     }
 }
 

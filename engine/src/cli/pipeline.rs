@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, open_sandbox, open_sandbox_for};
+use super::{
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, Interrupt, open_sandbox, open_sandbox_for,
+};
 use crate::bundle::Bundle;
 use crate::manifest::Manifest;
 use crate::plan::{Plan, Source, Sources};
@@ -559,7 +561,12 @@ impl Launch<'_> {
         } else {
             Arc::new(EventLines::default())
         };
-        let cancel = super::interrupted();
+        // Which signal cancelled the run, for the exit code.
+        let signal = std::sync::OnceLock::new();
+        let interrupted = super::interrupted();
+        let cancel = async {
+            let _ = signal.set(interrupted.await);
+        };
         let executor = Arc::new(SandboxExecutor { sandbox });
         let report = schedule::run(
             plan.clone(),
@@ -663,11 +670,13 @@ impl Launch<'_> {
                 EXIT_PIPELINE_FAILED
             }
             RunStatus::Cancelled => {
+                let signal: Option<&Interrupt> = signal.get();
                 eprintln!(
-                    "interrupted: the run was cancelled; running steps were stopped. Continue it with `cairn resume {}`",
+                    "interrupted by {}: the run was cancelled; running steps were stopped. Continue it with `cairn resume {}`",
+                    signal.map_or("a signal", |s| s.name()),
                     record.id
                 );
-                EXIT_INTERRUPTED
+                signal.map_or(EXIT_INTERRUPTED, |s| s.exit_code())
             }
         };
         (Some(report), code)

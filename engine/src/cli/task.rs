@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{EXIT_ERROR, EXIT_INTERRUPTED, open_sandbox};
+use super::{EXIT_ERROR, open_sandbox};
 use crate::sandbox::host::Capability;
 use crate::sandbox::limits::{parse_duration, parse_fuel};
 use crate::sandbox::{
@@ -197,9 +197,9 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
     let interrupted = super::interrupted();
     let attempt = tokio::select! {
         attempt = sandbox.run(&loaded, request) => attempt.map_err(|e| e.to_string())?,
-        () = interrupted => {
+        signal = interrupted => {
             eprintln!("interrupted: the task was stopped");
-            return Ok(EXIT_INTERRUPTED);
+            return Ok(signal.exit_code());
         }
     };
     report(&args, &label, &loaded, &attempt)
