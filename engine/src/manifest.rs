@@ -33,12 +33,12 @@ mod sections;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
+use serde::Deserialize;
 
 /// The hasher of maps keyed by step names: foldhash is several times faster
 /// than the standard SipHash on short keys and, seeded per process, still
 /// keeps a hostile manifest from choosing colliding names.
 pub type NameHasher = foldhash::fast::RandomState;
-use serde::Deserialize;
 
 /// The largest manifest Cairn reads (a generated 100 000-step DAG fits easily).
 pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;

@@ -21,8 +21,6 @@ pub mod schema;
 pub mod template;
 
 use std::collections::{HashMap, HashSet};
-
-use crate::manifest::NameHasher;
 use std::fmt;
 use std::path::{Component as PathComponent, Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +28,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bundle::Bundle;
-use crate::manifest::{GrantSpec, Manifest, StepSettings, StepSpec};
+use crate::manifest::{GrantSpec, Manifest, NameHasher, StepSettings, StepSpec};
 use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
 pub use retry::{Backoff, RetryPolicy};
