@@ -232,6 +232,10 @@ pub struct GrantSpec {
     pub scratch: Option<String>,
     #[serde(default)]
     pub env: Vec<String>,
+    /// Names of secrets: environment variables of the engine passed to the
+    /// task, masked in its logs and errors. Values never go in a manifest.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     #[serde(default)]
     pub clock: bool,
     #[serde(default)]

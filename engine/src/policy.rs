@@ -2,8 +2,8 @@
 //!
 //! A host that runs pipelines it does not trust caps them here: limits
 //! (fuel, timeout, memory, output, concurrency), which capabilities may be
-//! granted at all (read directories by prefix, environment variables by
-//! name, scratch, real clock, OS randomness), and whether bundles must be
+//! granted at all (read directories by prefix, environment variables and
+//! secrets by name, scratch, real clock, OS randomness), and whether bundles must be
 //! signed by a trusted key. A plan that asks for more is rejected before
 //! anything runs, naming the step, the capability and the policy line.
 //!
@@ -16,6 +16,7 @@
 //! max_concurrency = 4
 //! allow_read = ["/srv/data"]
 //! allow_env = ["LANG"]
+//! allow_secrets = ["WAREHOUSE_TOKEN"]   # names; values come from the engine's environment
 //! allow_scratch = true
 //! allow_clock = false
 //! allow_random = false
@@ -48,6 +49,7 @@ pub struct Rules {
     pub max_concurrency: Option<u32>,
     pub allow_read: Option<Vec<String>>,
     pub allow_env: Option<Vec<String>>,
+    pub allow_secrets: Option<Vec<String>>,
     pub allow_scratch: Option<bool>,
     pub allow_clock: Option<bool>,
     pub allow_random: Option<bool>,
@@ -76,6 +78,7 @@ pub struct Policy {
     pub max_concurrency: Option<u32>,
     allow_read: (Vec<PathBuf>, String),
     allow_env: (Vec<String>, String),
+    allow_secrets: (Vec<String>, String),
     allow_scratch: (bool, String),
     allow_clock: (bool, String),
     allow_random: (bool, String),
@@ -167,6 +170,7 @@ impl Policy {
             max_concurrency: pick!(max_concurrency).map(|(v, _)| v),
             allow_read: (read.0.iter().map(PathBuf::from).collect(), read.1),
             allow_env: list(pick!(allow_env)),
+            allow_secrets: list(pick!(allow_secrets)),
             allow_scratch: or(pick!(allow_scratch), false),
             allow_clock: or(pick!(allow_clock), false),
             allow_random: or(pick!(allow_random), false),
@@ -283,6 +287,18 @@ impl Policy {
                         format!(
                             "environment variable {var} is not in allow_env ({})",
                             self.allow_env.1
+                        ),
+                    );
+                }
+            }
+            for (secret, _) in &step.grants.secrets {
+                if !self.allow_secrets.0.contains(secret) {
+                    deny(
+                        name,
+                        format!("secret:{secret}"),
+                        format!(
+                            "secret {secret} is not in allow_secrets ({})",
+                            self.allow_secrets.1
                         ),
                     );
                 }

@@ -16,4 +16,5 @@ mod pipelines;
 mod policy;
 mod sandbox_denials;
 mod sandbox_limits;
+mod secrets;
 mod store;

@@ -175,6 +175,7 @@ async fn inspect(path: &Path, json: bool) -> u8 {
                     .iter()
                     .map(|e| format!("env:{}", e.split('=').next().unwrap_or(e))),
             );
+            wants.extend(g.secrets.iter().map(|name| format!("secret:{name}")));
             if g.clock {
                 wants.push("clock".into());
             }

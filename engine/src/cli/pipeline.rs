@@ -181,6 +181,7 @@ fn audit_grants(plan: &Plan, tenant: &str, run: &RunId, store: &Path) {
             .collect();
         caps.extend(g.scratch.iter().map(|d| format!("scratch:{}", d.display())));
         caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
+        caps.extend(g.secrets.iter().map(|(k, _)| format!("secret:{k}")));
         if g.wall_clock {
             caps.push("clock".into());
         }

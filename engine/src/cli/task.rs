@@ -75,6 +75,11 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "NAME[=VALUE]")]
     env: Vec<String>,
 
+    /// Grant a secret: the engine's environment variable NAME, passed to the
+    /// task like --env but masked as *** in its logs and errors. Repeatable.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+
     /// Grant the real wall clock (the run is no longer deterministic).
     #[arg(long)]
     allow_clock: bool,
@@ -219,6 +224,11 @@ fn grants(args: &RunArgs) -> Result<Grants, String> {
     }
     for spec in &args.env {
         grants.allow_env(spec).map_err(|e| format!("--env: {e}"))?;
+    }
+    for name in &args.secrets {
+        grants
+            .allow_secret(name)
+            .map_err(|e| format!("--secret: {e}"))?;
     }
     grants.wall_clock = args.allow_clock;
     grants.random = args.allow_random;

@@ -956,6 +956,9 @@ fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
     for var in &spec.env {
         grants.allow_env(var).map_err(|e| e.to_string())?;
     }
+    for name in &spec.secrets {
+        grants.allow_secret(name).map_err(|e| e.to_string())?;
+    }
     grants.wall_clock = spec.clock;
     grants.random = spec.random;
     Ok(grants)

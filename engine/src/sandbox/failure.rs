@@ -39,6 +39,28 @@ pub enum Failure {
     InvalidOutput { message: String },
 }
 
+impl Failure {
+    /// The same failure with every secret in its messages masked.
+    pub fn redact(self, redactor: &super::Redactor) -> Self {
+        match self {
+            Failure::Task { kind, message } => Failure::Task {
+                kind,
+                message: redactor.redact(message),
+            },
+            Failure::Trap { message } => Failure::Trap {
+                message: redactor.redact(message),
+            },
+            Failure::Denied { message } => Failure::Denied {
+                message: redactor.redact(message),
+            },
+            Failure::InvalidOutput { message } => Failure::InvalidOutput {
+                message: redactor.redact(message),
+            },
+            other => other,
+        }
+    }
+}
+
 /// What a task said about its own error (`cairn:task/types.error-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// What a run may reach beyond its input.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
     /// Directories readable (not writable) at the same path inside the sandbox.
     pub read_dirs: Vec<PathBuf>,
@@ -16,10 +16,35 @@ pub struct Grants {
     pub scratch: Option<PathBuf>,
     /// Environment variables visible to the task, in order.
     pub env: Vec<(String, String)>,
+    /// Secrets, visible to the task as environment variables like `env`, but
+    /// taken only from the engine's environment (never written in a
+    /// manifest) and masked as `***` wherever the host writes what the task
+    /// said: its logs, its error messages, its stderr.
+    pub secrets: Vec<(String, String)>,
     /// The host's real wall and monotonic clocks (nondeterministic).
     pub wall_clock: bool,
     /// The host's random number generator (nondeterministic).
     pub random: bool,
+}
+
+/// Written out by hand so that a debug print (`-vv` diagnostics, a test
+/// failure) never shows a secret's value.
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<(&str, &str)> = self
+            .secrets
+            .iter()
+            .map(|(name, _)| (name.as_str(), MASK))
+            .collect();
+        f.debug_struct("Grants")
+            .field("read_dirs", &self.read_dirs)
+            .field("scratch", &self.scratch)
+            .field("env", &self.env)
+            .field("secrets", &secrets)
+            .field("wall_clock", &self.wall_clock)
+            .field("random", &self.random)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +53,8 @@ pub enum GrantError {
     Dir { path: PathBuf, reason: String },
     #[error("cannot grant environment variable {name:?}: {reason}")]
     Env { name: String, reason: String },
+    #[error("cannot grant secret {name:?}: {reason}")]
+    Secret { name: String, reason: String },
 }
 
 impl Grants {
@@ -77,6 +104,84 @@ impl Grants {
     }
 }
 
+impl Grants {
+    /// Grant the secret `NAME`, with the value it has in the engine's
+    /// environment. A value cannot be given here: a secret written in a
+    /// manifest or on a command line is no longer secret.
+    pub fn allow_secret(&mut self, name: &str) -> Result<(), GrantError> {
+        let fail = |reason: String| GrantError::Secret {
+            name: name.to_owned(),
+            reason,
+        };
+        if name.contains('=') {
+            return Err(fail(
+                "a secret's value cannot be written here; give its name and set it in the engine's environment".into(),
+            ));
+        }
+        if name.is_empty() || name.contains('\0') {
+            return Err(fail("names must be non-empty and free of NUL".into()));
+        }
+        if self.env.iter().chain(&self.secrets).any(|(n, _)| n == name) {
+            return Err(fail("the name is granted twice".into()));
+        }
+        let value = std::env::var(name).map_err(|e| {
+            fail(format!(
+                "{e} in the engine's environment; export it there before running"
+            ))
+        })?;
+        if value.is_empty() || value.contains('\0') {
+            return Err(fail(
+                "its value is empty or holds NUL: nothing a task could use, or mask".into(),
+            ));
+        }
+        self.secrets.push((name.to_owned(), value));
+        Ok(())
+    }
+
+    /// Masks the granted secrets' values in text the task produced.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.secrets.iter().map(|(_, value)| value.clone()))
+    }
+}
+
+/// Replaces every occurrence of a set of secret values with `***`.
+///
+/// A guard against accidents (a task that logs its configuration, a panic
+/// message quoting a connection string), not against a hostile task: one
+/// that was handed a secret can always pass it on transformed.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    /// Longest first, so a secret that contains another is masked whole.
+    values: Vec<String>,
+}
+
+/// What a masked secret reads as.
+pub const MASK: &str = "***";
+
+impl Redactor {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        values.dedup();
+        Self { values }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// `text` with every secret value replaced by [`MASK`].
+    pub fn redact(&self, text: String) -> String {
+        let mut text = text;
+        for value in &self.values {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), MASK);
+            }
+        }
+        text
+    }
+}
+
 fn existing_dir(dir: &Path) -> Result<PathBuf, GrantError> {
     let fail = |reason: String| GrantError::Dir {
         path: dir.to_owned(),
@@ -119,6 +224,48 @@ mod tests {
                 .contains("not a directory")
         );
         assert!(g.allow_read(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn secrets_come_only_from_the_engine_environment() {
+        // SAFETY: no other test reads or writes this variable.
+        unsafe { std::env::set_var("CAIRN_TEST_SECRET_TOKEN", "s3cr3t-value") };
+        let mut g = Grants::default();
+        g.allow_secret("CAIRN_TEST_SECRET_TOKEN").unwrap();
+        assert_eq!(
+            g.secrets,
+            [(
+                "CAIRN_TEST_SECRET_TOKEN".to_owned(),
+                "s3cr3t-value".to_owned()
+            )]
+        );
+        let shown = format!("{g:?}");
+        assert!(
+            shown.contains("CAIRN_TEST_SECRET_TOKEN") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        let twice = g.allow_secret("CAIRN_TEST_SECRET_TOKEN").unwrap_err();
+        assert!(twice.to_string().contains("granted twice"), "{twice}");
+        let inline = g.allow_secret("TOKEN=abc").unwrap_err().to_string();
+        assert!(inline.contains("cannot be written here"), "{inline}");
+        let unset = g
+            .allow_secret("CAIRN_TEST_SURELY_UNSET_SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(unset.contains("export it there"), "{unset}");
+        assert!(g.allow_secret("").is_err());
+    }
+
+    #[test]
+    fn redaction_masks_every_secret_longest_first() {
+        let r = Redactor::new(["abc".to_owned(), "abcdef".to_owned(), String::new()]);
+        assert_eq!(
+            r.redact("key=abcdef, short=abc, again abcdefabc".into()),
+            "key=***, short=***, again ******"
+        );
+        assert_eq!(r.redact("nothing here".into()), "nothing here");
+        assert!(Redactor::default().is_empty());
+        assert_eq!(Redactor::default().redact("abc".into()), "abc");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use serde::Serialize;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::grants::Redactor;
+
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "cairn-task",
@@ -162,10 +164,13 @@ pub struct RunState {
     pub(crate) memory: MemoryCap,
     pub(crate) log: TaskLog,
     pub(crate) observer: Option<Arc<dyn Observer>>,
+    /// Masks the run's secrets in everything it says.
+    pub(crate) redactor: Redactor,
 }
 
 impl RunState {
     pub(crate) fn record_log(&mut self, level: Level, message: String) {
+        let message = self.redactor.redact(message);
         if let Some(line) = self.log.push(level, message)
             && let Some(observer) = &self.observer
         {
@@ -197,7 +202,8 @@ impl self::cairn::task::host::Host for RunState {
         self.record_log(level, message);
     }
 
-    fn progress(&mut self, done: u64, total: u64, mut message: String) {
+    fn progress(&mut self, done: u64, total: u64, message: String) {
+        let mut message = self.redactor.redact(message);
         message.truncate(message.floor_char_boundary(1024));
         if let Some(observer) = &self.observer {
             observer.progress(&Progress {

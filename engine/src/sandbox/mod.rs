@@ -42,7 +42,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::store::{ArtifactKey, ArtifactStore, StoreError};
 pub use failure::{Failure, FailureClass, TaskErrorKind};
-pub use grants::{GrantError, Grants};
+pub use grants::{GrantError, Grants, Redactor};
 use host::{CairnTaskPre, MemoryCap, RunState};
 pub use host::{Descriptor, Level, LogLine, Observer, Progress, TaskLog};
 pub use limits::{ByteSize, Limits};
@@ -492,6 +492,7 @@ impl Sandbox {
             wasi.args(&argv);
         }
         wasi.envs(&grants.env);
+        wasi.envs(&grants.secrets);
         for dir in &grants.read_dirs {
             let guest = dir.to_string_lossy();
             wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
@@ -531,6 +532,7 @@ impl Sandbox {
             memory: MemoryCap::new(memory_cap),
             log: TaskLog::default(),
             observer: request.observer.clone(),
+            redactor: grants.redactor(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -604,6 +606,10 @@ impl PreparedRun {
                 .and_then(T::from_stdout),
         };
         let state = self.store.data_mut();
+        let result = match result {
+            Err(failure) if !state.redactor.is_empty() => Err(failure.redact(&state.redactor)),
+            other => other,
+        };
         Attempt {
             result,
             fuel_used,

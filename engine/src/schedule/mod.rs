@@ -44,7 +44,7 @@ mod ledger;
 pub use ledger::Ledger;
 
 /// The cache key of one unit of work: blake3 over the key-format version,
-/// the component, the canonical input bytes, the grants (with env values),
+/// the component, the canonical input bytes, the grants (with env and secret values),
 /// the limits that change what a run can produce (fuel, memory, output cap;
 /// not the wall-clock timeout) and the step's arguments.
 pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
@@ -82,6 +82,16 @@ pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
     field(&(step.args.len() as u64).to_le_bytes());
     for arg in &step.args {
         field(arg.as_bytes());
+    }
+    // A secret's value changes what a task can produce, so it is part of
+    // the key (a hash: the value itself is never stored). Last, and only
+    // when there are secrets, so keys without them are unchanged.
+    if !grants.secrets.is_empty() {
+        field(&(grants.secrets.len() as u64).to_le_bytes());
+        for (name, value) in &grants.secrets {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
     }
     CacheKey(hasher.finalize())
 }

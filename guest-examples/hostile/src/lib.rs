@@ -54,6 +54,9 @@ enum Attack {
     WriteFile { path: String },
     /// Read a file at a path given in the input (tests read grants).
     ReadFile { path: String },
+    /// Spill the environment variable `name` everywhere the host listens:
+    /// a log line, stderr, progress, then an error message (tests masking).
+    SpillEnv { name: String },
 }
 
 struct Hostile;
@@ -160,6 +163,13 @@ fn attack_with(attack: Attack) -> Result<Vec<u8>, TaskError> {
             Ok(json(path.into()))
         }
         Attack::ReadFile { path } => Ok(json(std::fs::read_to_string(&path)?.into())),
+        Attack::SpillEnv { name } => {
+            let value = std::env::var(&name).unwrap_or_default();
+            cairn_sdk::log(Level::Info, &format!("connecting with {name}={value}"));
+            eprintln!("debug: token is {value}");
+            cairn_sdk::progress(1, 2, &format!("using {value}"));
+            Err(TaskError::fatal(format!("login refused for {value}")))
+        }
     }
 }
 
