@@ -161,6 +161,15 @@ pub const MASK: &str = "***";
 impl Redactor {
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
         let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        // A multi-line secret (a PEM key) may surface a line at a time: mask
+        // each of its lines that is long enough not to be boilerplate.
+        let lines: Vec<String> = values
+            .iter()
+            .filter(|v| v.contains('\n'))
+            .flat_map(|v| v.lines().map(str::trim).filter(|l| l.len() >= 8))
+            .map(str::to_owned)
+            .collect();
+        values.extend(lines);
         values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         values.dedup();
         Self { values }
@@ -264,6 +273,14 @@ mod tests {
             "key=***, short=***, again ******"
         );
         assert_eq!(r.redact("nothing here".into()), "nothing here");
+        let pem = Redactor::new([
+            "-----BEGIN KEY-----\nMIIEvQIBADANBgkq\nabc\n-----END KEY-----".to_owned(),
+        ]);
+        assert_eq!(
+            pem.redact("line: MIIEvQIBADANBgkq, short: abc".into()),
+            "line: ***, short: abc",
+            "each long line of a multi-line secret is masked on its own"
+        );
         assert!(Redactor::default().is_empty());
         assert_eq!(Redactor::default().redact("abc".into()), "abc");
     }

@@ -580,9 +580,13 @@ impl PreparedRun {
         let duration = self.started.elapsed();
         let remaining = self.store.get_fuel().unwrap_or(0);
         let fuel_used = limits.fuel.saturating_sub(remaining);
-        let stderr_text = String::from_utf8_lossy(&self.stderr.contents()).into_owned();
+        // Masked whole, before they are cut into lines: a secret may span lines.
+        let redactor = self.store.data().redactor.clone();
+        let stderr_text =
+            redactor.redact(String::from_utf8_lossy(&self.stderr.contents()).into_owned());
         if kind == ComponentKind::Task {
-            let stdout_text = String::from_utf8_lossy(&self.stdout.contents()).into_owned();
+            let stdout_text =
+                redactor.redact(String::from_utf8_lossy(&self.stdout.contents()).into_owned());
             for line in stdout_text.lines().filter(|l| !l.trim().is_empty()) {
                 self.store
                     .data_mut()
