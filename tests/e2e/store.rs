@@ -283,9 +283,20 @@ fn kill_9_while_a_step_runs_then_resume() {
 
 #[test]
 fn a_second_process_on_the_same_store_is_refused_clearly() {
-    let p = chain(3);
+    // A step that runs until it is cancelled: the second process's wait for
+    // the lock (LOCK_WAIT) cannot outlast the first.
+    let p = Pipeline::new(
+        r#"
+        name = "long"
+        [steps.slow]
+        component = "{wasm:burn}"
+        input = { rounds = 100_000_000_000 }
+        fuel = 10_000_000_000_000
+        timeout = "10m"
+        "#,
+    );
     let cairn = Cairn::new();
-    let (mut first, _) = start_until(&cairn, p.path(), "start  s0");
+    let (first, run_id) = start_until(&cairn, p.path(), "start  slow");
     let second = cairn.run(&["runs", "list"]);
     assert_eq!(second.code, 1);
     assert!(
@@ -293,12 +304,19 @@ fn a_second_process_on_the_same_store_is_refused_clearly() {
         "{}",
         second.stderr
     );
-    assert!(
-        first.wait().unwrap().success(),
-        "the first process is unharmed"
-    );
+    // The first process is unharmed: it still answers Ctrl-C and records
+    // its run properly.
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
     let listed = cairn.run(&["runs", "list", "--json"]);
-    assert_eq!(listed.json()[0]["status"], "succeeded");
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert_eq!(listed.json()[0]["id"], run_id.as_str());
+    assert_eq!(listed.json()[0]["status"], "cancelled");
 }
 
 #[test]

@@ -28,8 +28,9 @@
 //!   was lost. sled may also open a damaged directory as an empty database:
 //!   a marker file catches that.
 //! - sled takes an exclusive lock on its directory and is opened first, so a
-//!   second `cairn` process on the same store gets [`StoreError::Locked`] at
-//!   once and never touches the files beside it.
+//!   second `cairn` process on the same store gets [`StoreError::Locked`]
+//!   (after waiting [`LOCK_WAIT`] for the lock) and never touches the files
+//!   beside it.
 //! - sled keeps several copies of what it stores; here it stores ~50 bytes
 //!   per result, and the result bytes are written once, in a pack.
 
@@ -197,21 +198,13 @@ impl SledStore {
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(|e| StoreError::io(&blobs, e))?;
         let config = sled::Config::new().path(&path).flush_every_ms(Some(500));
-        // sled can panic on some kinds of on-disk damage; that is a damaged
-        // store to report, not a crash.
-        let opened = {
-            let _quiet = QuietPanics::begin();
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
-        };
-        let db = match opened {
-            Ok(result) => result.map_err(|e| open_error(&path, e))?,
-            Err(panic) => {
-                let reason = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "sled panicked while opening it".into());
-                return Err(StoreError::Unreadable { path, reason });
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match open_sled(&config, &path) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                opened => break opened?,
             }
         };
         check_identity(&db, &path)?;
@@ -405,6 +398,36 @@ fn check_identity(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
             let text = format!("{{\"format\": 2, \"created_ms\": {}}}\n", now_ms());
             std::fs::write(&marker, text).map_err(|e| StoreError::io(&marker, e))?;
             Ok(())
+        }
+    }
+}
+
+/// How long opening waits for a locked store before refusing. sled lets go
+/// of its lock only when its IO threads drop their handle on the file, a
+/// moment after the last `Db` is dropped, so a process that closes the store
+/// and opens it again (`cairn resume` does) can find it still locked by
+/// itself. A store held by another process is refused after this.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+fn open_sled(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
+    // sled can panic on some kinds of on-disk damage; that is a damaged
+    // store to report, not a crash.
+    let opened = {
+        let _quiet = QuietPanics::begin();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+    };
+    match opened {
+        Ok(result) => result.map_err(|e| open_error(path, e)),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "sled panicked while opening it".into());
+            Err(StoreError::Unreadable {
+                path: path.to_owned(),
+                reason,
+            })
         }
     }
 }
