@@ -424,3 +424,117 @@ fn ctrl_c_cancels_the_run_and_stops_running_sandboxes() {
 fn sigterm_cancels_the_run_like_ctrl_c() {
     signal_cancels_the_run("-TERM", 143);
 }
+
+/// `cairn run --events FILE`, parsed: one JSON object per line.
+fn events_of(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+#[test]
+fn events_stream_every_step_attempt_and_log_as_json_lines() {
+    let p = Pipeline::new(
+        r#"
+        name = "watched"
+        [steps.flaky]
+        component = "{wasm:flaky}"
+        input = { failures = 2, key = "k" }
+        grants = { scratch = "state" }
+        retry = { attempts = 3, backoff = "fixed", delay = "10ms", jitter = false }
+        [steps.broken]
+        component = "{wasm:hostile}"
+        input = { attack = "panic" }
+        allow_failure = true
+        [steps.after]
+        component = "{wasm:echo}"
+        input = { on = "${flaky.succeeded_on_attempt}" }
+        "#,
+    );
+    std::fs::create_dir(p.dir.path().join("state")).unwrap();
+    let events_file = p.dir.path().join("events.jsonl");
+    let cairn = Cairn::new();
+    let run = cairn.run(&[
+        "run",
+        p.path(),
+        "--json",
+        "--events",
+        events_file.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    let events = events_of(&events_file);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"run-started"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"run-finished"), "{kinds:?}");
+    assert_eq!(events.last().unwrap()["status"], "succeeded");
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["run"], report["run_id"], "{event}");
+        if i > 0 {
+            assert!(
+                event["at_ms"].as_u64() >= events[i - 1]["at_ms"].as_u64(),
+                "{event}"
+            );
+        }
+    }
+    let of = |step: &str, kind: &str| -> Vec<(usize, &serde_json::Value)> {
+        events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["step"] == step && e["event"] == kind)
+            .collect()
+    };
+    for name in ["flaky", "broken", "after"] {
+        let (started, finished) = (of(name, "step-started"), of(name, "step-finished"));
+        assert_eq!((started.len(), finished.len()), (1, 1), "{name}: {kinds:?}");
+        assert!(
+            started[0].0 < finished[0].0,
+            "{name} starts before it finishes"
+        );
+        assert_eq!(finished[0].1["status"], step(&report, name)["status"]);
+    }
+    let retries = of("flaky", "attempt-failed");
+    assert_eq!(retries.len(), 2, "{retries:?}");
+    for (_, retry) in &retries {
+        assert_eq!(retry["class"], "task-retryable");
+        assert_eq!(retry["retry_in_us"], 10_000);
+    }
+    assert_eq!(of("flaky", "step-finished")[0].1["attempts"], 3);
+    assert_eq!(
+        of("flaky", "task-log").len(),
+        2,
+        "one log line per failed attempt"
+    );
+    let trap = of("broken", "attempt-failed");
+    assert_eq!(trap[0].1["class"], "trap");
+    assert_eq!(
+        trap[0].1["retry_in_us"],
+        json!(null),
+        "a trap is not retried"
+    );
+    assert_eq!(
+        of("broken", "step-finished")[0].1["detail"]["class"],
+        "trap"
+    );
+    // The after step starts only once flaky has finished.
+    assert!(of("flaky", "step-finished")[0].0 < of("after", "step-started")[0].0);
+}
+
+#[test]
+fn an_unwritable_events_file_stops_the_run_before_it_is_recorded() {
+    let cairn = Cairn::new();
+    let run = cairn.run(&[
+        "run",
+        &example("orders"),
+        "--events",
+        "/nonexistent-dir/events.jsonl",
+    ]);
+    run.assert_clean_error(1, "cannot write events to /nonexistent-dir/events.jsonl");
+    let listed = cairn.run(&["runs", "list", "--json"]);
+    assert_eq!(listed.json(), json!([]), "no run was recorded");
+}

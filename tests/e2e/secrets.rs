@@ -1,7 +1,7 @@
 //! Secrets: taken from the engine's environment, handed to the task, and
 //! masked everywhere the host writes what the task said — its logs, its
 //! stderr, its progress, its error message — on the terminal, in `--json`
-//! reports and in every file of the store.
+//! reports, in `--events` streams and in every file of the store.
 
 use crate::support::{Cairn, Pipeline, Run, assert_failed, guest, step};
 
@@ -116,7 +116,13 @@ fn a_pipeline_secret_never_reaches_the_report_the_journal_or_the_store() {
     assert!(!report_run.stdout.contains(VALUE), "{}", report_run.stdout);
     assert!(!report_run.stderr.contains(VALUE), "{}", report_run.stderr);
 
-    let plain = run(&["run", p.path()]);
+    let events = p.dir.path().join("events.jsonl");
+    let plain = run(&["run", p.path(), "--events", events.to_str().unwrap()]);
+    let streamed = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        streamed.contains("login refused for ***") && !streamed.contains(VALUE),
+        "{streamed}"
+    );
     assert!(
         plain.stderr.contains("login refused for ***"),
         "{}",

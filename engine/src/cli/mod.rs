@@ -6,6 +6,7 @@
 //! code from the documented table; nothing here panics on user input.
 
 mod bundle;
+mod events;
 mod pipeline;
 mod runs;
 mod task;

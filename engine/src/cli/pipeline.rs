@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
+use super::events::{EventStream, Tee};
 use super::{
     EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, Interrupt, open_sandbox, open_sandbox_for,
 };
@@ -52,7 +53,20 @@ pub struct RunArgs {
     refresh: bool,
 
     #[command(flatten)]
+    events: EventsArg,
+
+    #[command(flatten)]
     policy: PolicyArgs,
+}
+
+/// `--events FILE`, shared by run, resume and replay.
+#[derive(Debug, Args)]
+pub(super) struct EventsArg {
+    /// Write the run's events to FILE as they happen, one JSON object per
+    /// line (step started, task log, attempt failed, step finished, ...),
+    /// for tools that follow a run live. Task text in them is masked like logs.
+    #[arg(long = "events", value_name = "FILE")]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -442,6 +456,7 @@ pub async fn run(args: RunArgs, store: &Path) -> u8 {
         replay_of: None,
         json: args.json,
         quiet: args.quiet,
+        events: args.events.path,
     };
     launch.run(&args.manifest).await.1
 }
@@ -458,6 +473,8 @@ pub(super) struct Launch<'a> {
     pub json: bool,
     pub quiet: bool,
     pub policy: Option<Policy>,
+    /// `--events FILE`.
+    pub events: Option<PathBuf>,
 }
 
 impl Launch<'_> {
@@ -516,6 +533,14 @@ impl Launch<'_> {
                 HashSet::new(),
             ),
         };
+        // Opened before the run is recorded: a bad path stops nothing midway.
+        let events = match &self.events {
+            Some(path) => match EventStream::create(path, &record.id.0) {
+                Ok(stream) => Some(Arc::new(stream)),
+                Err(e) => return (None, super::report_error(&e)),
+            },
+            None => None,
+        };
         let started = JournalEvent::RunStarted {
             at_ms: now_ms(),
             pipeline: plan.name.clone(),
@@ -555,13 +580,26 @@ impl Launch<'_> {
         }
         audit_grants(&plan, &tenant, &record.id, self.store);
         let live = std::io::stderr().is_terminal() && !self.quiet && !self.json;
-        let observer: Arc<dyn RunObserver> = if self.quiet {
+        let mut observer: Arc<dyn RunObserver> = if self.quiet {
             Arc::new(schedule::Silent)
         } else if live {
             Arc::new(LiveProgress::new(&plan))
         } else {
             Arc::new(EventLines::default())
         };
+        if let Some(stream) = &events {
+            stream.emit(
+                "run-started",
+                json!({
+                    "pipeline": plan.name,
+                    "steps": plan.steps.len(),
+                    "resumed": resuming,
+                    "replay_of": self.replay_of.as_ref().map(|r| &r.0),
+                }),
+            );
+            stream.flush();
+            observer = Arc::new(Tee(observer, stream.clone()));
+        }
         // Which signal cancelled the run, for the exit code.
         let signal = std::sync::OnceLock::new();
         let interrupted = super::interrupted();
@@ -621,6 +659,17 @@ impl Launch<'_> {
             .and_then(|()| db.flush())
         {
             eprintln!("warning: cannot record the end of run {}: {e}", record.id);
+        }
+        if let Some(stream) = &events {
+            stream.emit(
+                "run-finished",
+                json!({
+                    "status": status,
+                    "duration_us": report.duration.as_micros() as u64,
+                    "output_hash": report.output.as_ref().map(schedule::output_hash),
+                }),
+            );
+            stream.flush();
         }
 
         if self.json {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::pipeline::{Launch, PolicyArgs};
+use super::pipeline::{EventsArg, Launch, PolicyArgs};
 use super::{open_sandbox, report_error};
 use crate::manifest::Manifest;
 use crate::plan::Plan;
@@ -35,6 +35,8 @@ pub struct ResumeArgs {
     /// Print only the output and errors: no progress, no task logs, no summary.
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    events: EventsArg,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +59,8 @@ pub struct ReplayArgs {
     /// Print only the output and errors: no progress, no task logs, no summary.
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    events: EventsArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +196,7 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
         json: args.json,
         quiet: args.quiet,
         policy,
+        events: args.events.path,
     };
     launch.run(&manifest).await.1
 }
@@ -220,6 +225,7 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         json: args.json,
         quiet: args.quiet || args.json,
         policy,
+        events: args.events.path,
     };
     let (report, code) = launch.run(&record.manifest).await;
     let Some(report) = report else { return code };

@@ -246,7 +246,7 @@ pub struct RunReport {
 }
 
 /// Something that happened during a run, for progress displays.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
     StepStarted {
         step: &'a Step,
