@@ -612,3 +612,63 @@ fn damaged_result_packs_are_recomputed_and_damaged_journals_named() {
         listed.stderr
     );
 }
+
+#[test]
+fn runs_list_filters_by_pipeline_and_status_and_limits() {
+    let (docs, broken) = (
+        two_documents(),
+        Pipeline::new(
+            r#"
+            name = "broken"
+            [steps.panics]
+            component = "{wasm:hostile}"
+            input = { attack = "panic" }
+            "#,
+        ),
+    );
+    let cairn = Cairn::new();
+    let id = |report: Value| report["run_id"].as_str().unwrap().to_owned();
+    let older = id(run_json(&cairn, docs.path(), &[]));
+    let newer = id(run_json(&cairn, docs.path(), &[]));
+    let failed = id(run_json(&cairn, broken.path(), &[]));
+    let listed = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["runs", "list", "--json"];
+        all.extend_from_slice(args);
+        let run = cairn.run(&all);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        listed(&[]),
+        [failed.as_str(), &newer, &older],
+        "newest first"
+    );
+    assert_eq!(
+        listed(&["--pipeline", "two-docs"]),
+        [newer.as_str(), &older]
+    );
+    assert_eq!(listed(&["--status", "failed"]), [failed.as_str()]);
+    assert_eq!(listed(&["--status", "interrupted"]), Vec::<String>::new());
+    assert_eq!(
+        listed(&["--pipeline", "two-docs", "-n", "1"]),
+        [newer.as_str()]
+    );
+    let none = cairn.run(&["runs", "list", "--pipeline", "nope"]);
+    assert_eq!(
+        none.stdout.trim(),
+        format!("no matching runs in {}", cairn.store.path().display())
+    );
+    let bad = cairn.run(&["runs", "list", "--status", "exploded"]);
+    assert_eq!(bad.code, 2, "a usage error: {}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("possible values: succeeded, failed, cancelled, interrupted"),
+        "{}",
+        bad.stderr
+    );
+}

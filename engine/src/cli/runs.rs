@@ -67,6 +67,16 @@ pub struct ReplayArgs {
 pub enum RunsCommand {
     /// List recorded runs, newest first.
     List {
+        /// Only runs of this pipeline.
+        #[arg(long, value_name = "NAME")]
+        pipeline: Option<String>,
+        /// Only runs that ended so (`interrupted`: stopped with no end
+        /// recorded, resumable).
+        #[arg(long, value_enum)]
+        status: Option<RunState>,
+        /// At most this many runs (the newest).
+        #[arg(short = 'n', long, value_name = "N")]
+        limit: Option<usize>,
         /// Print the run records as one JSON array.
         #[arg(long)]
         json: bool,
@@ -106,6 +116,28 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How a run stands, as `cairn runs list --status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunState {
+    Succeeded,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl RunState {
+    fn of(record: &RunRecord) -> Option<Self> {
+        match record.status.as_str() {
+            "succeeded" => Some(RunState::Succeeded),
+            "failed" => Some(RunState::Failed),
+            "cancelled" => Some(RunState::Cancelled),
+            // No process is running it: the store's lock says so.
+            "running" => Some(RunState::Interrupted),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -297,18 +329,33 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
         Err(code) => return code,
     };
     match command {
-        RunsCommand::List { json } => {
+        RunsCommand::List {
+            pipeline,
+            status,
+            limit,
+            json,
+        } => {
             let mut runs = match db.runs() {
                 Ok(runs) => runs,
                 Err(e) => return report_error(&e.to_string()),
             };
+            runs.retain(|r| {
+                pipeline.as_ref().is_none_or(|p| &r.pipeline == p)
+                    && status.is_none_or(|s| RunState::of(r) == Some(s))
+            });
             runs.sort_by(|a, b| b.id.cmp(&a.id));
+            runs.truncate(limit.unwrap_or(usize::MAX));
             if json {
                 println!("{}", serde_json::to_string(&runs).unwrap_or_default());
                 return 0;
             }
             if runs.is_empty() {
-                println!("no runs yet in {}", store.display());
+                let filtered = pipeline.is_some() || status.is_some();
+                println!(
+                    "no {}runs in {}",
+                    if filtered { "matching " } else { "" },
+                    store.display()
+                );
                 return 0;
             }
             println!(
