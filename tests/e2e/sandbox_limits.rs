@@ -178,3 +178,46 @@ fn kept_log_bytes(report: &serde_json::Value) -> usize {
         })
         .sum()
 }
+
+#[test]
+fn a_signal_stops_a_task_blocked_in_a_host_call() {
+    use std::io::{BufRead, BufReader, Read};
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let cairn = Cairn::new();
+        let mut child = cairn
+            .command()
+            .args([
+                "task",
+                "run",
+                guest("hostile").to_str().unwrap(),
+                "--input",
+                r#"{"attack":"sleep"}"#,
+                "--timeout",
+                "10m",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("going to sleep") {
+            line.clear();
+            assert_ne!(
+                stderr.read_line(&mut line).unwrap(),
+                0,
+                "ended before sleeping"
+            );
+        }
+        let sent = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        stderr.read_to_string(&mut rest).unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {rest}");
+        assert!(rest.contains("interrupted: the task was stopped"), "{rest}");
+    }
+}

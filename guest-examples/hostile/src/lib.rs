@@ -154,6 +154,8 @@ fn attack_with(attack: Attack) -> Result<Vec<u8>, TaskError> {
         }
         Attack::Panic => panic!("the hostile task panicked on purpose"),
         Attack::Sleep => {
+            // Said first, so a test knows the task is in its sleep.
+            cairn_sdk::log(Level::Info, "going to sleep for an hour");
             std::thread::sleep(std::time::Duration::from_secs(3600));
             Ok(json("woke up".into()))
         }
