@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{Cairn, Pipeline, example, step};
+use crate::support::{Cairn, Pipeline, endless_pipeline, example, step};
 
 #[test]
 fn orders_pipeline_produces_the_report() {
@@ -358,14 +358,8 @@ fn check_validates_without_running() {
 /// recorded so.
 fn signal_cancels_the_run(signal: &str, code: i32) {
     use std::io::{BufRead, BufReader};
-    let p = Pipeline::new(
+    let p = endless_pipeline(
         r#"
-        name = "long"
-        [steps.slow]
-        component = "{wasm:burn}"
-        input = { rounds = 100_000_000_000 }
-        fuel = 10_000_000_000_000
-        timeout = "10m"
         [steps.after]
         component = "{wasm:echo}"
         input = { x = "${slow}" }

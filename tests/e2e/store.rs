@@ -6,7 +6,7 @@ use std::process::{Child, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{Cairn, Pipeline, repo_root, step};
+use crate::support::{Cairn, Pipeline, endless_pipeline, repo_root, step};
 
 fn run_json(cairn: &Cairn, path: &str, extra: &[&str]) -> Value {
     let mut args = vec!["run", path, "--json"];
@@ -285,16 +285,7 @@ fn kill_9_while_a_step_runs_then_resume() {
 fn a_second_process_on_the_same_store_is_refused_clearly() {
     // A step that runs until it is cancelled: the second process's wait for
     // the lock (LOCK_WAIT) cannot outlast the first.
-    let p = Pipeline::new(
-        r#"
-        name = "long"
-        [steps.slow]
-        component = "{wasm:burn}"
-        input = { rounds = 100_000_000_000 }
-        fuel = 10_000_000_000_000
-        timeout = "10m"
-        "#,
-    );
+    let p = endless_pipeline("");
     let cairn = Cairn::new();
     let (first, run_id) = start_until(&cairn, p.path(), "start  slow");
     let second = cairn.run(&["runs", "list"]);

@@ -176,6 +176,22 @@ impl Pipeline {
     }
 }
 
+/// A pipeline whose step `slow` burns CPU for many minutes, followed by
+/// `more` (TOML): for tests that stop a run while a step is running.
+pub fn endless_pipeline(more: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        r#"
+        name = "long"
+        [steps.slow]
+        component = "{{wasm:burn}}"
+        input = {{ rounds = 100_000_000_000 }}
+        fuel = 10_000_000_000_000
+        timeout = "10m"
+        {more}
+        "#
+    ))
+}
+
 /// The report of one step in a `cairn run --json` report.
 pub fn step<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["steps"]
