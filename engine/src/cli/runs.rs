@@ -73,7 +73,7 @@ pub enum RunsCommand {
         /// Only runs that ended so (`interrupted`: stopped with no end
         /// recorded, resumable).
         #[arg(long, value_enum)]
-        status: Option<RunState>,
+        status: Option<StatusFilter>,
         /// At most this many runs (the newest).
         #[arg(short = 'n', long, value_name = "N")]
         limit: Option<usize>,
@@ -120,21 +120,21 @@ pub enum RunsCommand {
 
 /// How a run stands, as `cairn runs list --status` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RunState {
+pub enum StatusFilter {
     Succeeded,
     Failed,
     Cancelled,
     Interrupted,
 }
 
-impl RunState {
+impl StatusFilter {
     fn of(record: &RunRecord) -> Option<Self> {
         match record.status.as_str() {
-            "succeeded" => Some(RunState::Succeeded),
-            "failed" => Some(RunState::Failed),
-            "cancelled" => Some(RunState::Cancelled),
+            "succeeded" => Some(StatusFilter::Succeeded),
+            "failed" => Some(StatusFilter::Failed),
+            "cancelled" => Some(StatusFilter::Cancelled),
             // No process is running it: the store's lock says so.
-            "running" => Some(RunState::Interrupted),
+            "running" => Some(StatusFilter::Interrupted),
             _ => None,
         }
     }
@@ -341,7 +341,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
             };
             runs.retain(|r| {
                 pipeline.as_ref().is_none_or(|p| &r.pipeline == p)
-                    && status.is_none_or(|s| RunState::of(r) == Some(s))
+                    && status.is_none_or(|s| StatusFilter::of(r) == Some(s))
             });
             runs.sort_by(|a, b| b.id.cmp(&a.id));
             runs.truncate(limit.unwrap_or(usize::MAX));
