@@ -254,3 +254,28 @@ fn a_policy_grants_only_the_secrets_it_lists() {
         "the task failed (fatal): login refused for ***"
     );
 }
+
+#[test]
+fn a_bundle_names_the_secrets_it_asks_for_and_holds_no_value() {
+    let p = spill_pipeline();
+    let cairn = Cairn::new();
+    let bundle = p.dir.path().join("spill.cairn");
+    let packed = Run::from(
+        cairn
+            .command()
+            .env(NAME, VALUE)
+            .args(["bundle", "pack", p.path(), "-o", bundle.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(packed.code, 0, "{}", packed.stderr);
+    let inspected = cairn.run(&["bundle", "inspect", bundle.to_str().unwrap(), "--json"]);
+    assert_eq!(inspected.code, 0, "{}", inspected.stderr);
+    assert_eq!(
+        step(&inspected.json(), "login")["capabilities"],
+        serde_json::json!([format!("secret:{NAME}")]),
+        "a host sees what a bundle asks for before it trusts it"
+    );
+    let bytes = std::fs::read(&bundle).unwrap();
+    assert!(!bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()));
+}
