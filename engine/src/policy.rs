@@ -36,6 +36,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::bundle::Signature;
+use crate::manifest::Manifest;
 use crate::plan::Plan;
 use crate::sandbox::limits::{ByteSize, parse_duration};
 
@@ -279,30 +280,15 @@ impl Policy {
                     );
                 }
             }
-            for (var, _) in &step.grants.env {
-                if !self.allow_env.0.contains(var) {
-                    deny(
-                        name,
-                        format!("env:{var}"),
-                        format!(
-                            "environment variable {var} is not in allow_env ({})",
-                            self.allow_env.1
-                        ),
-                    );
-                }
-            }
-            for (secret, _) in &step.grants.secrets {
-                if !self.allow_secrets.0.contains(secret) {
-                    deny(
-                        name,
-                        format!("secret:{secret}"),
-                        format!(
-                            "secret {secret} is not in allow_secrets ({})",
-                            self.allow_secrets.1
-                        ),
-                    );
-                }
-            }
+            self.check_names(
+                name,
+                step.grants.env.iter().map(|(var, _)| var.as_str()),
+                step.grants
+                    .secrets
+                    .iter()
+                    .map(|(secret, _)| secret.as_str()),
+                &mut deny,
+            );
             if let Some(dir) = &step.grants.scratch
                 && !self.allow_scratch.0
             {
@@ -337,5 +323,63 @@ impl Policy {
             }
         }
         denials
+    }
+
+    /// The environment variables and secrets a manifest asks for that the
+    /// policy does not allow. Checked before planning, which reads their
+    /// values from the engine's environment: a tenant must not learn which
+    /// variables the host has from whether planning found them.
+    pub fn check_requests(&self, manifest: &Manifest) -> Vec<Denial> {
+        let mut denials = Vec::new();
+        let mut deny = |step: Option<&str>, capability: String, message: String| {
+            denials.push(Denial {
+                step: step.map(str::to_owned),
+                capability,
+                message,
+            });
+        };
+        for (name, spec) in &manifest.steps {
+            let env = spec
+                .grants
+                .env
+                .iter()
+                .map(|var| var.split_once('=').map_or(var.as_str(), |(name, _)| name));
+            let secrets = spec.grants.secrets.iter().map(String::as_str);
+            self.check_names(Some(name), env, secrets, &mut deny);
+        }
+        denials
+    }
+
+    fn check_names<'n>(
+        &self,
+        step: Option<&str>,
+        env: impl Iterator<Item = &'n str>,
+        secrets: impl Iterator<Item = &'n str>,
+        deny: &mut impl FnMut(Option<&str>, String, String),
+    ) {
+        for var in env {
+            if !self.allow_env.0.iter().any(|allowed| allowed == var) {
+                deny(
+                    step,
+                    format!("env:{var}"),
+                    format!(
+                        "environment variable {var} is not in allow_env ({})",
+                        self.allow_env.1
+                    ),
+                );
+            }
+        }
+        for secret in secrets {
+            if !self.allow_secrets.0.iter().any(|allowed| allowed == secret) {
+                deny(
+                    step,
+                    format!("secret:{secret}"),
+                    format!(
+                        "secret {secret} is not in allow_secrets ({})",
+                        self.allow_secrets.1
+                    ),
+                );
+            }
+        }
     }
 }

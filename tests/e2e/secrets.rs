@@ -279,3 +279,57 @@ fn a_bundle_names_the_secrets_it_asks_for_and_holds_no_value() {
     let bytes = std::fs::read(&bundle).unwrap();
     assert!(!bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()));
 }
+
+#[test]
+fn under_a_policy_a_tenant_cannot_probe_which_variables_the_host_has() {
+    // One variable the engine has, one it has not: under a policy that
+    // allows neither, both are refused alike, before planning looks them up.
+    let p = Pipeline::new(&format!(
+        r#"
+        name = "probe"
+        [steps.a]
+        component = "{{wasm:echo}}"
+        grants = {{ env = ["{NAME}"], secrets = ["CAIRN_E2E_SURELY_UNSET"] }}
+        [steps.b]
+        component = "{{wasm:echo}}"
+        grants = {{ env = ["CAIRN_E2E_SURELY_UNSET"], secrets = ["{NAME}"] }}
+        "#
+    ));
+    let policy = p.dir.path().join("policy.toml");
+    std::fs::write(&policy, "[default]\nallow_env = [\"LANG\"]\n").unwrap();
+    let cairn = Cairn::new();
+    let run = Run::from(
+        cairn
+            .command()
+            .env(NAME, VALUE)
+            .env_remove("CAIRN_E2E_SURELY_UNSET")
+            .args(["check", p.path(), "--policy", policy.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    for (step, env, secret) in [
+        ("a", NAME, "CAIRN_E2E_SURELY_UNSET"),
+        ("b", "CAIRN_E2E_SURELY_UNSET", NAME),
+    ] {
+        assert!(
+            run.stderr.contains(&format!(
+                "error: step `{step}`: environment variable {env} is not in allow_env"
+            )) && run.stderr.contains(&format!(
+                "error: step `{step}`: secret {secret} is not in allow_secrets"
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        !run.stderr.contains("engine's environment") && !run.stderr.contains("cannot grant"),
+        "nothing says whether a variable is set: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("the policy refuses probe (4 problems)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -17,7 +17,7 @@ use super::{
 use crate::bundle::Bundle;
 use crate::manifest::Manifest;
 use crate::plan::{Plan, Source, Sources};
-use crate::policy::Policy;
+use crate::policy::{Denial, Policy};
 use crate::sandbox::Sandbox;
 use crate::schedule::{
     self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
@@ -100,7 +100,6 @@ pub struct GraphArgs {
     format: GraphFormat,
 }
 
-/// Load and validate a manifest, printing every problem.
 /// The first bytes of a zstd frame, which every bundle starts with.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -151,6 +150,11 @@ impl PolicyArgs {
 fn admit(planned: &Planned, policy: Option<&Policy>, store: &Path) -> Result<(), u8> {
     let Some(policy) = policy else { return Ok(()) };
     let denials = policy.check(&planned.plan, planned.signatures.as_deref());
+    refuse(&denials, policy, &planned.plan.name, store)
+}
+
+/// Audit and print what the policy refuses, if anything, and fail.
+fn refuse(denials: &[Denial], policy: &Policy, pipeline: &str, store: &Path) -> Result<(), u8> {
     if denials.is_empty() {
         return Ok(());
     }
@@ -163,21 +167,20 @@ fn admit(planned: &Planned, policy: Option<&Policy>, store: &Path) -> Result<(),
             step: d.step.clone(),
             event: "denied".into(),
             capability: d.capability.clone(),
-            detail: format!("{} (pipeline {})", d.message, planned.plan.name),
+            detail: format!("{} (pipeline {pipeline})", d.message),
         })
         .collect();
     if let Err(e) = AuditLog::new(store).append(&entries) {
         eprintln!("warning: cannot write the audit log: {e}");
     }
-    for d in &denials {
+    for d in denials {
         match &d.step {
             Some(step) => eprintln!("error: step `{step}`: {}", d.message),
             None => eprintln!("error: {}", d.message),
         }
     }
     Err(super::report_error(&format!(
-        "the policy refuses {} ({} problem{}); nothing was run",
-        planned.plan.name,
+        "the policy refuses {pipeline} ({} problem{}); nothing was run",
         denials.len(),
         if denials.len() == 1 { "" } else { "s" }
     )))
@@ -218,8 +221,22 @@ fn audit_grants(plan: &Plan, tenant: &str, run: &RunId, store: &Path) {
 }
 
 /// Load and validate a manifest, a pipeline directory or a bundle, printing
-/// every problem.
-async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
+/// every problem. Under a policy, the environment variables and secrets the
+/// manifest names are checked before planning reads any of them.
+async fn plan(
+    path: &Path,
+    sandbox: &Sandbox,
+    policy: Option<(&Policy, &Path)>,
+) -> Result<Planned, u8> {
+    let screen = |manifest: &Manifest| match policy {
+        Some((policy, store)) => refuse(
+            &policy.check_requests(manifest),
+            policy,
+            &manifest.name,
+            store,
+        ),
+        None => Ok(()),
+    };
     let fail = |e: &dyn std::fmt::Display| {
         eprintln!("error: {e}");
         EXIT_ERROR
@@ -241,6 +258,7 @@ async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
         let manifest = bundle
             .manifest()
             .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
+        screen(&manifest)?;
         let shown = path.join(crate::bundle::MANIFEST);
         let grants_base = path.parent().map(Path::to_owned).unwrap_or_default();
         let sources = Sources::Bundle {
@@ -257,6 +275,7 @@ async fn plan(path: &Path, sandbox: &Sandbox) -> Result<Planned, u8> {
         });
     }
     let (path, manifest) = Manifest::load(path).map_err(|e| fail(&e))?;
+    screen(&manifest)?;
     // Hashed before planning, so the text is not held beside a big plan.
     let source_hash = std::fs::read(&path)
         .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
@@ -280,7 +299,8 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
         Ok(s) => s,
         Err(e) => return super::report_error(&e),
     };
-    let planned = match plan(&args.manifest, &sandbox).await {
+    let screen = policy.as_ref().map(|p| (p, store));
+    let planned = match plan(&args.manifest, &sandbox, screen).await {
         Ok(planned) => planned,
         Err(code) => return code,
     };
@@ -333,7 +353,7 @@ pub async fn graph(args: GraphArgs, store: &Path) -> u8 {
         Ok(s) => s,
         Err(e) => return super::report_error(&e),
     };
-    let plan = match plan(&args.manifest, &sandbox).await {
+    let plan = match plan(&args.manifest, &sandbox, None).await {
         Ok(planned) => planned.plan,
         Err(code) => return code,
     };
@@ -489,7 +509,8 @@ impl Launch<'_> {
             Ok(db) => Arc::new(db),
             Err(e) => return (None, super::report_error(&e.to_string())),
         };
-        let planned = match plan(manifest, &sandbox).await {
+        let screen = self.policy.as_ref().map(|p| (p, self.store));
+        let planned = match plan(manifest, &sandbox, screen).await {
             Ok(planned) => planned,
             Err(code) => return (None, code),
         };
