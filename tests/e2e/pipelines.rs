@@ -532,3 +532,24 @@ fn an_unwritable_events_file_stops_the_run_before_it_is_recorded() {
     let listed = cairn.run(&["runs", "list", "--json"]);
     assert_eq!(listed.json(), json!([]), "no run was recorded");
 }
+
+#[test]
+fn a_full_disk_under_the_events_file_warns_once_and_the_run_goes_on() {
+    let cairn = Cairn::new();
+    let run = cairn.run(&["run", &example("orders"), "-q", "--events", "/dev/full"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("grand_total"), "{}", run.stdout);
+    assert_eq!(
+        run.stderr
+            .matches("cannot write events to /dev/full")
+            .count(),
+        1,
+        "one warning, not one per event: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("the run goes on without them"),
+        "{}",
+        run.stderr
+    );
+}

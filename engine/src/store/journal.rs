@@ -174,13 +174,16 @@ impl Journals {
         }
     }
 
-    /// The runs that have a journal file. Files that are not journals
-    /// (other names, other extensions) are not listed.
+    /// The runs that have a journal file. Anything else in the directory
+    /// (other names, other extensions, directories) is not listed.
     pub fn runs(&self) -> Result<Vec<RunId>, StoreError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         let mut runs = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io(&self.dir, e))?;
+            if !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
                 continue;
@@ -262,6 +265,47 @@ mod tests {
         assert_eq!(journals.read(&a).unwrap(), [event(1), event(2), event(3)]);
         assert_eq!(journals.read(&b).unwrap(), [event(9)]);
         assert!(journals.read(&RunId("cccc".into())).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_journal_files_are_listed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = Journals::open(dir.path()).unwrap();
+        let run = RunId("abcd1234".into());
+        journals.append(&run, &[event(1)]).unwrap();
+        // Things that are not journals: other extensions, names that are
+        // not run ids, a directory named like a journal.
+        for name in [
+            "notes.txt",
+            "bad-name.log",
+            ".hidden.log",
+            "abcd1234.log.bak",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("ffff.log")).unwrap();
+        let mut listed = journals.runs().unwrap();
+        listed.sort();
+        assert_eq!(listed, [RunId("abcd1234".into())]);
+        let len = std::fs::metadata(dir.path().join("abcd1234.log"))
+            .unwrap()
+            .len();
+        assert_eq!(journals.remove(&run).unwrap(), len);
+        assert_eq!(journals.remove(&run).unwrap(), 0, "already gone");
+        assert!(journals.read(&run).unwrap().is_empty());
+        // A directory is not deleted as if it were a journal: asked to, by
+        // name, it is an error.
+        assert!(journals.remove(&RunId("ffff".into())).is_err());
+        assert!(dir.path().join("ffff.log").is_dir());
+        for name in [
+            "notes.txt",
+            "bad-name.log",
+            ".hidden.log",
+            "abcd1234.log.bak",
+        ] {
+            assert!(dir.path().join(name).exists(), "{name} was left alone");
+        }
+        assert!(journals.remove(&RunId("../x".into())).is_err());
     }
 
     #[test]
