@@ -477,6 +477,7 @@ pub async fn run(args: RunArgs, store: &Path) -> u8 {
         json: args.json,
         quiet: args.quiet,
         events: args.events.path,
+        opened: None,
     };
     launch.run(&args.manifest).await.1
 }
@@ -495,6 +496,8 @@ pub(super) struct Launch<'a> {
     pub policy: Option<Policy>,
     /// `--events FILE`.
     pub events: Option<PathBuf>,
+    /// The store, if the caller has it open already.
+    pub opened: Option<Arc<dyn Store>>,
 }
 
 impl Launch<'_> {
@@ -505,9 +508,12 @@ impl Launch<'_> {
             Ok(s) => Arc::new(s),
             Err(e) => return (None, super::report_error(&e)),
         };
-        let db: Arc<dyn Store> = match SledStore::open(self.store) {
-            Ok(db) => Arc::new(db),
-            Err(e) => return (None, super::report_error(&e.to_string())),
+        let db: Arc<dyn Store> = match self.opened.clone() {
+            Some(db) => db,
+            None => match SledStore::open(self.store) {
+                Ok(db) => Arc::new(db),
+                Err(e) => return (None, super::report_error(&e.to_string())),
+            },
         };
         let screen = self.policy.as_ref().map(|p| (p, self.store));
         let planned = match plan(manifest, &sandbox, screen).await {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -182,23 +183,37 @@ fn journal(db: &dyn Store, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
     db.journal(run).map_err(|e| report_error(&e.to_string()))
 }
 
-/// The policy to run under, a recorded run and its journal. The store is
-/// open only while reading (`Launch` opens it again, and sled allows one
-/// opener at a time).
-fn load_run(
-    store: &Path,
-    text: &str,
-    policy: &PolicyArgs,
-) -> Result<(Option<Policy>, RunRecord, Vec<JournalEvent>), u8> {
+/// A recorded run to go on with: the policy to run under, the open store
+/// (handed on to [`Launch`]: sled has one opener at a time, and a store
+/// closed and opened again at once can still be locked by this process),
+/// the run's record and its journal.
+struct Loaded {
+    policy: Option<Policy>,
+    db: Arc<dyn Store>,
+    record: RunRecord,
+    events: Vec<JournalEvent>,
+}
+
+fn load_run(store: &Path, text: &str, policy: &PolicyArgs) -> Result<Loaded, u8> {
     let policy = policy.load()?;
     let db = open(store)?;
     let record = find_run(&db, text)?;
     let events = journal(&db, &record.id)?;
-    Ok((policy, record, events))
+    Ok(Loaded {
+        policy,
+        db: Arc::new(db),
+        record,
+        events,
+    })
 }
 
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
-    let (policy, record, events) = match load_run(store, &args.run, &args.policy) {
+    let Loaded {
+        policy,
+        db,
+        record,
+        events,
+    } = match load_run(store, &args.run, &args.policy) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -229,12 +244,18 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
         quiet: args.quiet,
         policy,
         events: args.events.path,
+        opened: Some(db),
     };
     launch.run(&manifest).await.1
 }
 
 pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
-    let (policy, record, events) = match load_run(store, &args.run, &args.policy) {
+    let Loaded {
+        policy,
+        db,
+        record,
+        events,
+    } = match load_run(store, &args.run, &args.policy) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -258,6 +279,7 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         quiet: args.quiet || args.json,
         policy,
         events: args.events.path,
+        opened: Some(db),
     };
     let (report, code) = launch.run(&record.manifest).await;
     let Some(report) = report else { return code };
