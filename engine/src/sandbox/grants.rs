@@ -109,6 +109,15 @@ impl Grants {
     /// environment. A value cannot be given here: a secret written in a
     /// manifest or on a command line is no longer secret.
     pub fn allow_secret(&mut self, name: &str) -> Result<(), GrantError> {
+        self.allow_secret_from(name, |name| std::env::var(name))
+    }
+
+    /// [`Self::allow_secret`] with the environment given as a lookup.
+    fn allow_secret_from(
+        &mut self,
+        name: &str,
+        lookup: impl FnOnce(&str) -> Result<String, std::env::VarError>,
+    ) -> Result<(), GrantError> {
         let fail = |reason: String| GrantError::Secret {
             name: name.to_owned(),
             reason,
@@ -124,7 +133,7 @@ impl Grants {
         if self.env.iter().chain(&self.secrets).any(|(n, _)| n == name) {
             return Err(fail("the name is granted twice".into()));
         }
-        let value = std::env::var(name).map_err(|e| {
+        let value = lookup(name).map_err(|e| {
             fail(format!(
                 "{e} in the engine's environment; export it there before running"
             ))
@@ -237,10 +246,13 @@ mod tests {
 
     #[test]
     fn secrets_come_only_from_the_engine_environment() {
-        // SAFETY: no other test reads or writes this variable.
-        unsafe { std::env::set_var("CAIRN_TEST_SECRET_TOKEN", "s3cr3t-value") };
+        // An environment of one variable, without touching the process's.
+        let env = |name: &str| match name {
+            "CAIRN_TEST_SECRET_TOKEN" => Ok("s3cr3t-value".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
+        };
         let mut g = Grants::default();
-        g.allow_secret("CAIRN_TEST_SECRET_TOKEN").unwrap();
+        g.allow_secret_from("CAIRN_TEST_SECRET_TOKEN", env).unwrap();
         assert_eq!(
             g.secrets,
             [(
@@ -253,16 +265,26 @@ mod tests {
             shown.contains("CAIRN_TEST_SECRET_TOKEN") && !shown.contains("s3cr3t"),
             "{shown}"
         );
-        let twice = g.allow_secret("CAIRN_TEST_SECRET_TOKEN").unwrap_err();
+        let twice = g
+            .allow_secret_from("CAIRN_TEST_SECRET_TOKEN", env)
+            .unwrap_err();
         assert!(twice.to_string().contains("granted twice"), "{twice}");
-        let inline = g.allow_secret("TOKEN=abc").unwrap_err().to_string();
+        let inline = g
+            .allow_secret_from("TOKEN=abc", env)
+            .unwrap_err()
+            .to_string();
         assert!(inline.contains("cannot be written here"), "{inline}");
         let unset = g
-            .allow_secret("CAIRN_TEST_SURELY_UNSET_SECRET")
+            .allow_secret_from("CAIRN_TEST_SURELY_UNSET_SECRET", env)
             .unwrap_err()
             .to_string();
         assert!(unset.contains("export it there"), "{unset}");
-        assert!(g.allow_secret("").is_err());
+        assert!(g.allow_secret_from("", env).is_err());
+        let empty = |_: &str| Ok(String::new());
+        assert!(
+            g.allow_secret_from("EMPTY", empty).is_err(),
+            "an empty value masks nothing"
+        );
     }
 
     #[test]
