@@ -87,6 +87,17 @@ pub struct Policy {
     trusted_keys: (Vec<String>, String),
 }
 
+/// A `deny(step, capability, message)` that adds to `denials`.
+fn collect_into(denials: &mut Vec<Denial>) -> impl FnMut(Option<&str>, String, String) + '_ {
+    |step, capability, message| {
+        denials.push(Denial {
+            step: step.map(str::to_owned),
+            capability,
+            message,
+        })
+    }
+}
+
 /// A capability or limit the policy refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -184,13 +195,7 @@ impl Policy {
     /// policy does not allow.
     pub fn check(&self, plan: &Plan, signatures: Option<&[Signature]>) -> Vec<Denial> {
         let mut denials = Vec::new();
-        let mut deny = |step: Option<&str>, capability: String, message: String| {
-            denials.push(Denial {
-                step: step.map(str::to_owned),
-                capability,
-                message,
-            });
-        };
+        let mut deny = collect_into(&mut denials);
         if self.require_signed.0 {
             let trusted = signatures.unwrap_or_default().iter().any(|s| {
                 self.trusted_keys
@@ -322,6 +327,7 @@ impl Policy {
                 );
             }
         }
+        drop(deny);
         denials
     }
 
@@ -331,13 +337,7 @@ impl Policy {
     /// variables the host has from whether planning found them.
     pub fn check_requests(&self, manifest: &Manifest) -> Vec<Denial> {
         let mut denials = Vec::new();
-        let mut deny = |step: Option<&str>, capability: String, message: String| {
-            denials.push(Denial {
-                step: step.map(str::to_owned),
-                capability,
-                message,
-            });
-        };
+        let mut deny = collect_into(&mut denials);
         for (name, spec) in &manifest.steps {
             let env = spec
                 .grants
@@ -347,6 +347,7 @@ impl Policy {
             let secrets = spec.grants.secrets.iter().map(String::as_str);
             self.check_names(Some(name), env, secrets, &mut deny);
         }
+        drop(deny);
         denials
     }
 
