@@ -581,13 +581,14 @@ impl PreparedRun {
         let remaining = self.store.get_fuel().unwrap_or(0);
         let fuel_used = limits.fuel.saturating_sub(remaining);
         // Masked whole, before they are cut into lines: a secret may span lines.
-        let redactor = self.store.data().redactor.clone();
-        let stderr_text =
-            redactor.redact(String::from_utf8_lossy(&self.stderr.contents()).into_owned());
-        if kind == ComponentKind::Task {
-            let stdout_text =
-                redactor.redact(String::from_utf8_lossy(&self.stdout.contents()).into_owned());
-            for line in stdout_text.lines().filter(|l| !l.trim().is_empty()) {
+        let redactor = &self.store.data().redactor;
+        let text = |pipe: &CappedPipe| {
+            redactor.redact(String::from_utf8_lossy(&pipe.contents()).into_owned())
+        };
+        let stderr_text = text(&self.stderr);
+        let stdout_text = (kind == ComponentKind::Task).then(|| text(&self.stdout));
+        for line in stdout_text.iter().flat_map(|t| t.lines()) {
+            if !line.trim().is_empty() {
                 self.store
                     .data_mut()
                     .record_log(Level::Info, format!("stdout: {line}"));
