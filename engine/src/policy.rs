@@ -87,6 +87,15 @@ pub struct Policy {
     trusted_keys: (Vec<String>, String),
 }
 
+/// An `allow_read` prefix as the directory it really is. Grants are checked
+/// resolved, so a prefix that is itself reached through a symlink
+/// (`/srv/data -> /mnt/data`) must be resolved too or it would match nothing.
+/// A prefix that does not exist (yet) is kept as written: no resolved grant
+/// can lie under a path that does not exist.
+fn resolve_prefix(prefix: &str) -> PathBuf {
+    std::fs::canonicalize(prefix).unwrap_or_else(|_| PathBuf::from(prefix))
+}
+
 /// A `deny(step, capability, message)` that adds to `denials`.
 fn collect_into(denials: &mut Vec<Denial>) -> impl FnMut(Option<&str>, String, String) + '_ {
     |step, capability, message| {
@@ -180,7 +189,7 @@ impl Policy {
             max_memory: size(pick!(max_memory), "max_memory")?,
             max_output: size(pick!(max_output), "max_output")?,
             max_concurrency: pick!(max_concurrency).map(|(v, _)| v),
-            allow_read: (read.0.iter().map(PathBuf::from).collect(), read.1),
+            allow_read: (read.0.iter().map(|p| resolve_prefix(p)).collect(), read.1),
             allow_env: list(pick!(allow_env)),
             allow_secrets: list(pick!(allow_secrets)),
             allow_scratch: or(pick!(allow_scratch), false),
@@ -267,6 +276,9 @@ impl Policy {
                     ),
                 );
             }
+            // Grants are resolved (see `Grants::read_dirs`), and
+            // `Path::starts_with` compares whole components: `/srv/data-evil`
+            // is not under `/srv/data`.
             for dir in &step.grants.read_dirs {
                 if !self
                     .allow_read

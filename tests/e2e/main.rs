@@ -16,5 +16,7 @@ mod pipelines;
 mod policy;
 mod sandbox_denials;
 mod sandbox_limits;
+mod schedule_faults;
 mod secrets;
 mod store;
+mod trust_boundary;

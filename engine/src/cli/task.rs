@@ -63,7 +63,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "16MiB")]
     output_limit: ByteSize,
 
-    /// Grant read-only access to DIR, at the same path inside the sandbox. Repeatable.
+    /// Grant read-only access to DIR, seen inside the sandbox at the real path it resolves to
+    /// (symlinks followed, `..` applied); a policy checks that resolved path. Repeatable.
     #[arg(long, value_name = "DIR")]
     allow_read: Vec<PathBuf>,
 

@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 /// What a run may reach beyond its input.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
-    /// Directories readable (not writable) at the same path inside the sandbox.
+    /// Directories readable (not writable) at the same path inside the
+    /// sandbox. Always fully resolved (absolute, no `.`/`..`, no symlink in
+    /// any component): the policy checks, the audit log records and the
+    /// sandbox opens exactly these paths, never the path as written.
     pub read_dirs: Vec<PathBuf>,
-    /// One directory readable and writable at the same path inside the sandbox.
+    /// One directory readable and writable at the same path inside the
+    /// sandbox; resolved like `read_dirs`.
     pub scratch: Option<PathBuf>,
     /// Environment variables visible to the task, in order.
     pub env: Vec<(String, String)>,
@@ -67,7 +71,9 @@ impl Grants {
     }
 
     /// Grant read access to `dir`, which must exist and be a directory. The
-    /// path is made absolute so the task sees it where the user does.
+    /// grant is on the directory the path resolves to (symlinks followed,
+    /// `..` applied), so a policy that checks the grant checks what the task
+    /// will actually reach.
     pub fn allow_read(&mut self, dir: &Path) -> Result<(), GrantError> {
         self.read_dirs.push(existing_dir(dir)?);
         Ok(())
@@ -200,20 +206,64 @@ impl Redactor {
     }
 }
 
+/// `dir` resolved to the real directory it names.
 fn existing_dir(dir: &Path) -> Result<PathBuf, GrantError> {
     let fail = |reason: String| GrantError::Dir {
         path: dir.to_owned(),
         reason,
     };
-    let abs = std::path::absolute(dir).map_err(|e| fail(e.to_string()))?;
-    let meta = std::fs::metadata(&abs).map_err(|e| fail(e.to_string()))?;
+    let real = std::fs::canonicalize(dir).map_err(|e| fail(e.to_string()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| fail(e.to_string()))?;
     if !meta.is_dir() {
         return Err(fail("not a directory".into()));
     }
-    let path = abs
+    let path = real
         .to_str()
         .ok_or_else(|| fail("path is not valid UTF-8".into()))?;
     Ok(PathBuf::from(path))
+}
+
+/// The directory at `dir` (a resolved grant), opened once and checked to be
+/// the directory the grant names: a symlink swapped into any component of
+/// the path after the grant was checked leads somewhere else, and is
+/// refused. The caller hands the sandbox this open handle (through
+/// [`OpenDir::handle_path`]), never the path, so nothing is resolved twice.
+pub fn open_granted_dir(dir: &Path) -> Result<OpenDir, GrantError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |reason: String| GrantError::Dir {
+        path: dir.to_owned(),
+        reason,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| fail(e.to_string()))?;
+    let opened = OpenDir { file };
+    let reached = std::fs::read_link(opened.handle_path())
+        .map_err(|e| fail(format!("cannot tell what was opened: {e}")))?;
+    if reached != dir {
+        return Err(fail(format!(
+            "it now leads to {} (a symlink was swapped in after the grant was checked); refusing",
+            reached.display()
+        )));
+    }
+    Ok(opened)
+}
+
+/// A granted directory held open for the length of one attempt's set-up.
+#[derive(Debug)]
+pub struct OpenDir {
+    file: std::fs::File,
+}
+
+impl OpenDir {
+    /// A path that reopens exactly this directory (`/proc/self/fd/N`): the
+    /// kernel follows it to the open handle, not by name through the tree.
+    pub fn handle_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +292,51 @@ mod tests {
                 .contains("not a directory")
         );
         assert!(g.allow_read(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn grants_are_on_the_resolved_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink(root.join("a/b"), root.join("link")).unwrap();
+        let mut g = Grants::default();
+        g.allow_read(&root.join("link")).unwrap();
+        g.allow_read(&root.join("a/b/../b/.")).unwrap();
+        assert_eq!(g.read_dirs, [root.join("a/b"), root.join("a/b")]);
+    }
+
+    #[test]
+    fn a_granted_directory_opens_only_while_it_is_still_what_was_granted() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let granted = root.join("a/b");
+        std::fs::create_dir_all(&granted).unwrap();
+        std::fs::create_dir_all(root.join("elsewhere/b")).unwrap();
+        let open = open_granted_dir(&granted).unwrap();
+        let reopened = std::fs::canonicalize(open.handle_path()).unwrap();
+        assert_eq!(reopened, granted, "the handle reopens the same directory");
+
+        // The last component swapped for a link after the check.
+        std::fs::rename(&granted, root.join("a/was-b")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere/b"), &granted).unwrap();
+        let err = open_granted_dir(&granted).unwrap_err().to_string();
+        assert!(err.contains(&granted.display().to_string()), "{err}");
+        std::fs::remove_file(&granted).unwrap();
+        std::fs::rename(root.join("a/was-b"), &granted).unwrap();
+        open_granted_dir(&granted).unwrap();
+
+        // A parent component swapped for a link after the check.
+        std::fs::rename(root.join("a"), root.join("was-a")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("a")).unwrap();
+        let err = open_granted_dir(&granted).unwrap_err().to_string();
+        assert!(
+            err.contains("now leads to") && err.contains("elsewhere/b"),
+            "{err}"
+        );
+
+        // Special files are not directories.
+        assert!(open_granted_dir(Path::new("/dev/null")).is_err());
     }
 
     #[test]

@@ -85,6 +85,12 @@ pub struct DurationError {
     reason: String,
 }
 
+/// The longest duration Cairn accepts anywhere (timeouts, delays, ages):
+/// 100 years. Checked at parse time so that no later `Instant + duration`
+/// or `SystemTime - duration` can overflow, whatever a manifest, a flag or
+/// a policy says.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Parse a duration such as `500ms`, `5s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let duration = parse_age(s)?;
@@ -99,10 +105,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 
 /// Parse an age, as [`parse_duration`] does but allowing zero (`0s`: "everything").
 pub fn parse_age(s: &str) -> Result<Duration, DurationError> {
-    humantime::parse_duration(s.trim()).map_err(|e| DurationError {
-        input: s.to_owned(),
-        reason: e.to_string(),
-    })
+    let fail = |reason: String| DurationError {
+        input: quote_cut(s),
+        reason,
+    };
+    let duration = humantime::parse_duration(s.trim()).map_err(|e| fail(e.to_string()))?;
+    if duration > MAX_DURATION {
+        return Err(fail("must be at most 100 years".into()));
+    }
+    Ok(duration)
+}
+
+/// `text` cut to at most 200 characters for quoting in a message: an
+/// error that repeats a 20 MB input back is not an error message.
+pub fn quote_cut(text: &str) -> String {
+    const MAX: usize = 200;
+    match text.char_indices().nth(MAX) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
+    }
 }
 
 /// Parse a fuel amount: digits, optionally with `_` separators (`5_000_000`).
@@ -145,6 +166,13 @@ mod tests {
                 .to_string()
                 .contains("greater than zero")
         );
+        let huge = parse_duration("9223372036854775807s").unwrap_err().to_string();
+        assert!(huge.contains("at most 100 years"), "{huge}");
+        assert!(parse_age("101years").is_err());
+        assert!(parse_duration("100years").is_ok());
+        let long = "x".repeat(1 << 20);
+        let cut = parse_duration(&long).unwrap_err().to_string();
+        assert!(cut.len() < 1000, "a huge input is cut in the message");
         assert!(
             parse_duration("soon")
                 .unwrap_err()

@@ -493,9 +493,19 @@ impl Sandbox {
         }
         wasi.envs(&grants.env);
         wasi.envs(&grants.secrets);
-        for dir in &grants.read_dirs {
+        // Each directory is opened once, checked to be the one the grant
+        // (and the policy) named, and preopened through that handle, so a
+        // symlink swapped in since planning cannot redirect the task.
+        let dirs = grants
+            .read_dirs
+            .iter()
+            .map(|dir| (dir, FsPerms::ReadOnly))
+            .chain(grants.scratch.iter().map(|dir| (dir, FsPerms::ReadWrite)));
+        for (dir, perms) in dirs {
+            let open = grants::open_granted_dir(dir)
+                .map_err(|e| SandboxError::Setup(e.to_string()))?;
             let guest = dir.to_string_lossy();
-            wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadOnly)
+            wasi.preopened_dir(open.handle_path(), guest.as_ref(), perms)
                 .map_err(|e| {
                     SandboxError::Setup(format!(
                         "cannot open granted directory {}: {e:#}",
@@ -504,16 +514,8 @@ impl Sandbox {
                 })?;
         }
         if let Some(dir) = &grants.scratch {
-            let guest = dir.to_string_lossy();
-            wasi.preopened_dir(dir, guest.as_ref(), FsPerms::ReadWrite)
-                .map_err(|e| {
-                    SandboxError::Setup(format!(
-                        "cannot open scratch directory {}: {e:#}",
-                        dir.display()
-                    ))
-                })?;
             // Tells the task where its scratch space is.
-            wasi.env("CAIRN_SCRATCH", guest.as_ref());
+            wasi.env("CAIRN_SCRATCH", dir.to_string_lossy().as_ref());
         }
         let seed = run_seed(&loaded.hash, request.input);
         if !grants.wall_clock {

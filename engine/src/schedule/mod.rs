@@ -21,7 +21,7 @@
 //! has); after a success it commits the result together with its journal
 //! event; every scheduling decision is appended to the run's journal.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -407,6 +407,7 @@ async fn drive<E: Executor>(
             .collect(),
         jobs: Arc::new(Semaphore::new(options.jobs.max(1))),
         work: JoinSet::new(),
+        work_steps: HashMap::new(),
         stop: false,
         plan,
         executor,
@@ -450,11 +451,11 @@ async fn drive<E: Executor>(
                     run.announce(id);
                 }
             }
-            Some(joined) = run.work.join_next() => {
+            Some(joined) = run.work.join_next_with_id() => {
                 run.joined(joined);
                 // Take every completion that is already waiting: they join
                 // the next group commit together.
-                while let Some(joined) = run.work.try_join_next() {
+                while let Some(joined) = run.work.try_join_next_with_id() {
                     run.joined(joined);
                 }
             }
@@ -510,6 +511,9 @@ struct Run<E: Executor> {
     ready: VecDeque<StepId>,
     jobs: Arc<Semaphore>,
     work: JoinSet<WorkDone>,
+    /// Which step each unit of work in `work` belongs to, so that one that
+    /// panics fails its step instead of vanishing.
+    work_steps: HashMap<tokio::task::Id, StepId>,
     /// Set by fail-fast: start nothing more.
     stop: bool,
     ledger: Option<Arc<Ledger>>,
@@ -663,7 +667,7 @@ impl<E: Executor> Run<E> {
         let mapped = step.map.is_some();
         for (i, input) in inputs.into_iter().enumerate() {
             let index = mapped.then_some(i);
-            self.work.spawn(attempt_loop(
+            let handle = self.work.spawn(attempt_loop(
                 plan.clone(),
                 id,
                 index,
@@ -673,6 +677,7 @@ impl<E: Executor> Run<E> {
                 self.observer.clone(),
                 self.ledger.clone(),
             ));
+            self.work_steps.insert(handle.id(), id);
         }
     }
 
@@ -827,13 +832,35 @@ impl<E: Executor> Run<E> {
         }
     }
 
-    fn joined(&mut self, joined: Result<WorkDone, tokio::task::JoinError>) {
+    fn joined(&mut self, joined: Result<(tokio::task::Id, WorkDone), tokio::task::JoinError>) {
         match joined {
-            Ok(done) => self.complete(done),
-            // A work future only ends in a panic if the executor has a bug;
-            // record it against nothing and keep the run going.
-            Err(e) if e.is_panic() => tracing::error!("a step's task panicked: {e}"),
-            Err(_) => {}
+            Ok((task, done)) => {
+                self.work_steps.remove(&task);
+                self.complete(done);
+            }
+            // A unit of work only panics through a bug in the engine; the
+            // step it belonged to cannot be called done, so it fails (and
+            // with it the run, unless the step may fail).
+            Err(e) => {
+                let step = self.work_steps.remove(&e.id());
+                let why = if e.is_panic() {
+                    let payload = e.into_panic();
+                    let text = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".to_owned());
+                    format!("the engine failed while running this step (a bug in Cairn, please report it): {text}")
+                } else {
+                    "the engine stopped this step's work before it finished".to_owned()
+                };
+                tracing::error!("{why}");
+                if let Some(id) = step
+                    && !self.reports[id].status.is_finished()
+                {
+                    self.fail_before_running(id, why);
+                }
+            }
         }
     }
 

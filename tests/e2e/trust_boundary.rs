@@ -1,0 +1,194 @@
+//! The host's trust boundary: a grant is checked against the policy, and
+//! recorded in the audit log, as the directory it really reaches, never as
+//! the path it was written with. Every way a path can be made to point
+//! somewhere else is tried: `..`, absolute and relative symlinks under the
+//! allowed prefix, a sibling whose name only starts like the prefix, and the
+//! same inside a signed bundle under `require_signed`.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use crate::support::{Cairn, Pipeline};
+
+const SECRET: &str = "TOP-SECRET-HOST-FILE";
+
+/// A host with `<root>/allowed` as the only readable prefix and a secret in
+/// `<root>/outside`.
+struct Host {
+    cairn: Cairn,
+    root: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Self {
+        let host = Self {
+            cairn: Cairn::new(),
+            root: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(host.at("allowed/real")).unwrap();
+        std::fs::write(host.at("allowed/real/data.txt"), "inside").unwrap();
+        std::fs::create_dir_all(host.at("outside")).unwrap();
+        std::fs::write(host.at("outside/data.txt"), SECRET).unwrap();
+        std::fs::write(
+            host.at("policy.toml"),
+            format!(
+                "[default]\nmax_memory = \"1GiB\"\nmax_timeout = \"1m\"\nallow_read = [\"{}\"]\n",
+                host.at("allowed").display()
+            ),
+        )
+        .unwrap();
+        host
+    }
+
+    /// `relative` under the (resolved) root.
+    fn at(&self, relative: &str) -> PathBuf {
+        self.root.path().canonicalize().unwrap().join(relative)
+    }
+
+    fn policy(&self) -> String {
+        self.at("policy.toml").to_str().unwrap().to_owned()
+    }
+
+    /// A one-step pipeline that is granted `grant` and reads `data.txt` from
+    /// where the grant resolves to.
+    fn reader(&self, grant: &str, resolves_to: &Path) -> Pipeline {
+        Pipeline::new(&format!(
+            "name = \"reader\"\n[steps.peek]\ncomponent = \"{{wasm:hostile}}\"\n\
+             input = {{ attack = \"read-file\", path = \"{}/data.txt\" }}\n\
+             grants = {{ read = [\"{grant}\"] }}\n",
+            resolves_to.display()
+        ))
+    }
+
+    /// Run `target` under the policy and check that it was refused before
+    /// anything ran, naming the resolved directory, and audited as such.
+    fn assert_refused(&self, target: &str, resolved: &Path) {
+        let run = self.cairn.run(&["run", target, "--policy", &self.policy()]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            !run.stdout.contains(SECRET) && !run.stderr.contains(SECRET),
+            "the secret leaked: {}{}",
+            run.stdout,
+            run.stderr
+        );
+        let line = format!(
+            "read access to {} is not in allow_read",
+            resolved.display()
+        );
+        assert!(
+            run.stderr.contains(&line),
+            "expected {line:?} in {}",
+            run.stderr
+        );
+        let audit = self.cairn.run(&["audit", "--json"]).json();
+        let denial = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == "denied")
+            .unwrap_or_else(|| panic!("no denial audited: {audit}"));
+        assert_eq!(
+            denial["capability"],
+            format!("read:{}", resolved.display()),
+            "the audit log records the resolved directory"
+        );
+    }
+}
+
+#[test]
+fn a_dot_dot_grant_is_checked_where_it_resolves() {
+    let host = Host::new();
+    let grant = format!("{}/../outside", host.at("allowed").display());
+    let p = host.reader(&grant, &host.at("outside"));
+    host.assert_refused(p.path(), &host.at("outside"));
+}
+
+#[test]
+fn an_absolute_symlink_under_the_prefix_is_checked_where_it_points() {
+    let host = Host::new();
+    symlink(host.at("outside"), host.at("allowed/link")).unwrap();
+    let p = host.reader(
+        host.at("allowed/link").to_str().unwrap(),
+        &host.at("outside"),
+    );
+    host.assert_refused(p.path(), &host.at("outside"));
+}
+
+#[test]
+fn a_relative_symlink_planted_deep_under_the_prefix_is_checked_where_it_points() {
+    // The shape a task can leave behind in a directory it could write:
+    // a link that is relative and climbs out once granted as a root.
+    let host = Host::new();
+    std::fs::create_dir_all(host.at("allowed/d")).unwrap();
+    symlink("../../outside", host.at("allowed/d/deep")).unwrap();
+    let p = host.reader(
+        host.at("allowed/d/deep").to_str().unwrap(),
+        &host.at("outside"),
+    );
+    host.assert_refused(p.path(), &host.at("outside"));
+}
+
+#[test]
+fn a_sibling_whose_name_extends_the_prefix_is_not_under_it() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.at("allowed-evil")).unwrap();
+    std::fs::write(host.at("allowed-evil/data.txt"), SECRET).unwrap();
+    let p = host.reader(
+        host.at("allowed-evil").to_str().unwrap(),
+        &host.at("allowed-evil"),
+    );
+    host.assert_refused(p.path(), &host.at("allowed-evil"));
+}
+
+#[test]
+fn a_symlink_that_stays_under_the_prefix_is_granted_as_its_target() {
+    let host = Host::new();
+    symlink(host.at("allowed/real"), host.at("allowed/alias")).unwrap();
+    let p = host.reader(
+        host.at("allowed/alias").to_str().unwrap(),
+        &host.at("allowed/real"),
+    );
+    let run = host
+        .cairn
+        .run(&["run", p.path(), "--policy", &host.policy(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["output"]["peek"], "inside");
+    let audit = host.cairn.run(&["audit", "--json"]).json();
+    assert_eq!(audit[0]["event"], "granted", "{audit}");
+    assert_eq!(
+        audit[0]["capability"],
+        format!("read:{}", host.at("allowed/real").display())
+    );
+}
+
+#[test]
+fn a_signed_bundle_cannot_reach_outside_the_prefix_through_a_symlink() {
+    let host = Host::new();
+    let key = host.at("author");
+    let key = key.to_str().unwrap();
+    assert_eq!(host.cairn.run(&["key", "gen", "--out", key]).code, 0);
+    let public = std::fs::read_to_string(format!("{key}.pub")).unwrap();
+    std::fs::write(
+        host.policy(),
+        format!(
+            "[default]\nmax_memory = \"1GiB\"\nmax_timeout = \"1m\"\nallow_read = [\"{}\"]\n\
+             require_signed = true\ntrusted_keys = [\"{}\"]\n",
+            host.at("allowed").display(),
+            public.trim()
+        ),
+    )
+    .unwrap();
+    // The bundle's grants are relative to the bundle file, here inside the
+    // allowed prefix, next to a link that leads out of it.
+    symlink(host.at("outside"), host.at("allowed/link")).unwrap();
+    let p = host.reader("link", &host.at("outside"));
+    let bundle = host.at("allowed/reader.cairn");
+    let bundle = bundle.to_str().unwrap();
+    let pack = host.cairn.run(&["bundle", "pack", p.path(), "-o", bundle]);
+    assert_eq!(pack.code, 0, "{}", pack.stderr);
+    let sign = host
+        .cairn
+        .run(&["bundle", "sign", bundle, "--key", &format!("{key}.key")]);
+    assert_eq!(sign.code, 0, "{}", sign.stderr);
+    host.assert_refused(bundle, &host.at("outside"));
+}
