@@ -203,3 +203,24 @@ fn run_refuses_an_invalid_plan_without_running_anything() {
         run.stderr
     );
 }
+
+#[test]
+fn durations_too_long_to_add_to_a_clock_are_refused_at_parse_time() {
+    let err = check_fails(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ntimeout = \"9223372036854775807s\"\n"
+    ));
+    assert!(err.contains("at most 100 years"), "{err}");
+    let run = Cairn::new().run(&[
+        "task",
+        "run",
+        crate::support::guest("echo").to_str().unwrap(),
+        "--timeout",
+        "9223372036854775807s",
+    ]);
+    assert_eq!(run.code, 2, "a bad flag is a usage error: {}", run.stderr);
+    assert!(
+        run.stderr.contains("at most 100 years") && !run.stderr.contains("panicked"),
+        "{}",
+        run.stderr
+    );
+}
