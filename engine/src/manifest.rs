@@ -229,7 +229,7 @@ impl StepSettings {
 pub struct GrantSpec {
     #[serde(default)]
     pub read: Vec<String>,
-    pub scratch: Option<String>,
+    pub scratch: Option<ScratchSpec>,
     #[serde(default)]
     pub env: Vec<String>,
     /// Names of secrets: environment variables of the engine passed to the
@@ -240,6 +240,15 @@ pub struct GrantSpec {
     pub clock: bool,
     #[serde(default)]
     pub random: bool,
+}
+
+/// `scratch = true` (a fresh directory per attempt, made and removed by the
+/// engine) or `scratch = "dir"` (a host directory, relative to the manifest).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScratchSpec {
+    Managed(bool),
+    Dir(String),
 }
 
 /// A retry policy, as written.

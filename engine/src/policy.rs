@@ -17,7 +17,8 @@
 //! allow_read = ["/srv/data"]
 //! allow_env = ["LANG"]
 //! allow_secrets = ["WAREHOUSE_TOKEN"]   # names; values come from the engine's environment
-//! allow_scratch = true
+//! allow_scratch = true           # `scratch = true`: a fresh directory per attempt
+//! # allow_scratch = ["/srv/work"] # also host directories under these prefixes
 //! allow_clock = false
 //! allow_random = false
 //! require_signed = false
@@ -38,6 +39,7 @@ use serde::Deserialize;
 use crate::bundle::Signature;
 use crate::manifest::Manifest;
 use crate::plan::Plan;
+use crate::sandbox::grants::Scratch;
 use crate::sandbox::limits::{ByteSize, parse_duration};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,11 +53,20 @@ pub struct Rules {
     pub allow_read: Option<Vec<String>>,
     pub allow_env: Option<Vec<String>>,
     pub allow_secrets: Option<Vec<String>>,
-    pub allow_scratch: Option<bool>,
+    pub allow_scratch: Option<ScratchRule>,
     pub allow_clock: Option<bool>,
     pub allow_random: Option<bool>,
     pub require_signed: Option<bool>,
     pub trusted_keys: Option<Vec<String>>,
+}
+
+/// `allow_scratch`: `true` allows engine-managed scratch only; a list of
+/// prefixes allows that and host directories under them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ScratchRule {
+    Managed(bool),
+    Under(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +82,13 @@ struct PolicyFile {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub file: PathBuf,
+    /// blake3 of the policy file's bytes, hex: what a run records it was
+    /// admitted under.
+    pub hash: String,
     pub tenant: String,
+    /// The tenant asked for when loading (`None`: `[default]`), to load the
+    /// same rules again.
+    pub selected: Option<String>,
     max_fuel: Option<(u64, String)>,
     max_timeout: Option<(Duration, String)>,
     max_memory: Option<(ByteSize, String)>,
@@ -80,7 +97,8 @@ pub struct Policy {
     allow_read: (Vec<PathBuf>, String),
     allow_env: (Vec<String>, String),
     allow_secrets: (Vec<String>, String),
-    allow_scratch: (bool, String),
+    /// Managed scratch allowed; host scratch directories allowed under.
+    allow_scratch: ((bool, Vec<PathBuf>), String),
     allow_clock: (bool, String),
     allow_random: (bool, String),
     require_signed: (bool, String),
@@ -120,8 +138,11 @@ impl Policy {
     pub fn load(file: &Path, tenant: Option<&str>) -> Result<Policy, String> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read policy {}: {e}", file.display()))?;
+        let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+        let file = &std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
         let parsed: PolicyFile =
             toml::from_str(&text).map_err(|e| format!("{}: {}", file.display(), e.message()))?;
+        let over_name = tenant.map(str::to_owned);
         let (tenant, over) = match tenant {
             None => ("default".to_owned(), Rules::default()),
             Some(name) => match parsed.tenants.get(name) {
@@ -183,7 +204,9 @@ impl Policy {
         let read = list(pick!(allow_read));
         Ok(Policy {
             file: file.to_owned(),
+            hash,
             tenant,
+            selected: over_name,
             max_fuel: pick!(max_fuel),
             max_timeout: duration(pick!(max_timeout), "max_timeout")?,
             max_memory: size(pick!(max_memory), "max_memory")?,
@@ -192,12 +215,27 @@ impl Policy {
             allow_read: (read.0.iter().map(|p| resolve_prefix(p)).collect(), read.1),
             allow_env: list(pick!(allow_env)),
             allow_secrets: list(pick!(allow_secrets)),
-            allow_scratch: or(pick!(allow_scratch), false),
+            allow_scratch: match pick!(allow_scratch) {
+                None => ((false, Vec::new()), section(false)),
+                Some((ScratchRule::Managed(managed), at)) => ((managed, Vec::new()), at),
+                Some((ScratchRule::Under(dirs), at)) => {
+                    ((true, dirs.iter().map(|d| resolve_prefix(d)).collect()), at)
+                }
+            },
             allow_clock: or(pick!(allow_clock), false),
             allow_random: or(pick!(allow_random), false),
             require_signed: or(pick!(require_signed), false),
             trusted_keys: list(pick!(trusted_keys)),
         })
+    }
+
+    /// What a run admitted under this policy records.
+    pub fn admission(&self) -> crate::store::Admission {
+        crate::store::Admission {
+            policy: self.file.clone(),
+            policy_hash: self.hash.clone(),
+            tenant: self.selected.clone(),
+        }
     }
 
     /// Everything in `plan` (and its signatures, for a bundle) that the
@@ -306,17 +344,25 @@ impl Policy {
                     .map(|(secret, _)| secret.as_str()),
                 &mut deny,
             );
-            if let Some(dir) = &step.grants.scratch
-                && !self.allow_scratch.0
-            {
-                deny(
+            let ((managed, under), at) = &self.allow_scratch;
+            match &step.grants.scratch {
+                None => {}
+                Some(Scratch::Managed) if *managed => {}
+                Some(scratch @ Scratch::Managed) => deny(
                     name,
-                    format!("scratch:{}", dir.display()),
+                    scratch.capability(),
+                    format!("a scratch directory needs allow_scratch = true ({at})"),
+                ),
+                Some(Scratch::Dir(dir)) if under.iter().any(|p| dir.starts_with(p)) => {}
+                Some(scratch @ Scratch::Dir(dir)) => deny(
+                    name,
+                    scratch.capability(),
                     format!(
-                        "a scratch directory needs allow_scratch = true ({})",
-                        self.allow_scratch.1
+                        "the host directory {} as scratch needs a prefix of it in allow_scratch = [...] ({at}); \
+                         `scratch = true` asks for a fresh directory the engine manages instead",
+                        dir.display()
                     ),
-                );
+                ),
             }
             if step.grants.wall_clock && !self.allow_clock.0 {
                 deny(

@@ -91,7 +91,13 @@ fn pack_inspect_verify_sign_run_round_trip_for_every_example() {
         let policy = dir.path().join("policy.toml");
         std::fs::write(
             &policy,
-            format!("[default]\nmax_memory = \"1GiB\"\nallow_scratch = true\nrequire_signed = true\ntrusted_keys = [\"{}\"]\n", public.trim()),
+            // The flaky example keeps state in a host directory next to
+            // the bundle: allowed only under an allow_scratch prefix.
+            format!(
+                "[default]\nmax_memory = \"1GiB\"\nallow_scratch = [\"{}\"]\nrequire_signed = true\ntrusted_keys = [\"{}\"]\n",
+                dir.path().display(),
+                public.trim()
+            ),
         )
         .unwrap();
         let from_bundle = cairn.run(&[

@@ -72,7 +72,8 @@ async fn a_unit_of_work_that_panics_fails_its_step_and_the_run() {
     };
     match status("boom") {
         StepStatus::Failed(f) => assert!(
-            f.message.contains("a bug in Cairn") && f.message.contains("an engine bug in step boom"),
+            f.message.contains("a bug in Cairn")
+                && f.message.contains("an engine bug in step boom"),
             "{}",
             f.message
         ),
@@ -83,4 +84,154 @@ async fn a_unit_of_work_that_panics_fails_its_step_and_the_run() {
         !matches!(status("after"), StepStatus::Succeeded),
         "a dependent of a failed step does not run"
     );
+}
+
+/// A store whose disk fills up: `record` works `budget` times, then fails
+/// as a full disk does. Everything else goes to a real sled store.
+struct FillsUp {
+    inner: cairn::store::SledStore,
+    budget: std::sync::atomic::AtomicUsize,
+    dir: std::path::PathBuf,
+}
+
+impl cairn::store::Store for FillsUp {
+    fn result(
+        &self,
+        key: &cairn::store::CacheKey,
+        max_age: Option<std::time::Duration>,
+    ) -> Result<Option<(cairn::store::ResultMeta, Vec<u8>)>, cairn::store::StoreError> {
+        self.inner.result(key, max_age)
+    }
+    fn record(
+        &self,
+        run: &cairn::store::RunId,
+        results: &[cairn::store::NewResult],
+        events: &[cairn::store::JournalEvent],
+        durability: cairn::store::Durability,
+    ) -> Result<(), cairn::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err()
+        {
+            return Err(cairn::store::StoreError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::from_raw_os_error(28), // ENOSPC
+            });
+        }
+        self.inner.record(run, results, events, durability)
+    }
+    fn journal(
+        &self,
+        run: &cairn::store::RunId,
+    ) -> Result<Vec<cairn::store::JournalEvent>, cairn::store::StoreError> {
+        self.inner.journal(run)
+    }
+    fn put_run(&self, run: &cairn::store::RunRecord) -> Result<(), cairn::store::StoreError> {
+        self.inner.put_run(run)
+    }
+    fn run(
+        &self,
+        id: &cairn::store::RunId,
+    ) -> Result<Option<cairn::store::RunRecord>, cairn::store::StoreError> {
+        self.inner.run(id)
+    }
+    fn runs(&self) -> Result<Vec<cairn::store::RunRecord>, cairn::store::StoreError> {
+        self.inner.runs()
+    }
+    fn remove_runs(&self, ids: &[cairn::store::RunId]) -> Result<u64, cairn::store::StoreError> {
+        self.inner.remove_runs(ids)
+    }
+    fn cache_stats(&self) -> Result<cairn::store::CacheStats, cairn::store::StoreError> {
+        self.inner.cache_stats()
+    }
+    fn cache_gc(
+        &self,
+        older_than: Option<std::time::Duration>,
+    ) -> Result<u64, cairn::store::StoreError> {
+        self.inner.cache_gc(older_than)
+    }
+    fn flush(&self) -> Result<(), cairn::store::StoreError> {
+        self.inner.flush()
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_is_not_durable() {
+    // A chain: every step's commit is its own group.
+    let mut manifest = String::from("name = \"chain\"\n");
+    for i in 0..8 {
+        manifest.push_str(&format!(
+            "[steps.s{i}]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ i = {i}{} }}\n",
+            if i == 0 {
+                String::new()
+            } else {
+                format!(", prev = \"${{s{}.i}}\"", i - 1)
+            }
+        ));
+    }
+    let p = Pipeline::new(&manifest);
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(
+        SandboxConfig::for_this_machine(),
+        Arc::new(DirArtifactStore::open(&dir.path().join("artifacts")).unwrap()),
+    )
+    .unwrap();
+    let (path, loaded) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
+    let plan = Arc::new(Plan::build(&path, loaded, &sandbox).await.unwrap());
+    let store = Arc::new(FillsUp {
+        inner: cairn::store::SledStore::open(&dir.path().join("store")).unwrap(),
+        budget: 3.into(),
+        dir: dir.path().to_owned(),
+    });
+    let run_id = cairn::store::RunId::new();
+    let ledger = Arc::new(schedule::Ledger::new(
+        store.clone(),
+        run_id.clone(),
+        false,
+        Default::default(),
+    ));
+    let report = schedule::run(
+        plan,
+        Arc::new(cairn::schedule::SandboxExecutor {
+            sandbox: Arc::new(sandbox),
+        }),
+        RunOptions {
+            jobs: 1,
+            fail_fast: false,
+        },
+        Arc::new(Silent),
+        Some(ledger),
+        std::future::pending(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Failed);
+    let error = report
+        .store_error
+        .as_deref()
+        .expect("the store error is reported");
+    assert!(error.contains("No space left"), "{error}");
+    // Every step reported succeeded has its record in the journal.
+    let journal = cairn::store::Store::journal(&*store, &run_id).unwrap();
+    let durable: Vec<String> = journal
+        .iter()
+        .filter_map(|e| match e {
+            cairn::store::JournalEvent::StepSucceeded { step, .. } => Some(step.clone()),
+            _ => None,
+        })
+        .collect();
+    let reported: Vec<String> = report
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Succeeded)
+        .map(|s| s.name.clone())
+        .collect();
+    assert!(!reported.is_empty() && reported.len() < 8, "{reported:?}");
+    for name in &reported {
+        assert!(
+            durable.contains(name),
+            "{name} was reported succeeded but is not in the journal ({durable:?})"
+        );
+    }
 }

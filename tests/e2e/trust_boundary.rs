@@ -71,10 +71,7 @@ impl Host {
             run.stdout,
             run.stderr
         );
-        let line = format!(
-            "read access to {} is not in allow_read",
-            resolved.display()
-        );
+        let line = format!("read access to {} is not in allow_read", resolved.display());
         assert!(
             run.stderr.contains(&line),
             "expected {line:?} in {}",
@@ -191,4 +188,222 @@ fn a_signed_bundle_cannot_reach_outside_the_prefix_through_a_symlink() {
         .run(&["bundle", "sign", bundle, "--key", &format!("{key}.key")]);
     assert_eq!(sign.code, 0, "{}", sign.stderr);
     host.assert_refused(bundle, &host.at("outside"));
+}
+
+/// A bundle of one step of the `hostile` task running `attack`, with
+/// `grants` (TOML), packed from `src` to `out`.
+fn pack_hostile(cairn: &Cairn, attack: &str, grants: &str, out: &Path) {
+    let p = Pipeline::new(&format!(
+        "name = \"tenant-job\"\n[steps.job]\ncomponent = \"{{wasm:hostile}}\"\n\
+         input = {{ attack = \"{attack}\" }}\ngrants = {{ {grants} }}\n"
+    ));
+    let pack = cairn.run(&["bundle", "pack", p.path(), "-o", out.to_str().unwrap()]);
+    assert_eq!(pack.code, 0, "{}", pack.stderr);
+}
+
+#[test]
+fn resume_keeps_the_policy_and_tenant_and_refuses_a_swapped_bundle() {
+    let host = Host::new();
+    let key = host.at("author");
+    let key = key.to_str().unwrap();
+    assert_eq!(host.cairn.run(&["key", "gen", "--out", key]).code, 0);
+    let public = std::fs::read_to_string(format!("{key}.pub")).unwrap();
+    std::fs::write(
+        host.policy(),
+        format!(
+            "[default]\nmax_memory = \"1GiB\"\nmax_timeout = \"1m\"\n\
+             [tenants.acme]\nrequire_signed = true\ntrusted_keys = [\"{}\"]\n",
+            public.trim()
+        ),
+    )
+    .unwrap();
+    let bundle = host.at("job.cairn");
+    let shown = bundle.to_str().unwrap();
+    // A signed bundle whose one step fails, leaving the run resumable.
+    pack_hostile(&host.cairn, "panic", "", &bundle);
+    let sign = host
+        .cairn
+        .run(&["bundle", "sign", shown, "--key", &format!("{key}.key")]);
+    assert_eq!(sign.code, 0, "{}", sign.stderr);
+    let run = host.cairn.run(&[
+        "run",
+        shown,
+        "--policy",
+        &host.policy(),
+        "--tenant",
+        "acme",
+        "--json",
+    ]);
+    assert_ne!(run.code, 0, "the step fails: {}", run.stderr);
+    let id = run.json()["run_id"].as_str().unwrap().to_owned();
+
+    // Swapped for an unsigned bundle that reads the host's /etc.
+    pack_hostile(&host.cairn, "read-passwd", "read = [\"/etc\"]", &bundle);
+    let resumed = host.cairn.run(&["resume", &id]);
+    assert_eq!(resumed.code, 1, "{}", resumed.stderr);
+    assert!(
+        resumed.stderr.contains("is not the one run") && resumed.stderr.contains("--allow-changed"),
+        "{}",
+        resumed.stderr
+    );
+    assert!(!resumed.stdout.contains("root:"), "{}", resumed.stdout);
+
+    // Asked for explicitly, the new bundle is checked in full, under the
+    // run's own policy and tenant.
+    let forced = host.cairn.run(&["resume", &id, "--allow-changed"]);
+    assert_eq!(forced.code, 1, "{}", forced.stderr);
+    assert!(
+        forced.stderr.contains("refusing an unsigned bundle"),
+        "{}",
+        forced.stderr
+    );
+    assert!(!forced.stdout.contains("root:"), "{}", forced.stdout);
+    let audit = host.cairn.run(&["audit", "--json"]).json();
+    let denials: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "denied")
+        .collect();
+    assert!(
+        denials.iter().any(|d| d["capability"] == "signature"),
+        "{audit}"
+    );
+    assert!(
+        denials.iter().all(|d| d["tenant"] == "acme"),
+        "every denial is the admitted tenant's: {audit}"
+    );
+
+    // Nor can the run be moved to a laxer policy or another tenant.
+    let lax = host.at("lax.toml");
+    std::fs::write(&lax, "[default]\nallow_read = [\"/etc\"]\n").unwrap();
+    for args in [
+        vec![
+            "resume",
+            &id,
+            "--allow-changed",
+            "--policy",
+            lax.to_str().unwrap(),
+        ],
+        vec![
+            "replay",
+            &id,
+            "--allow-changed",
+            "--policy",
+            lax.to_str().unwrap(),
+        ],
+        vec!["resume", &id, "--allow-changed", "--policy", &host.policy()],
+    ] {
+        let moved = host.cairn.run(&args);
+        assert_eq!(moved.code, 1, "{args:?}: {}", moved.stderr);
+        assert!(
+            moved
+                .stderr
+                .contains("goes on only under the same policy and tenant"),
+            "{args:?}: {}",
+            moved.stderr
+        );
+        assert!(!moved.stdout.contains("root:"), "{}", moved.stdout);
+    }
+}
+
+/// A pipeline: `write` puts a file in its scratch, then `look` (after it)
+/// tries to read the same path from its own.
+fn scratch_pipeline(scratch: &str, path: &str) -> Pipeline {
+    Pipeline::new(&format!(
+        "name = \"scratchy\"\n\
+         [steps.write]\ncomponent = \"{{wasm:hostile}}\"\n\
+         input = {{ attack = \"write-file\", path = \"{path}\" }}\ngrants = {{ scratch = {scratch} }}\n\
+         [steps.look]\ncomponent = \"{{wasm:hostile}}\"\nafter = [\"write\"]\nallow_failure = true\n\
+         input = {{ attack = \"read-file\", path = \"{path}\" }}\ngrants = {{ scratch = {scratch} }}\n"
+    ))
+}
+
+#[test]
+fn managed_scratch_is_fresh_for_each_attempt_and_removed_afterwards() {
+    let host = Host::new();
+    std::fs::write(
+        host.policy(),
+        "[default]\nmax_memory = \"1GiB\"\nallow_scratch = true\n",
+    )
+    .unwrap();
+    let p = scratch_pipeline("true", "/scratch/note.txt");
+    let run = host
+        .cairn
+        .run(&["run", p.path(), "--policy", &host.policy(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        crate::support::step(&report, "write")["status"],
+        "succeeded",
+        "{report}"
+    );
+    assert_eq!(
+        crate::support::step(&report, "look")["status"],
+        "failed",
+        "a later attempt does not see an earlier one's files: {report}"
+    );
+    let root = host.cairn.store.path().join("scratch");
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    let audit = host.cairn.run(&["audit", "--json"]).json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "granted" && e["capability"] == "scratch"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn a_host_scratch_directory_needs_an_allow_scratch_prefix_it_resolves_under() {
+    let host = Host::new();
+    std::fs::create_dir_all(host.at("work/job")).unwrap();
+    symlink(host.at("outside"), host.at("work/escape")).unwrap();
+    let write = |policy: &str| {
+        std::fs::write(
+            host.policy(),
+            format!("[default]\nmax_memory = \"1GiB\"\n{policy}\n"),
+        )
+        .unwrap()
+    };
+    let attempt = |dir: &Path| {
+        let p = scratch_pipeline(&format!("\"{}\"", dir.display()), "/nowhere");
+        host.cairn
+            .run(&["check", p.path(), "--policy", &host.policy()])
+    };
+
+    // `true` is engine-managed scratch only: no host directory at all.
+    write("allow_scratch = true");
+    let run = attempt(&host.at("work/job"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("needs a prefix of it in allow_scratch")
+            && run.stderr.contains("`scratch = true`"),
+        "{}",
+        run.stderr
+    );
+
+    write(&format!(
+        "allow_scratch = [\"{}\"]",
+        host.at("work").display()
+    ));
+    let run = attempt(&host.at("work/job"));
+    assert_eq!(run.code, 0, "under the prefix: {}", run.stderr);
+    let run = attempt(&host.at("work/escape"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "the host directory {} as scratch",
+            host.at("outside").display()
+        )),
+        "checked where the link leads: {}",
+        run.stderr
+    );
+    let run = attempt(&host.at("work/job/../../outside"));
+    assert_eq!(run.code, 1, "{}", run.stderr);
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::report_error;
 use crate::bundle::{self, Bundle};
+use crate::manifest::ScratchSpec;
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
@@ -169,7 +170,21 @@ async fn inspect(path: &Path, json: bool) -> u8 {
             let settings = spec.settings(&manifest.defaults);
             let g = &spec.grants;
             let mut wants: Vec<String> = g.read.iter().map(|d| format!("read:{d}")).collect();
-            wants.extend(g.scratch.iter().map(|d| format!("scratch:{d}")));
+            wants.extend(
+                g.scratch
+                    .iter()
+                    .map(|s| match s {
+                        ScratchSpec::Managed(managed) => {
+                            if *managed {
+                                "scratch".to_owned()
+                            } else {
+                                String::new()
+                            }
+                        }
+                        ScratchSpec::Dir(d) => format!("scratch:{d}"),
+                    })
+                    .filter(|w| !w.is_empty()),
+            );
             wants.extend(
                 g.env
                     .iter()

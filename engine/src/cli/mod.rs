@@ -261,6 +261,7 @@ fn open_sandbox_for(store: &Path, jobs: u32) -> Result<Sandbox, String> {
     let artifacts = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
     let mut config = SandboxConfig::for_this_machine();
     config.max_instances = config.max_instances.max(jobs);
+    config.scratch_root = std::path::absolute(store.join("scratch")).map_err(|e| e.to_string())?;
     Sandbox::new(config, Arc::new(artifacts)).map_err(|e| e.to_string())
 }
 

@@ -19,6 +19,7 @@ use crate::manifest::Manifest;
 use crate::plan::{Plan, Source, Sources};
 use crate::policy::{Denial, Policy};
 use crate::sandbox::Sandbox;
+use crate::sandbox::grants::Scratch;
 use crate::schedule::{
     self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
 };
@@ -196,7 +197,7 @@ fn audit_grants(plan: &Plan, tenant: &str, run: &RunId, store: &Path) {
             .iter()
             .map(|d| format!("read:{}", d.display()))
             .collect();
-        caps.extend(g.scratch.iter().map(|d| format!("scratch:{}", d.display())));
+        caps.extend(g.scratch.iter().map(Scratch::capability));
         caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
         caps.extend(g.secrets.iter().map(|(k, _)| format!("secret:{k}")));
         if g.wall_clock {
@@ -474,6 +475,7 @@ pub async fn run(args: RunArgs, store: &Path) -> u8 {
         refresh: args.refresh,
         resume: None,
         replay_of: None,
+        allow_changed: false,
         json: args.json,
         quiet: args.quiet,
         events: args.events.path,
@@ -490,7 +492,11 @@ pub(super) struct Launch<'a> {
     pub refresh: bool,
     /// Continue this run, reusing these results from its journal.
     pub resume: Option<(RunRecord, HashSet<CacheKey>)>,
-    pub replay_of: Option<RunId>,
+    /// The run this one replays (for `cairn replay`): its record.
+    pub replay_of: Option<RunRecord>,
+    /// Go on with a resume or replay although the pipeline (manifest or
+    /// bundle) is not the one the run started with.
+    pub allow_changed: bool,
     pub json: bool,
     pub quiet: bool,
     pub policy: Option<Policy>,
@@ -520,6 +526,46 @@ impl Launch<'_> {
             Ok(planned) => planned,
             Err(code) => return (None, code),
         };
+        // A resume or replay runs what the run started with, or, when asked
+        // explicitly, a changed pipeline that has just been checked in full.
+        if let Some(earlier) = self
+            .resume
+            .as_ref()
+            .map(|(r, _)| r)
+            .or(self.replay_of.as_ref())
+            && earlier.manifest_hash != planned.source_hash
+        {
+            let what = if planned.signatures.is_some() {
+                "the bundle"
+            } else {
+                "the manifest"
+            };
+            if !self.allow_changed {
+                let verb = if self.resume.is_some() {
+                    "resume"
+                } else {
+                    "replay"
+                };
+                return (
+                    None,
+                    super::report_error(&format!(
+                        "{what} {} is not the one run {} started with ({} then, {} now); nothing was run. \
+                         To run it anyway, pass --allow-changed: the changed pipeline is checked in full \
+                         against the run's policy (`cairn {verb} {} --allow-changed`)",
+                        manifest.display(),
+                        earlier.id,
+                        short(&earlier.manifest_hash),
+                        short(&planned.source_hash),
+                        earlier.id
+                    )),
+                );
+            }
+            eprintln!(
+                "warning: {what} {} changed since run {} started (--allow-changed); steps whose inputs changed will run again",
+                manifest.display(),
+                earlier.id
+            );
+        }
         if let Err(code) = admit(&planned, self.policy.as_ref(), self.store) {
             return (None, code);
         }
@@ -532,17 +578,13 @@ impl Launch<'_> {
         // given (manifest, directory or bundle), absolute.
         let manifest_path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
         let resuming = self.resume.is_some();
+        let admission = self.policy.as_ref().map(Policy::admission);
         let (mut record, resumed) = match self.resume {
             Some((mut record, keys)) => {
-                if record.manifest_hash != manifest_hash {
-                    eprintln!(
-                        "warning: {} changed since run {} started; steps whose inputs changed will run again",
-                        plan.manifest.display(),
-                        record.id
-                    );
-                }
                 record.status = "running".into();
                 record.finished_ms = None;
+                record.manifest_hash = manifest_hash.clone();
+                record.admission = admission;
                 (record, keys)
             }
             None => (
@@ -555,7 +597,8 @@ impl Launch<'_> {
                     finished_ms: None,
                     status: "running".into(),
                     steps: plan.steps.len(),
-                    replay_of: self.replay_of.clone(),
+                    replay_of: self.replay_of.as_ref().map(|r| r.id.clone()),
+                    admission,
                 },
                 HashSet::new(),
             ),
@@ -621,7 +664,7 @@ impl Launch<'_> {
                     "pipeline": plan.name,
                     "steps": plan.steps.len(),
                     "resumed": resuming,
-                    "replay_of": self.replay_of.as_ref().map(|r| &r.0),
+                    "replay_of": self.replay_of.as_ref().map(|r| &r.id.0),
                 }),
             );
             stream.flush();
@@ -735,6 +778,13 @@ impl Launch<'_> {
                 println!("{}", text.unwrap_or_default());
             }
         }
+        if let Some(e) = &report.store_error {
+            eprintln!(
+                "error: {e}. The run stopped; steps not yet recorded were not reported done. \
+                 Free the store, then continue with `cairn resume {}`",
+                record.id
+            );
+        }
         let code = match report.status {
             RunStatus::Succeeded => 0,
             RunStatus::Failed => {
@@ -761,6 +811,11 @@ impl Launch<'_> {
 }
 
 /// The final table: step, status, attempts, duration, fuel.
+/// The first 12 hex digits of a hash, for messages.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 fn summary(report: &RunReport) -> String {
     let width = report
         .steps

@@ -27,6 +27,11 @@ pub struct ResumeArgs {
     policy: PolicyArgs,
     /// The run to continue (an id or a unique prefix, from `cairn runs list`).
     run: String,
+    /// Go on although the pipeline (manifest or bundle) is not the one the
+    /// run started with; the changed pipeline is checked in full against
+    /// the run's policy first. Without it such a run is refused.
+    #[arg(long)]
+    allow_changed: bool,
     /// Most steps running at once (default: the number of CPU cores).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     jobs: Option<u32>,
@@ -46,6 +51,11 @@ pub struct ReplayArgs {
     policy: PolicyArgs,
     /// The run to replay.
     run: String,
+    /// Go on although the pipeline (manifest or bundle) is not the one the
+    /// run started with; the changed pipeline is checked in full against
+    /// the run's policy first. Without it such a run is refused.
+    #[arg(long)]
+    allow_changed: bool,
     /// Compare every step's output with the original run's and report each
     /// difference as nondeterminism (exit code 4).
     #[arg(long)]
@@ -195,9 +205,10 @@ struct Loaded {
 }
 
 fn load_run(store: &Path, text: &str, policy: &PolicyArgs) -> Result<Loaded, u8> {
-    let policy = policy.load()?;
+    let given = policy.load()?;
     let db = open(store)?;
     let record = find_run(&db, text)?;
+    let policy = readmission(&record, given)?;
     let events = journal(&db, &record.id)?;
     Ok(Loaded {
         policy,
@@ -205,6 +216,46 @@ fn load_run(store: &Path, text: &str, policy: &PolicyArgs) -> Result<Loaded, u8>
         record,
         events,
     })
+}
+
+/// The policy a recorded run goes on under: the one it was admitted under.
+/// A run admitted without a policy may be given one now (that only takes
+/// away); a run admitted under one cannot lose it, or move to another
+/// policy file or tenant, by how it is resumed.
+fn readmission(record: &RunRecord, given: Option<Policy>) -> Result<Option<Policy>, u8> {
+    let Some(admitted) = &record.admission else {
+        return Ok(given);
+    };
+    let tenant = admitted.tenant.as_deref().unwrap_or("default");
+    let policy = match given {
+        Some(policy) => {
+            if policy.file != admitted.policy || policy.selected != admitted.tenant {
+                return Err(report_error(&format!(
+                    "run {} was admitted under {} as tenant {tenant}; it goes on only under the same \
+                     policy and tenant (leave out --policy and --tenant to use them)",
+                    record.id,
+                    admitted.policy.display()
+                )));
+            }
+            policy
+        }
+        None => Policy::load(&admitted.policy, admitted.tenant.as_deref()).map_err(|e| {
+            report_error(&format!(
+                "run {} was admitted under {} as tenant {tenant}, which cannot be loaded now: {e}; \
+                 nothing was run",
+                record.id,
+                admitted.policy.display()
+            ))
+        })?,
+    };
+    if policy.hash != admitted.policy_hash {
+        eprintln!(
+            "warning: {} changed since run {} was admitted; checking it again under the current rules",
+            admitted.policy.display(),
+            record.id
+        );
+    }
+    Ok(Some(policy))
 }
 
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
@@ -240,6 +291,7 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
         refresh: false,
         resume: Some((record, keys)),
         replay_of: None,
+        allow_changed: args.allow_changed,
         json: args.json,
         quiet: args.quiet,
         policy,
@@ -274,7 +326,8 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         fail_fast: false,
         refresh: true,
         resume: None,
-        replay_of: Some(record.id.clone()),
+        replay_of: Some(record.clone()),
+        allow_changed: args.allow_changed,
         json: args.json,
         quiet: args.quiet || args.json,
         policy,
@@ -926,6 +979,7 @@ mod tests {
             status: status.into(),
             steps: 1,
             replay_of: None,
+            admission: None,
         }
     }
 

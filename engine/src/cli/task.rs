@@ -68,7 +68,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     allow_read: Vec<PathBuf>,
 
-    /// Grant read-write access to one scratch directory, at the same path inside the sandbox.
+    /// Grant read-write access to one host directory as scratch, seen at the real path it resolves to.
     #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bundle::Bundle;
-use crate::manifest::{GrantSpec, Manifest, NameHasher, StepSettings, StepSpec};
+use crate::manifest::{GrantSpec, Manifest, NameHasher, ScratchSpec, StepSettings, StepSpec};
 use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
 pub use retry::{Backoff, RetryPolicy};
@@ -948,10 +948,12 @@ fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
             .allow_read(&base.join(dir))
             .map_err(|e| e.to_string())?;
     }
-    if let Some(dir) = &spec.scratch {
-        grants
+    match &spec.scratch {
+        None | Some(ScratchSpec::Managed(false)) => {}
+        Some(ScratchSpec::Managed(true)) => grants.allow_managed_scratch(),
+        Some(ScratchSpec::Dir(dir)) => grants
             .allow_scratch(&base.join(dir))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?,
     }
     for var in &spec.env {
         grants.allow_env(var).map_err(|e| e.to_string())?;

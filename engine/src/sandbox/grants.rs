@@ -15,9 +15,8 @@ pub struct Grants {
     /// any component): the policy checks, the audit log records and the
     /// sandbox opens exactly these paths, never the path as written.
     pub read_dirs: Vec<PathBuf>,
-    /// One directory readable and writable at the same path inside the
-    /// sandbox; resolved like `read_dirs`.
-    pub scratch: Option<PathBuf>,
+    /// One directory readable and writable by the task.
+    pub scratch: Option<Scratch>,
     /// Environment variables visible to the task, in order.
     pub env: Vec<(String, String)>,
     /// Secrets, visible to the task as environment variables like `env`, but
@@ -51,6 +50,33 @@ impl std::fmt::Debug for Grants {
     }
 }
 
+/// A writable directory for a task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scratch {
+    /// A fresh, empty directory the sandbox makes for each attempt under its
+    /// scratch root and removes afterwards; the task sees it at
+    /// [`MANAGED_SCRATCH`]. Nothing outlives the attempt, and nothing on the
+    /// host is reachable through it.
+    Managed,
+    /// A host directory, resolved like a read grant, seen at its real path.
+    /// State in it outlives attempts and runs; a policy allows one only
+    /// under an `allow_scratch` prefix.
+    Dir(PathBuf),
+}
+
+/// Where a task finds a managed scratch directory (also in `CAIRN_SCRATCH`).
+pub const MANAGED_SCRATCH: &str = "/scratch";
+
+impl Scratch {
+    /// How the grant is named in the audit log and in denials.
+    pub fn capability(&self) -> String {
+        match self {
+            Scratch::Managed => "scratch".to_owned(),
+            Scratch::Dir(dir) => format!("scratch:{}", dir.display()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GrantError {
     #[error("cannot grant directory {path}: {reason}")]
@@ -79,10 +105,15 @@ impl Grants {
         Ok(())
     }
 
-    /// Grant the writable scratch directory.
+    /// Grant a host directory as the writable scratch directory.
     pub fn allow_scratch(&mut self, dir: &Path) -> Result<(), GrantError> {
-        self.scratch = Some(existing_dir(dir)?);
+        self.scratch = Some(Scratch::Dir(existing_dir(dir)?));
         Ok(())
+    }
+
+    /// Grant a fresh, engine-managed scratch directory for each attempt.
+    pub fn allow_managed_scratch(&mut self) {
+        self.scratch = Some(Scratch::Managed);
     }
 
     /// Grant `NAME=VALUE`, or `NAME` with the value it has in this process.

@@ -29,7 +29,7 @@ pub mod pipe;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use crate::store::{ArtifactKey, ArtifactStore, StoreError};
 pub use failure::{Failure, FailureClass, TaskErrorKind};
 pub use grants::{GrantError, Grants, Redactor};
+use grants::{MANAGED_SCRATCH, Scratch};
 use host::{CairnTaskPre, MemoryCap, RunState};
 pub use host::{Descriptor, Level, LogLine, Observer, Progress, TaskLog};
 pub use limits::{ByteSize, Limits};
@@ -152,10 +153,13 @@ pub enum SandboxError {
 }
 
 /// How big to make the pooling allocator.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Component instances that may be alive at once.
     pub max_instances: u32,
+    /// Where managed scratch directories are made, one per attempt that
+    /// asks for one (`cairn` uses `scratch/` in its store).
+    pub scratch_root: PathBuf,
 }
 
 impl SandboxConfig {
@@ -165,6 +169,7 @@ impl SandboxConfig {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
         Self {
             max_instances: (cores * 4).clamp(8, 256),
+            scratch_root: std::env::temp_dir().join("cairn-scratch"),
         }
     }
 }
@@ -212,6 +217,7 @@ pub struct Sandbox {
     artifacts: Arc<dyn ArtifactStore>,
     fingerprint: u64,
     loaded: Mutex<HashMap<blake3::Hash, Arc<LoadedComponent>>>,
+    scratch_root: PathBuf,
 }
 
 impl Sandbox {
@@ -220,6 +226,7 @@ impl Sandbox {
         config: SandboxConfig,
         artifacts: Arc<dyn ArtifactStore>,
     ) -> Result<Self, SandboxError> {
+        let scratch_root = config.scratch_root.clone();
         let engine = Engine::new(&engine_config(config))
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -238,6 +245,7 @@ impl Sandbox {
             artifacts,
             fingerprint,
             loaded: Mutex::new(HashMap::new()),
+            scratch_root,
         })
     }
 
@@ -496,27 +504,24 @@ impl Sandbox {
         // Each directory is opened once, checked to be the one the grant
         // (and the policy) named, and preopened through that handle, so a
         // symlink swapped in since planning cannot redirect the task.
-        let dirs = grants
-            .read_dirs
-            .iter()
-            .map(|dir| (dir, FsPerms::ReadOnly))
-            .chain(grants.scratch.iter().map(|dir| (dir, FsPerms::ReadWrite)));
-        for (dir, perms) in dirs {
-            let open = grants::open_granted_dir(dir)
-                .map_err(|e| SandboxError::Setup(e.to_string()))?;
-            let guest = dir.to_string_lossy();
-            wasi.preopened_dir(open.handle_path(), guest.as_ref(), perms)
-                .map_err(|e| {
-                    SandboxError::Setup(format!(
-                        "cannot open granted directory {}: {e:#}",
-                        dir.display()
-                    ))
-                })?;
+        for dir in &grants.read_dirs {
+            preopen_granted(&mut wasi, dir, &dir.to_string_lossy(), FsPerms::ReadOnly)?;
         }
-        if let Some(dir) = &grants.scratch {
-            // Tells the task where its scratch space is.
-            wasi.env("CAIRN_SCRATCH", dir.to_string_lossy().as_ref());
-        }
+        let scratch = match &grants.scratch {
+            None => None,
+            Some(Scratch::Dir(dir)) => {
+                let guest = dir.to_string_lossy();
+                preopen_granted(&mut wasi, dir, &guest, FsPerms::ReadWrite)?;
+                wasi.env("CAIRN_SCRATCH", guest.as_ref());
+                None
+            }
+            Some(Scratch::Managed) => {
+                let fresh = self.fresh_scratch()?;
+                preopen_granted(&mut wasi, fresh.path(), MANAGED_SCRATCH, FsPerms::ReadWrite)?;
+                wasi.env("CAIRN_SCRATCH", MANAGED_SCRATCH);
+                Some(fresh)
+            }
+        };
         let seed = run_seed(&loaded.hash, request.input);
         if !grants.wall_clock {
             wasi.wall_clock(determinism::VirtualWallClock::default());
@@ -556,8 +561,46 @@ impl Sandbox {
             stdout,
             stderr,
             started,
+            _scratch: scratch,
         })
     }
+
+    /// A new, empty directory under the scratch root, private to the
+    /// engine's user, removed when the returned value is dropped.
+    fn fresh_scratch(&self) -> Result<tempfile::TempDir, SandboxError> {
+        let fail = |e: std::io::Error| {
+            SandboxError::Setup(format!(
+                "cannot make a scratch directory under {}: {e}",
+                self.scratch_root.display()
+            ))
+        };
+        std::fs::create_dir_all(&self.scratch_root).map_err(fail)?;
+        // Made under the root's real path, so the directory is opened by
+        // the path it really has (see `grants::open_granted_dir`).
+        let root = self.scratch_root.canonicalize().map_err(fail)?;
+        tempfile::Builder::new()
+            .prefix("attempt-")
+            .tempdir_in(root)
+            .map_err(fail)
+    }
+}
+
+/// Open `dir` as [`grants::open_granted_dir`] does and preopen it at `guest`.
+fn preopen_granted(
+    wasi: &mut WasiCtxBuilder,
+    dir: &Path,
+    guest: &str,
+    perms: FsPerms,
+) -> Result<(), SandboxError> {
+    let open = grants::open_granted_dir(dir).map_err(|e| SandboxError::Setup(e.to_string()))?;
+    wasi.preopened_dir(open.handle_path(), guest, perms)
+        .map_err(|e| {
+            SandboxError::Setup(format!(
+                "cannot open granted directory {}: {e:#}",
+                dir.display()
+            ))
+        })?;
+    Ok(())
 }
 
 /// What a call produced: for tasks the WIT result, for commands (`Err`) the
@@ -572,6 +615,8 @@ struct PreparedRun {
     stdout: CappedPipe,
     stderr: CappedPipe,
     started: Instant,
+    /// A managed scratch directory, removed when the attempt is over.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl PreparedRun {

@@ -13,7 +13,10 @@
 //!
 //! Invariants: batches reach the store in the order they were taken (one
 //! writer thread, fed under the queue's lock); dropping the ledger waits
-//! for every queued batch to be written.
+//! for every queued batch to be written. Once a write fails (a full disk,
+//! no file descriptors left), nothing more is written for the run and every
+//! later commit reports the failure: the journal then ends at the last
+//! batch that was durable, and a resume picks up from there.
 
 use std::collections::HashSet;
 use std::sync::mpsc;
@@ -54,7 +57,15 @@ struct Batch {
 struct Job {
     batch: Batch,
     durability: Durability,
-    done: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<Result<(), LedgerError>>>,
+}
+
+/// The store could not make a run's records durable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot write the journal of run {run}: {reason}")]
+pub struct LedgerError {
+    run: RunId,
+    reason: String,
 }
 
 /// A batch goes to the writer without waiting for a commit once it holds this much.
@@ -116,9 +127,9 @@ impl Ledger {
     }
 
     /// Hand everything queued to the writer, to be made durable; the
-    /// receiver fires once it is (or once writing it has failed, which is
-    /// logged: the steps then run again if the run is resumed).
-    pub(super) fn commit(&self) -> oneshot::Receiver<()> {
+    /// receiver fires once it is, or with the error once writing it (or
+    /// anything queued before it) has failed.
+    pub(super) fn commit(&self) -> oneshot::Receiver<Result<(), LedgerError>> {
         let (done, durable) = oneshot::channel();
         self.queue
             .lock()
@@ -128,16 +139,29 @@ impl Ledger {
     }
 
     /// Commit everything queued, wait for it, and flush the store.
-    pub(super) async fn flush(&self) {
-        let _ = self.commit().await;
-        if let Err(e) = self.store.flush() {
-            tracing::warn!("cannot flush the store: {e}");
+    pub(super) async fn flush(&self) -> Result<(), LedgerError> {
+        self.commit().await.map_err(|_| self.writer_gone())??;
+        self.store.flush().map_err(|e| LedgerError {
+            run: self.run.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// What a commit whose writer went away (or never started) means.
+    pub(super) fn writer_gone(&self) -> LedgerError {
+        LedgerError {
+            run: self.run.clone(),
+            reason: "the journal writer stopped".into(),
         }
     }
 }
 
 impl Queue {
-    fn send(&mut self, durability: Durability, done: Option<oneshot::Sender<()>>) {
+    fn send(
+        &mut self,
+        durability: Durability,
+        done: Option<oneshot::Sender<Result<(), LedgerError>>>,
+    ) {
         let job = Job {
             batch: std::mem::take(&mut self.pending),
             durability,
@@ -152,6 +176,7 @@ impl Queue {
 }
 
 fn write_jobs(store: &dyn Store, run: &RunId, jobs: mpsc::Receiver<Job>) {
+    let mut broken: Option<LedgerError> = None;
     for job in jobs {
         let Job {
             batch,
@@ -159,15 +184,18 @@ fn write_jobs(store: &dyn Store, run: &RunId, jobs: mpsc::Receiver<Job>) {
             done,
         } = job;
         let nothing = batch.events.is_empty() && batch.results.is_empty();
-        if !(nothing && durability == Durability::Process)
+        if broken.is_none()
+            && !(nothing && durability == Durability::Process)
             && let Err(e) = store.record(run, &batch.results, &batch.events, durability)
         {
-            tracing::warn!(
-                "cannot write the journal of run {run}: {e}; its steps will run again if it is resumed"
-            );
+            tracing::error!("cannot write the journal of run {run}: {e}");
+            broken = Some(LedgerError {
+                run: run.clone(),
+                reason: e.to_string(),
+            });
         }
         if let Some(done) = done {
-            let _ = done.send(());
+            let _ = done.send(broken.clone().map_or(Ok(()), Err));
         }
     }
 }

@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 
 use crate::plan::template::{Reference, Resolve, Source, lookup, truthy};
 use crate::plan::{Plan, Step, StepId};
+use crate::sandbox::grants::Scratch;
 use crate::sandbox::{
     Attempt, ComponentKind, FailureClass, LogLine, Observer, Progress, RunRequest, Sandbox,
     SandboxError,
@@ -60,12 +61,12 @@ pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
     for dir in &grants.read_dirs {
         field(dir.as_os_str().as_encoded_bytes());
     }
-    field(
-        grants
-            .scratch
-            .as_deref()
-            .map_or(&b""[..], |d| d.as_os_str().as_encoded_bytes()),
-    );
+    field(match &grants.scratch {
+        None => &b""[..],
+        // Not a path: no host directory can be named like this.
+        Some(Scratch::Managed) => b"\0managed",
+        Some(Scratch::Dir(d)) => d.as_os_str().as_encoded_bytes(),
+    });
     field(&(grants.env.len() as u64).to_le_bytes());
     for (name, value) in &grants.env {
         field(name.as_bytes());
@@ -241,6 +242,10 @@ pub struct RunReport {
     #[serde(serialize_with = "micros", rename = "duration_us")]
     pub duration: Duration,
     pub steps: Vec<StepReport>,
+    /// Why the store could not make the run durable, if it could not: the
+    /// run then failed, whatever its steps did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
     /// The pipeline's output (absent if it could not be built).
     pub output: Option<Value>,
 }
@@ -419,7 +424,12 @@ async fn drive<E: Executor>(
     tokio::pin!(cancel);
     let mut cancelled = false;
     // The group commit being made durable, and the steps it will release.
-    let mut in_flight: Option<(tokio::sync::oneshot::Receiver<()>, Vec<StepId>)> = None;
+    let mut in_flight: Option<(
+        tokio::sync::oneshot::Receiver<Result<(), ledger::LedgerError>>,
+        Vec<StepId>,
+    )> = None;
+    // Set once the store has failed to make something durable.
+    let mut store_error: Option<ledger::LedgerError> = None;
     loop {
         while let Some(id) = run.ready.pop_front() {
             run.start(id);
@@ -440,15 +450,32 @@ async fn drive<E: Executor>(
                 cancelled = true;
                 break;
             }
-            _ = async {
+            durable = async {
                 match in_flight.as_mut() {
                     Some((durable, _)) => durable.await,
                     None => std::future::pending().await,
                 }
             } => {
                 let (_, steps) = in_flight.take().expect("only a commit in flight completes");
-                for id in steps {
-                    run.announce(id);
+                let gone = || run.ledger.as_ref().expect("commits need a ledger").writer_gone();
+                match durable.unwrap_or_else(|_| Err(gone())) {
+                    Ok(()) => {
+                        for id in steps {
+                            run.announce(id);
+                        }
+                    }
+                    // Nothing that is not durable is reported done: the
+                    // steps of this commit fail, the run stops, and its
+                    // journal ends at the last durable batch (resumable
+                    // once the store can write again).
+                    Err(e) => {
+                        for id in steps {
+                            run.not_durable(id, &e);
+                        }
+                        run.stop = true;
+                        run.ready.clear();
+                        store_error.get_or_insert(e);
+                    }
                 }
             }
             Some(joined) = run.work.join_next_with_id() => {
@@ -477,8 +504,10 @@ async fn drive<E: Executor>(
             }
         }
     }
-    if let Some(ledger) = &run.ledger {
-        ledger.flush().await;
+    if let Some(ledger) = &run.ledger
+        && let Err(e) = ledger.flush().await
+    {
+        store_error.get_or_insert(e);
     }
     let failed = run
         .reports
@@ -486,7 +515,7 @@ async fn drive<E: Executor>(
         .any(|r| matches!(r.status, StepStatus::Failed(_)) && !r.allow_failure);
     let status = if cancelled {
         RunStatus::Cancelled
-    } else if failed || run.stop {
+    } else if failed || run.stop || store_error.is_some() {
         RunStatus::Failed
     } else {
         RunStatus::Succeeded
@@ -496,6 +525,7 @@ async fn drive<E: Executor>(
         pipeline: run.plan.name.clone(),
         status,
         duration: started.elapsed(),
+        store_error: store_error.map(|e| e.to_string()),
         steps: run.reports,
         output,
     }
@@ -816,7 +846,13 @@ impl<E: Executor> Run<E> {
     /// Start a group commit of every finished step not yet durable; the
     /// caller announces them when the returned receiver fires. Without a
     /// ledger there is nothing to wait for: they are announced at once.
-    fn commit(&mut self) -> Option<(tokio::sync::oneshot::Receiver<()>, Vec<StepId>)> {
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &mut self,
+    ) -> Option<(
+        tokio::sync::oneshot::Receiver<Result<(), ledger::LedgerError>>,
+        Vec<StepId>,
+    )> {
         if self.unflushed.is_empty() {
             return None;
         }
@@ -850,7 +886,9 @@ impl<E: Executor> Run<E> {
                         .map(|s| (*s).to_owned())
                         .or_else(|| payload.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "no message".to_owned());
-                    format!("the engine failed while running this step (a bug in Cairn, please report it): {text}")
+                    format!(
+                        "the engine failed while running this step (a bug in Cairn, please report it): {text}"
+                    )
                 } else {
                     "the engine stopped this step's work before it finished".to_owned()
                 };
@@ -862,6 +900,24 @@ impl<E: Executor> Run<E> {
                 }
             }
         }
+    }
+
+    /// A finished step whose journal record could not be made durable: it
+    /// is reported failed, and releases nothing.
+    fn not_durable(&mut self, id: StepId, error: &ledger::LedgerError) {
+        let report = &mut self.reports[id];
+        report.status = StepStatus::Failed(StepFailure {
+            class: None,
+            message: format!(
+                "finished, but its result could not be made durable ({error}); \
+                 free the store and resume the run"
+            ),
+        });
+        let step = &self.plan.steps[id];
+        self.observer.event(Event::StepFinished {
+            step,
+            report: &self.reports[id],
+        });
     }
 
     /// Tell the observer a step is finished and release its dependents.

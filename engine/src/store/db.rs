@@ -1102,6 +1102,7 @@ mod tests {
                     status: "running".into(),
                     steps: 1,
                     replay_of: None,
+                    admission: None,
                 })
                 .unwrap();
         }
@@ -1130,6 +1131,7 @@ mod tests {
             status: "succeeded".into(),
             steps: 1,
             replay_of: None,
+            admission: None,
         }
     }
 

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 pub use artifacts::{ArtifactKey, ArtifactStore, DirArtifactStore};
 pub use db::SledStore;
-pub use records::{CacheKey, JournalEvent, LoggedLine, ResultMeta, RunId, RunRecord, StepSource};
+pub use records::{
+    Admission, CacheKey, JournalEvent, LoggedLine, ResultMeta, RunId, RunRecord, StepSource,
+};
 
 /// Results, journal and runs. Every method is durable-or-error except where
 /// noted; implementations verify what they read.

@@ -187,4 +187,19 @@ pub struct RunRecord {
     pub steps: usize,
     /// The run this one replays, for `cairn replay`.
     pub replay_of: Option<RunId>,
+    /// The policy the run was admitted under; `None` when it ran without
+    /// one. Resume and replay re-admit under the same policy and tenant.
+    #[serde(default)]
+    pub admission: Option<Admission>,
+}
+
+/// The policy and tenant a run was admitted under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The policy file, absolute.
+    pub policy: PathBuf,
+    /// blake3 of the policy file's bytes when the run was admitted.
+    pub policy_hash: String,
+    /// The `[tenants.NAME]` the run was admitted as; `None`: `[default]`.
+    pub tenant: Option<String>,
 }
