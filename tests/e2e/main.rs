@@ -10,6 +10,7 @@ mod artifacts;
 mod bundles;
 mod determinism;
 mod examples;
+mod host_streams;
 mod malformed;
 mod manifest_errors;
 mod pipelines;

@@ -88,8 +88,8 @@ pub fn key(command: KeyCommand) -> u8 {
     if let Err(e) = written {
         return report_error(&format!("cannot write the key files: {e}"));
     }
-    println!("secret key {} (keep it private)", secret_path.display());
-    println!("public key {} : {public}", public_path.display());
+    out!("secret key {} (keep it private)", secret_path.display());
+    out!("public key {} : {public}", public_path.display());
     0
 }
 
@@ -110,7 +110,7 @@ pub async fn execute(command: BundleCommand) -> u8 {
             if let Err(e) = write_atomically(&output, &bytes) {
                 return report_error(&format!("cannot write {}: {e}", output.display()));
             }
-            println!(
+            out!(
                 "packed {} ({} bytes), bundle id {}",
                 output.display(),
                 bytes.len(),
@@ -120,7 +120,7 @@ pub async fn execute(command: BundleCommand) -> u8 {
         }
         BundleCommand::Verify { bundle } => match Bundle::open(&bundle) {
             Ok(b) => {
-                println!(
+                out!(
                     "ok: {} members match the lock; {} valid signature{}; bundle id {}",
                     b.lock.members.len(),
                     b.signatures.len(),
@@ -145,7 +145,7 @@ pub async fn execute(command: BundleCommand) -> u8 {
                 return report_error(&format!("cannot write {}: {e}", bundle.display()));
             }
             let public = hex::encode(signing.verifying_key().to_bytes());
-            println!("signed {} with key {public}", bundle.display());
+            out!("signed {} with key {public}", bundle.display());
             0
         }
         BundleCommand::Inspect { bundle, json } => inspect(&bundle, json).await,
@@ -215,25 +215,25 @@ async fn inspect(path: &Path, json: bool) -> u8 {
         })
         .collect();
     if json {
-        println!(
+        out!(
             "{}",
             json!({"id": bundle.id.to_hex().as_str(), "pipeline": manifest.name, "members": bundle.lock.members, "steps": steps, "signatures": bundle.signatures})
         );
         return 0;
     }
-    println!("bundle     {}", path.display());
-    println!("id         {}", bundle.id.to_hex());
-    println!("pipeline   {} ({} steps)", manifest.name, steps.len());
-    println!("members:");
+    out!("bundle     {}", path.display());
+    out!("id         {}", bundle.id.to_hex());
+    out!("pipeline   {} ({} steps)", manifest.name, steps.len());
+    out!("members:");
     for m in &bundle.lock.members {
-        println!(
+        out!(
             "  {:<48} {:>10} bytes  blake3 {}…",
             m.path,
             m.size,
             &m.blake3[..16]
         );
     }
-    println!("steps and the capabilities they ask for:");
+    out!("steps and the capabilities they ask for:");
     for s in &steps {
         let caps = s["capabilities"]
             .as_array()
@@ -244,7 +244,7 @@ async fn inspect(path: &Path, json: bool) -> u8 {
                     .join(", ")
             })
             .unwrap_or_default();
-        println!(
+        out!(
             "  {:<20} {}  {}",
             s["name"].as_str().unwrap_or_default(),
             s["component"].as_str().unwrap_or_default(),
@@ -256,12 +256,13 @@ async fn inspect(path: &Path, json: bool) -> u8 {
         );
     }
     if bundle.signatures.is_empty() {
-        println!("signatures: none");
+        out!("signatures: none");
     }
     for sig in &bundle.signatures {
-        println!(
+        out!(
             "signature: ed25519 key {} ({}), valid",
-            sig.public_key, sig.key_id
+            sig.public_key,
+            sig.key_id
         );
     }
     0

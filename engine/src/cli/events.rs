@@ -85,7 +85,7 @@ impl EventStream {
 impl Sink {
     fn fail(&mut self, path: &Path, e: std::io::Error) {
         self.failed = true;
-        eprintln!(
+        say!(
             "warning: cannot write events to {}: {e}; the run goes on without them",
             path.display()
         );

@@ -5,6 +5,45 @@
 //! TTY) or machines (`--json`). Errors become one line on stderr and an exit
 //! code from the documented table; nothing here panics on user input.
 
+/// `eprintln!` that never panics: a closed or full stderr (`cairn run P
+/// 2>&1 | head -3`) must not stop a run, so what cannot be shown is dropped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see `say!`).
+macro_rules! say_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that never panics: a failed write to stdout (`> /dev/full`,
+/// a closed pipe) is remembered, and the command then fails with a clear
+/// error instead of a panic (see [`stdout_failed`]).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::cli::note_stdout_failure(e);
+        }
+    }};
+}
+
+/// `print!` that never panics (see `out!`).
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            $crate::cli::note_stdout_failure(e);
+        }
+    }};
+}
+
 mod bundle;
 mod events;
 mod pipeline;
@@ -136,7 +175,6 @@ enum Command {
 
 /// Entry point of the `cairn` binary.
 pub fn main() -> ExitCode {
-    restore_sigpipe();
     install_panic_hook();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -146,6 +184,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Commands that run tasks keep SIGPIPE ignored (Rust's default): a
+    // reader that goes away must not kill a run midway, leaving it
+    // interrupted. Listing commands end quietly on a closed pipe, like other
+    // Unix tools.
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Resume(_) | Command::Replay(_) | Command::Task(_)
+    ) {
+        restore_sigpipe();
+    }
     init_diagnostics(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,7 +218,38 @@ pub fn main() -> ExitCode {
             Command::Task(command) => task::execute(command, &cli.store).await,
         }
     });
-    ExitCode::from(code)
+    // A task blocked in a host call that cannot be interrupted (a read of a
+    // FIFO, say) keeps a blocking thread busy after its attempt timed out;
+    // the process must still exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match stdout_failed() {
+        Some(e) if code == 0 => {
+            say!("error: cannot write the output to stdout: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+        _ => ExitCode::from(code),
+    }
+}
+
+/// The first error writing to stdout, if any.
+static STDOUT_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+#[doc(hidden)]
+pub fn note_stdout_failure(e: std::io::Error) {
+    let mut first = STDOUT_FAILURE.lock().unwrap_or_else(|p| p.into_inner());
+    first.get_or_insert_with(|| e.to_string());
+}
+
+/// Why stdout could not be written, if it could not.
+fn stdout_failed() -> Option<String> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().flush() {
+        note_stdout_failure(e);
+    }
+    STDOUT_FAILURE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 /// A signal that asks Cairn to stop.
@@ -247,7 +326,7 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn report_error(message: &str) -> u8 {
-    eprintln!("error: {message}");
+    say!("error: {message}");
     EXIT_ERROR
 }
 
@@ -311,7 +390,7 @@ fn install_panic_hook() {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        eprintln!("internal error: {message}{location}. This is a bug in Cairn; please report it.");
+        say!("internal error: {message}{location}. This is a bug in Cairn; please report it.");
     }));
 }
 

@@ -172,12 +172,12 @@ fn refuse(denials: &[Denial], policy: &Policy, pipeline: &str, store: &Path) -> 
         })
         .collect();
     if let Err(e) = AuditLog::new(store).append(&entries) {
-        eprintln!("warning: cannot write the audit log: {e}");
+        say!("warning: cannot write the audit log: {e}");
     }
     for d in denials {
         match &d.step {
-            Some(step) => eprintln!("error: step `{step}`: {}", d.message),
-            None => eprintln!("error: {}", d.message),
+            Some(step) => say!("error: step `{step}`: {}", d.message),
+            None => say!("error: {}", d.message),
         }
     }
     Err(super::report_error(&format!(
@@ -217,7 +217,7 @@ fn audit_grants(plan: &Plan, tenant: &str, run: &RunId, store: &Path) {
         }));
     }
     if let Err(e) = AuditLog::new(store).append(&entries) {
-        eprintln!("warning: cannot write the audit log: {e}");
+        say!("warning: cannot write the audit log: {e}");
     }
 }
 
@@ -239,15 +239,15 @@ async fn plan(
         None => Ok(()),
     };
     let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("error: {e}");
+        say!("error: {e}");
         EXIT_ERROR
     };
     let report = |errors: crate::plan::PlanErrors, shown: &Path| {
         for error in &errors.0 {
-            eprintln!("error: {error}");
+            say!("error: {error}");
         }
         let n = errors.0.len();
-        eprintln!(
+        say!(
             "error: {n} problem{} in {}; nothing was run",
             if n == 1 { "" } else { "s" },
             shown.display()
@@ -325,13 +325,13 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
                 })
             })
             .collect();
-        println!(
+        out!(
             "{}",
             json!({"ok": true, "pipeline": plan.name, "steps": steps})
         );
     } else {
         let edges: usize = plan.steps.iter().map(|s| s.deps.len()).sum();
-        println!(
+        out!(
             "ok: {} is valid: {} steps, {} dependencies",
             plan.name,
             plan.steps.len(),
@@ -343,7 +343,7 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
                 .iter()
                 .map(|&id| plan.steps[id].name.as_str())
                 .collect();
-            println!("order: {}", order.join(" → "));
+            out!("order: {}", order.join(" → "));
         }
     }
     0
@@ -358,7 +358,7 @@ pub async fn graph(args: GraphArgs, store: &Path) -> u8 {
         Ok(planned) => planned.plan,
         Err(code) => return code,
     };
-    print!(
+    out_part!(
         "{}",
         match args.format {
             GraphFormat::Mermaid => mermaid(&plan),
@@ -560,7 +560,7 @@ impl Launch<'_> {
                     )),
                 );
             }
-            eprintln!(
+            say!(
                 "warning: {what} {} changed since run {} started (--allow-changed); steps whose inputs changed will run again",
                 manifest.display(),
                 earlier.id
@@ -626,9 +626,11 @@ impl Launch<'_> {
             return (None, super::report_error(&e.to_string()));
         }
         if !self.quiet && !self.json {
-            eprintln!(
+            say!(
                 "run {} of {} (resume it with `cairn resume {}` if interrupted)",
-                record.id, plan.name, record.id
+                record.id,
+                plan.name,
+                record.id
             );
         }
         let ledger = Arc::new(Ledger::new(
@@ -709,7 +711,7 @@ impl Launch<'_> {
             })
             .collect();
         if let Err(e) = AuditLog::new(self.store).append(&denied) {
-            eprintln!("warning: cannot write the audit log: {e}");
+            say!("warning: cannot write the audit log: {e}");
         }
 
         let status = match report.status {
@@ -728,7 +730,7 @@ impl Launch<'_> {
             .and_then(|()| db.put_run(&record))
             .and_then(|()| db.flush())
         {
-            eprintln!("warning: cannot record the end of run {}: {e}", record.id);
+            say!("warning: cannot record the end of run {}: {e}", record.id);
         }
         if let Some(stream) = &events {
             stream.emit(
@@ -761,11 +763,11 @@ impl Launch<'_> {
                 .and_then(|()| writeln!(out))
                 .and_then(|()| out.flush());
             if let Err(e) = written {
-                eprintln!("warning: cannot write the JSON report: {e}");
+                say!("warning: cannot write the JSON report: {e}");
             }
         } else {
             if !self.quiet {
-                eprint!("{}", summary(&report));
+                say_part!("{}", summary(&report));
             }
             if let Some(output) = &report.output
                 && report.status == RunStatus::Succeeded
@@ -775,11 +777,11 @@ impl Launch<'_> {
                 } else {
                     serde_json::to_string(output)
                 };
-                println!("{}", text.unwrap_or_default());
+                out!("{}", text.unwrap_or_default());
             }
         }
         if let Some(e) = &report.store_error {
-            eprintln!(
+            say!(
                 "error: {e}. The run stopped; steps not yet recorded were not reported done. \
                  Free the store, then continue with `cairn resume {}`",
                 record.id
@@ -789,7 +791,7 @@ impl Launch<'_> {
             RunStatus::Succeeded => 0,
             RunStatus::Failed => {
                 if !self.json {
-                    eprintln!(
+                    say!(
                         "error: pipeline {} failed; see the failed steps above",
                         report.pipeline
                     );
@@ -798,7 +800,7 @@ impl Launch<'_> {
             }
             RunStatus::Cancelled => {
                 let signal: Option<&Interrupt> = signal.get();
-                eprintln!(
+                say!(
                     "interrupted by {}: the run was cancelled; running steps were stopped. Continue it with `cairn resume {}`",
                     signal.map_or("a signal", |s| s.name()),
                     record.id

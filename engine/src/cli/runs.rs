@@ -249,7 +249,7 @@ fn readmission(record: &RunRecord, given: Option<Policy>) -> Result<Option<Polic
         })?,
     };
     if policy.hash != admitted.policy_hash {
-        eprintln!(
+        say!(
             "warning: {} changed since run {} was admitted; checking it again under the current rules",
             admitted.policy.display(),
             record.id
@@ -269,7 +269,7 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
         Err(code) => return code,
     };
     if record.status == "succeeded" {
-        eprintln!("run {} already succeeded; nothing to resume", record.id);
+        say!("run {} already succeeded; nothing to resume", record.id);
         return 0;
     }
     // Results the run already has: each executed element's own event, and
@@ -356,14 +356,14 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
             .iter()
             .map(|(step, before, after)| json!({"step": step, "original": before, "replay": after}))
             .collect();
-        println!(
+        out!(
             "{}",
             json!({"verified": compared, "nondeterministic": list})
         );
     } else {
         let short = |hash: &str| hash.chars().take(12).collect::<String>();
         for (step, before, after) in &mismatches {
-            eprintln!(
+            say!(
                 "nondeterministic: step `{step}` produced different output (run {}: {}…, replay: {}…)",
                 record.id,
                 short(before),
@@ -371,7 +371,7 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
             );
         }
         if mismatches.is_empty() {
-            eprintln!(
+            say!(
                 "verified: all {compared} steps that succeeded in run {} produced identical output",
                 record.id
             );
@@ -421,21 +421,26 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
             runs.sort_by(|a, b| b.id.cmp(&a.id));
             runs.truncate(limit.unwrap_or(usize::MAX));
             if json {
-                println!("{}", serde_json::to_string(&runs).unwrap_or_default());
+                out!("{}", serde_json::to_string(&runs).unwrap_or_default());
                 return 0;
             }
             if runs.is_empty() {
                 let filtered = pipeline.is_some() || status.is_some();
-                println!(
+                out!(
                     "no {}runs in {}",
                     if filtered { "matching " } else { "" },
                     store.display()
                 );
                 return 0;
             }
-            println!(
+            out!(
                 "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
-                "run", "pipeline", "status", "started", "duration", "steps"
+                "run",
+                "pipeline",
+                "status",
+                "started",
+                "duration",
+                "steps"
             );
             for r in runs {
                 let status = if r.status == "running" {
@@ -448,7 +453,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                 } else {
                     status.to_owned()
                 };
-                println!(
+                out!(
                     "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
                     r.id,
                     r.pipeline,
@@ -503,15 +508,15 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                     }
                     let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
                     let outcome = class.map(|c| format!(" ({c})")).unwrap_or_default();
-                    println!("== {name}{at} attempt {attempt}{outcome}");
+                    out!("== {name}{at} attempt {attempt}{outcome}");
                     for line in logs {
-                        println!("{}: {}", line.level, line.message);
+                        out!("{}: {}", line.level, line.message);
                     }
                     printed = true;
                 }
             }
             if !printed {
-                eprintln!(
+                say!(
                     "no attempts recorded{}",
                     step.map(|s| format!(" for step {s}")).unwrap_or_default()
                 );
@@ -637,7 +642,7 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
                 json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "attempts": v.attempts, "after": after})
             })
             .collect();
-        println!("{}", json!({"run": record, "steps": steps}));
+        out!("{}", json!({"run": record, "steps": steps}));
         return 0;
     }
     let status = if record.status == "running" {
@@ -645,11 +650,13 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
     } else {
         record.status.as_str()
     };
-    println!(
+    out!(
         "run {}  pipeline {}  {}",
-        record.id, record.pipeline, status
+        record.id,
+        record.pipeline,
+        status
     );
-    println!(
+    out!(
         "started {}  duration {}  manifest {}",
         time(record.started_ms),
         span(&record),
@@ -708,12 +715,12 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
         } else {
             format!("  ({detail})")
         };
-        println!(
+        out!(
             "  {mark} {name:<width$}  {status:<9} {duration:>8}  attempts {attempts}{deps}{detail}"
         );
     }
     if plan.is_none() {
-        println!("(the manifest no longer loads, so dependencies are not shown)");
+        out!("(the manifest no longer loads, so dependencies are not shown)");
     }
     0
 }
@@ -788,7 +795,7 @@ fn gc_runs(
             "kept_interrupted": kept_interrupted,
             "freed_bytes": freed,
         });
-        println!("{report}");
+        out!("{report}");
         return 0;
     }
     let age = humantime::format_duration(retention.older_than);
@@ -800,19 +807,19 @@ fn gc_runs(
         }
     };
     if dry_run {
-        println!("would forget {} older than {age}:", runs(ids.len()));
+        out!("would forget {} older than {age}:", runs(ids.len()));
         for run in &expired {
-            println!("  {}  {}  {}", run.id, run.pipeline, time(run.started_ms));
+            out!("  {}  {}  {}", run.id, run.pipeline, time(run.started_ms));
         }
     } else {
-        println!(
+        out!(
             "forgot {} older than {age}, freeing {} of journals",
             runs(ids.len()),
             crate::sandbox::ByteSize(freed)
         );
     }
     if kept_interrupted > 0 {
-        println!(
+        out!(
             "interrupted runs of that age kept, as they can still be resumed (--include-interrupted forgets them too): {kept_interrupted}"
         );
     }
@@ -827,32 +834,32 @@ pub fn cache(command: CacheCommand, store: &Path) -> u8 {
     let result = match command {
         CacheCommand::Stats { json } => db.cache_stats().map(|stats| {
             if json {
-                println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+                out!("{}", serde_json::to_string(&stats).unwrap_or_default());
             } else {
-                println!("results      {}", stats.entries);
-                println!(
+                out!("results      {}", stats.entries);
+                out!(
                     "output bytes {}",
                     crate::sandbox::ByteSize(stats.output_bytes)
                 );
-                println!("in blobs     {}", stats.blobs);
-                println!(
+                out!("in blobs     {}", stats.blobs);
+                out!(
                     "on disk      {} (sled index, packs, blobs)",
                     crate::sandbox::ByteSize(stats.disk_bytes)
                 );
                 if let Some(oldest) = stats.oldest_ms {
-                    println!("oldest       {}", time(oldest));
+                    out!("oldest       {}", time(oldest));
                 }
             }
         }),
         CacheCommand::Gc { older_than } => db.cache_gc(Some(older_than)).map(|n| {
-            println!(
+            out!(
                 "removed {n} cached results older than {}",
                 humantime::format_duration(older_than)
             );
         }),
         CacheCommand::Clear => db
             .cache_gc(None)
-            .map(|n| println!("removed {n} cached results")),
+            .map(|n| out!("removed {n} cached results")),
     };
     match result {
         Ok(()) => 0,
@@ -914,7 +921,7 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
             "outputs": [{"namespace": "cairn", "name": format!("blake3:{output_hash}")}],
         }));
     }
-    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     0
 }
 
@@ -943,10 +950,10 @@ pub fn audit(args: AuditArgs, store: &Path) -> u8 {
         })
         .collect();
     if args.json {
-        println!("{}", serde_json::to_string(&entries).unwrap_or_default());
+        out!("{}", serde_json::to_string(&entries).unwrap_or_default());
     } else {
         for e in &entries {
-            println!(
+            out!(
                 "{}  {:<7}  tenant {:<10} run {:<16} step {:<16} {}  {}",
                 time(e.at_ms),
                 e.event,
@@ -959,7 +966,7 @@ pub fn audit(args: AuditArgs, store: &Path) -> u8 {
         }
     }
     if bad > 0 {
-        eprintln!("warning: {bad} damaged line(s) in the audit log were skipped");
+        say!("warning: {bad} damaged line(s) in the audit log were skipped");
     }
     0
 }

@@ -118,7 +118,7 @@ pub async fn execute(command: TaskCommand, store: &Path) -> u8 {
         TaskCommand::Inspect(args) => inspect(args, store).await,
     };
     result.unwrap_or_else(|message| {
-        eprintln!("error: {message}");
+        say!("error: {message}");
         EXIT_ERROR
     })
 }
@@ -136,17 +136,22 @@ struct StderrObserver {
 
 impl Observer for StderrObserver {
     fn log(&self, line: &LogLine) {
-        eprintln!("[{}] {}: {}", self.label, line.level.as_str(), line.message);
+        say!("[{}] {}: {}", self.label, line.level.as_str(), line.message);
     }
     fn progress(&self, progress: &Progress) {
         match progress.total {
-            0 => eprintln!(
+            0 => say!(
                 "[{}] progress: {} {}",
-                self.label, progress.done, progress.message
+                self.label,
+                progress.done,
+                progress.message
             ),
-            total => eprintln!(
+            total => say!(
                 "[{}] progress: {}/{} {}",
-                self.label, progress.done, total, progress.message
+                self.label,
+                progress.done,
+                total,
+                progress.message
             ),
         }
     }
@@ -204,7 +209,7 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
     let attempt = tokio::select! {
         attempt = sandbox.run(&loaded, request) => attempt.map_err(|e| e.to_string())?,
         signal = interrupted => {
-            eprintln!("interrupted: the task was stopped");
+            say!("interrupted: the task was stopped");
             return Ok(signal.exit_code());
         }
     };
@@ -310,7 +315,7 @@ fn report(
             "peak_memory_bytes": attempt.peak_memory,
             "logs": attempt.log,
         });
-        println!("{report}");
+        out!("{report}");
         return Ok(code);
     }
     let stats = format!(
@@ -323,16 +328,16 @@ fn report(
         Ok(bytes) => {
             write_output(loaded.kind, bytes)?;
             if !args.quiet {
-                eprintln!("ok: {label} succeeded in {stats}");
+                say!("ok: {label} succeeded in {stats}");
             }
         }
-        Err(failure) => eprintln!(
+        Err(failure) => say!(
             "error: {label} failed [{}]: {failure} ({stats})",
             failure.class()
         ),
     }
     if attempt.log.dropped > 0 {
-        eprintln!(
+        say!(
             "note: {} log lines from {label} were dropped (log cap reached)",
             attempt.log.dropped
         );
@@ -395,7 +400,7 @@ async fn inspect(args: InspectArgs, store: &Path) -> Result<u8, String> {
             "imports": imports,
             "exports": exports,
         });
-        println!("{report}");
+        out!("{report}");
         return Ok(0);
     }
     let mut out = String::new();
@@ -440,7 +445,7 @@ async fn inspect(args: InspectArgs, store: &Path) -> Result<u8, String> {
     for name in &exports {
         out.push_str(&format!("  {name}\n"));
     }
-    print!("{out}");
+    out_part!("{out}");
     Ok(0)
 }
 
