@@ -163,7 +163,7 @@ impl Bundle {
         if size > MAX_BUNDLE_BYTES {
             return Err(BundleError::TooLarge { size });
         }
-        let bytes = std::fs::read(path).map_err(read)?;
+        let bytes = crate::files::read_regular(path, MAX_BUNDLE_BYTES).map_err(read)?;
         Self::read(&bytes)
     }
 
@@ -445,12 +445,13 @@ pub fn pack(path: &Path) -> Result<Vec<u8>, BundleError> {
         .ok_or_else(|| BundleError::Pack("no [steps]".into()))?;
     for (name, spec) in &manifest.steps {
         let source = base.join(&spec.component);
-        let wasm = std::fs::read(&source).map_err(|e| {
-            BundleError::Pack(format!(
-                "step `{name}`: component {}: {e}",
-                source.display()
-            ))
-        })?;
+        let wasm = crate::files::read_regular(&source, crate::sandbox::MAX_COMPONENT_BYTES)
+            .map_err(|e| {
+                BundleError::Pack(format!(
+                    "step `{name}`: component {}: {e}",
+                    source.display()
+                ))
+            })?;
         let stem = source
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -546,7 +547,7 @@ fn collect_files(
                 .ok_or_else(|| BundleError::Pack("$file/$json must be a path string".into()))?;
             safe_path(relative)
                 .map_err(|reason| BundleError::Pack(format!("data file {relative:?}: {reason}")))?;
-            let data = std::fs::read(base.join(relative))
+            let data = crate::files::read_regular(&base.join(relative), MAX_UNPACKED_BYTES)
                 .map_err(|e| BundleError::Pack(format!("data file {relative:?}: {e}")))?;
             members.insert(relative.to_owned(), data);
         }

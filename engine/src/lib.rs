@@ -7,6 +7,7 @@
 pub mod allocator;
 pub mod bundle;
 pub mod cli;
+pub mod files;
 pub mod manifest;
 pub mod plan;
 pub mod policy;

@@ -300,7 +300,7 @@ impl Manifest {
         if size > MAX_MANIFEST_BYTES {
             return Err(ManifestError::TooLarge { path, size });
         }
-        let bytes = std::fs::read(&path).map_err(read_error)?;
+        let bytes = crate::files::read_regular(&path, MAX_MANIFEST_BYTES).map_err(read_error)?;
         let manifest = Self::parse(&bytes).map_err(|message| ManifestError::Syntax {
             path: path.clone(),
             message,

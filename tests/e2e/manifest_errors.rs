@@ -224,3 +224,39 @@ fn durations_too_long_to_add_to_a_clock_are_refused_at_parse_time() {
         run.stderr
     );
 }
+
+#[test]
+fn special_files_named_by_a_manifest_or_a_flag_are_refused_not_read() {
+    // A device as a component: `check` would read it without end.
+    let err = check_fails(&format!("{HEAD}[steps.a]\ncomponent = \"/dev/zero\"\n"));
+    assert!(err.contains("not a regular file (it is a device)"), "{err}");
+
+    // A FIFO as a data file: opening it would wait for a writer forever.
+    let p = Pipeline::new(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ \"$file\" = \"pipe\" }}\n"
+    ));
+    let made = std::process::Command::new("mkfifo")
+        .arg(p.dir.path().join("pipe"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let run = Cairn::new().run(&["check", p.path()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("it is a FIFO"), "{}", run.stderr);
+
+    // A device as a task's input file.
+    let run = Cairn::new().run(&[
+        "task",
+        "run",
+        crate::support::guest("echo").to_str().unwrap(),
+        "--input",
+        "@/dev/zero",
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("a device"), "{}", run.stderr);
+
+    // A device as a bundle.
+    let run = Cairn::new().run(&["bundle", "inspect", "/dev/zero"]);
+    assert_ne!(run.code, 0);
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+}

@@ -278,7 +278,7 @@ async fn plan(
     let (path, manifest) = Manifest::load(path).map_err(|e| fail(&e))?;
     screen(&manifest)?;
     // Hashed before planning, so the text is not held beside a big plan.
-    let source_hash = std::fs::read(&path)
+    let source_hash = crate::files::read_regular(&path, crate::manifest::MAX_MANIFEST_BYTES)
         .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
         .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
     let plan = Plan::build(&path, manifest, sandbox)

@@ -1,6 +1,6 @@
 //! `cairn task run` and `cairn task inspect`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,19 +247,20 @@ fn task_label(path: &Path) -> String {
         .unwrap_or_else(|| "task".into())
 }
 
+/// The largest input `--input` takes (a file or stdin).
+const MAX_INPUT_BYTES: u64 = 256 << 20;
+
 /// `None` when no input was given; otherwise the bytes of the literal, the
 /// file (`@path`) or stdin (`-`).
 fn read_input(spec: Option<&str>) -> Result<Option<Vec<u8>>, String> {
     let Some(spec) = spec else { return Ok(None) };
     if spec == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
+        let bytes = crate::files::read_capped(std::io::stdin().lock(), MAX_INPUT_BYTES)
             .map_err(|e| format!("cannot read the input from stdin: {e}"))?;
         return Ok(Some(bytes));
     }
     if let Some(path) = spec.strip_prefix('@') {
-        return std::fs::read(path)
+        return crate::files::read_regular(Path::new(path), MAX_INPUT_BYTES)
             .map(Some)
             .map_err(|e| format!("cannot read the input file {path}: {e}"));
     }

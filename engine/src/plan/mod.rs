@@ -903,7 +903,8 @@ fn read_data_file(sources: Sources<'_>, kind: &str, relative: &str) -> Result<St
                     ByteSize(MAX_INLINE_FILE)
                 ));
             }
-            std::fs::read_to_string(&path).map_err(|e| format!("{kind} {relative:?}: {e}"))
+            crate::files::read_regular_text(&path, MAX_INLINE_FILE)
+                .map_err(|e| format!("{kind} {relative:?}: {e}"))
         }
         Sources::Bundle { bundle, .. } => {
             let bytes = bundle

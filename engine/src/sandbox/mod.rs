@@ -174,6 +174,10 @@ impl SandboxConfig {
     }
 }
 
+/// The largest component file read (wasmtime's own component size limits
+/// apply after this).
+pub const MAX_COMPONENT_BYTES: u64 = 512 << 20;
+
 /// One request to run a loaded component.
 pub struct RunRequest<'a> {
     /// A task's JSON input document, or a command's stdin.
@@ -251,9 +255,11 @@ impl Sandbox {
 
     /// Load a component from a file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
+        let bytes = crate::files::read_regular(path, MAX_COMPONENT_BYTES).map_err(|source| {
+            LoadError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         self.load(&bytes)
     }
