@@ -87,3 +87,66 @@ fn output_that_cannot_be_written_is_a_clean_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn escape_sequences_a_task_writes_are_shown_escaped() {
+    let cairn = Cairn::new();
+    let hostile = "\u{1b}]0;pwned\u{7}\u{1b}[2J\r";
+    let env = format!("PAYLOAD={hostile}");
+    let p = Pipeline::new(
+        "name = \"noisy\"\n[steps.spill]\ncomponent = \"{wasm:hostile}\"\n\
+         input = { attack = \"spill-env\", name = \"PAYLOAD\" }\n\
+         grants = { env = [\"PAYLOAD\"] }\n",
+    );
+    // Through `task run`, `run` (log lines, stderr, the failure) and `runs logs`.
+    let task = cairn
+        .command()
+        .args([
+            "task",
+            "run",
+            guest("hostile").to_str().unwrap(),
+            "--input",
+            r#"{"attack":"spill-env","name":"PAYLOAD"}"#,
+            "--env",
+            &env,
+        ])
+        .output()
+        .unwrap();
+    let run = cairn
+        .command()
+        .args(["run", p.path()])
+        .env("PAYLOAD", hostile)
+        .output()
+        .unwrap();
+    let id = cairn.run(&["runs", "list", "--json"]).json()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logs = cairn.run(&["runs", "logs", &id]);
+    assert_eq!(logs.code, 0, "{}", logs.stderr);
+    assert!(logs.stdout.contains("pwned"), "{}", logs.stdout);
+    for (what, bytes) in [
+        ("task run stderr", &task.stderr),
+        ("task run stdout", &task.stdout),
+        ("run stderr", &run.stderr),
+        ("run stdout", &run.stdout),
+    ] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'),
+            "{what} passes control characters through: {text:?}"
+        );
+        if what.ends_with("stderr") {
+            assert!(
+                text.contains("\\u{1b}]0;pwned"),
+                "{what} shows them escaped: {text:?}"
+            );
+        }
+    }
+    assert!(
+        !logs.stdout.contains('\u{1b}') && !logs.stderr.contains('\u{1b}'),
+        "runs logs: {:?} {:?}",
+        logs.stdout,
+        logs.stderr
+    );
+}

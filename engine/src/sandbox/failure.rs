@@ -40,24 +40,57 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// The same failure with every secret in its messages masked.
+    /// The same failure with every secret in its messages masked and
+    /// their control characters escaped (a task writes these messages).
     pub fn redact(self, redactor: &super::Redactor) -> Self {
+        let clean = |message: String| printable(redactor.redact(message));
         match self {
             Failure::Task { kind, message } => Failure::Task {
                 kind,
-                message: redactor.redact(message),
+                message: clean(message),
             },
             Failure::Trap { message } => Failure::Trap {
-                message: redactor.redact(message),
+                message: clean(message),
             },
             Failure::Denied { message } => Failure::Denied {
-                message: redactor.redact(message),
+                message: clean(message),
             },
             Failure::InvalidOutput { message } => Failure::InvalidOutput {
-                message: redactor.redact(message),
+                message: clean(message),
             },
             other => other,
         }
+    }
+}
+
+/// `text` with every control character but newline and tab escaped
+/// (`\u{1b}`): text a task wrote reaches terminals, and an ANSI or OSC
+/// sequence, a carriage return or a NUL in it must not act on them.
+pub fn printable(text: String) -> String {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_are_escaped_but_lines_and_tabs_kept() {
+        let shown = super::printable("a\x1b[31mred\x1b]0;title\x07\0\rb\n\tc".to_owned());
+        assert_eq!(shown, "a\\u{1b}[31mred\\u{1b}]0;title\\u{7}\\u{0}\\rb\n\tc");
+        assert_eq!(super::printable("plain".to_owned()), "plain");
     }
 }
 

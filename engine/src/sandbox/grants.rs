@@ -225,6 +225,42 @@ impl Redactor {
         self.values.is_empty()
     }
 
+    /// The length of the longest value masked (0 if none).
+    pub fn longest(&self) -> usize {
+        self.values.first().map_or(0, String::len)
+    }
+
+    /// The first `cap` bytes of `bytes`, as text, with every secret masked
+    /// — including one that starts before `cap` and ends after it, so the
+    /// capture behind `bytes` must hold [`Self::longest`]` - 1` bytes more
+    /// than `cap`. Masking after cutting would show such a secret's start.
+    pub fn redact_prefix(&self, bytes: &[u8], cap: usize) -> String {
+        if self.values.is_empty() {
+            return String::from_utf8_lossy(&bytes[..cap.min(bytes.len())]).into_owned();
+        }
+        let mut out = Vec::with_capacity(cap.min(bytes.len()));
+        let mut i = 0;
+        while i < cap.min(bytes.len()) {
+            // Longest first, as in `redact`.
+            match self
+                .values
+                .iter()
+                .find(|v| bytes[i..].starts_with(v.as_bytes()))
+            {
+                Some(value) => {
+                    out.extend_from_slice(MASK.as_bytes());
+                    i += value.len();
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+        }
+        // A multi-byte character cut at `cap` becomes U+FFFD, not a panic.
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// `text` with every secret value replaced by [`MASK`].
     pub fn redact(&self, text: String) -> String {
         let mut text = text;
@@ -431,6 +467,31 @@ mod tests {
         );
         assert!(Redactor::default().is_empty());
         assert_eq!(Redactor::default().redact("abc".into()), "abc");
+    }
+
+    #[test]
+    fn a_secret_across_the_capture_cap_is_masked_whole() {
+        let secret = "S3CRET-abcdefghijklmnopq"; // 24 bytes
+        let r = Redactor::new([secret.to_owned()]);
+        assert_eq!(r.longest(), 24);
+        let cap = 64;
+        for start in 40..cap {
+            let mut raw = "x".repeat(start).into_bytes();
+            raw.extend_from_slice(secret.as_bytes());
+            raw.extend_from_slice(b"tail");
+            raw.truncate(cap + r.longest() - 1);
+            let shown = r.redact_prefix(&raw, cap);
+            assert!(!shown.contains("S3C"), "start {start}: {shown}");
+            assert!(shown.ends_with("***"), "start {start}: {shown}");
+        }
+        // Two secrets, the second starting just inside the extra capture.
+        let mut raw = secret.as_bytes().to_vec();
+        raw.extend("y".repeat(cap - secret.len() + 5).into_bytes());
+        raw.extend_from_slice(secret.as_bytes());
+        raw.truncate(cap + r.longest() - 1);
+        let shown = r.redact_prefix(&raw, cap);
+        assert!(!shown.contains("S3C"), "{shown}");
+        assert_eq!(Redactor::default().redact_prefix(b"abcdef", 3), "abc");
     }
 
     #[test]

@@ -83,7 +83,8 @@ pub struct TaskLog {
 }
 
 impl TaskLog {
-    /// Keep a line if the budget allows; returns the kept line.
+    /// Keep a line if the budget allows, its control characters escaped;
+    /// returns the kept line.
     pub fn push(&mut self, level: Level, mut message: String) -> Option<&LogLine> {
         if self.bytes >= MAX_LOG_BYTES {
             self.dropped += 1;
@@ -98,6 +99,8 @@ impl TaskLog {
             message.truncate(cut);
             message.push_str(&format!(" …[{extra} more bytes cut]"));
         }
+        // After the cut, so a flood of huge lines costs no more than it keeps.
+        let message = super::failure::printable(message);
         self.bytes += message.len();
         self.lines.push(LogLine { level, message });
         self.lines.last()
@@ -203,7 +206,7 @@ impl self::cairn::task::host::Host for RunState {
     }
 
     fn progress(&mut self, done: u64, total: u64, message: String) {
-        let mut message = self.redactor.redact(message);
+        let mut message = super::failure::printable(self.redactor.redact(message));
         message.truncate(message.floor_char_boundary(1024));
         if let Some(observer) = &self.observer {
             observer.progress(&Progress {

@@ -449,7 +449,7 @@ impl Sandbox {
         request: RunRequest<'_>,
     ) -> Result<Attempt, SandboxError> {
         let stdout = match loaded.kind {
-            ComponentKind::Task => CappedPipe::new(STDIO_LOG_CAP, WhenFull::Discard),
+            ComponentKind::Task => log_pipe(request.grants),
             ComponentKind::Command => {
                 let cap = usize::try_from(request.limits.output.bytes()).unwrap_or(usize::MAX);
                 CappedPipe::new(cap, WhenFull::Refuse)
@@ -492,8 +492,8 @@ impl Sandbox {
         request: &RunRequest<'_>,
         stdout: Option<CappedPipe>,
     ) -> Result<PreparedRun, SandboxError> {
-        let stdout = stdout.unwrap_or_else(|| CappedPipe::new(STDIO_LOG_CAP, WhenFull::Discard));
-        let stderr = CappedPipe::new(STDIO_LOG_CAP, WhenFull::Discard);
+        let stdout = stdout.unwrap_or_else(|| log_pipe(request.grants));
+        let stderr = log_pipe(request.grants);
         let grants = request.grants;
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
@@ -591,6 +591,14 @@ impl Sandbox {
     }
 }
 
+/// A task's stdout or stderr, kept as logs: [`STDIO_LOG_CAP`] bytes, plus
+/// enough to see whole any secret that starts before the cap (see
+/// [`grants::Redactor::redact_prefix`]).
+fn log_pipe(grants: &Grants) -> CappedPipe {
+    let margin = grants.redactor().longest().saturating_sub(1);
+    CappedPipe::new(STDIO_LOG_CAP + margin, WhenFull::Discard)
+}
+
 /// Open `dir` as [`grants::open_granted_dir`] does and preopen it at `guest`.
 fn preopen_granted(
     wasi: &mut WasiCtxBuilder,
@@ -635,9 +643,7 @@ impl PreparedRun {
         let fuel_used = limits.fuel.saturating_sub(remaining);
         // Masked whole, before they are cut into lines: a secret may span lines.
         let redactor = &self.store.data().redactor;
-        let text = |pipe: &CappedPipe| {
-            redactor.redact(String::from_utf8_lossy(&pipe.contents()).into_owned())
-        };
+        let text = |pipe: &CappedPipe| redactor.redact_prefix(&pipe.contents(), STDIO_LOG_CAP);
         let stderr_text = text(&self.stderr);
         let stdout_text = (kind == ComponentKind::Task).then(|| text(&self.stdout));
         for line in stdout_text.iter().flat_map(|t| t.lines()) {
@@ -665,7 +671,7 @@ impl PreparedRun {
         };
         let state = self.store.data_mut();
         let result = match result {
-            Err(failure) if !state.redactor.is_empty() => Err(failure.redact(&state.redactor)),
+            Err(failure) => Err(failure.redact(&state.redactor)),
             other => other,
         };
         Attempt {
