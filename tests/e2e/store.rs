@@ -263,6 +263,19 @@ fn crash_and_resume(line: &str, finished: usize) {
     assert_eq!(report["output"], clean["output"]);
     let shown = cairn.run(&["runs", "show", &run_id, "--json"]);
     assert_eq!(shown.json()["run"]["status"], "succeeded");
+    let lineage = cairn.run(&["lineage", &run_id]).json();
+    let mut jobs: Vec<&str> = lineage
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["job"]["name"].as_str().unwrap())
+        .collect();
+    jobs.sort_unstable();
+    assert_eq!(
+        jobs,
+        ["s0", "s1", "s2", "s3", "s4", "s5"],
+        "each step once in the lineage of a resumed run"
+    );
 }
 
 #[test]

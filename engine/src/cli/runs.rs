@@ -883,6 +883,9 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
         Err(code) => return code,
     };
     let mut out = Vec::new();
+    // A resumed run journals again the steps it took from its own journal:
+    // a step's lineage is its first success, the one that produced it.
+    let mut seen = std::collections::HashSet::new();
     for event in &events {
         let JournalEvent::StepSucceeded {
             at_ms,
@@ -894,6 +897,9 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
         else {
             continue;
         };
+        if !seen.insert(step.as_str()) {
+            continue;
+        }
         let mut inputs = Vec::new();
         let mut components = Vec::new();
         for key in keys {
