@@ -553,3 +553,35 @@ fn a_full_disk_under_the_events_file_warns_once_and_the_run_goes_on() {
         run.stderr
     );
 }
+
+#[test]
+fn an_input_that_would_copy_a_large_output_too_often_is_refused_before_it_is_built() {
+    // `big` returns 8 MiB; `fan` references it 40 times (320 MiB of input).
+    let mut manifest = String::from(
+        "name = \"amplify\"\n[steps.big]\ncomponent = \"{wasm:echo}\"\n\
+         input = { \"$file\" = \"big.txt\" }\n\
+         [steps.fan]\ncomponent = \"{wasm:echo}\"\n[steps.fan.input]\n",
+    );
+    for i in 0..40 {
+        manifest.push_str(&format!("a{i} = \"${{big}}\"\n"));
+    }
+    let p = Pipeline::new(&manifest);
+    p.file("big.txt", &"x".repeat(8 << 20));
+    let run = Cairn::new().run(&["run", p.path(), "--json"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    let report = run.json();
+    assert_eq!(
+        step(&report, "big")["status"],
+        "succeeded",
+        "{}",
+        run.stderr
+    );
+    let fan = step(&report, "fan");
+    assert_eq!(fan["status"], "failed");
+    assert_eq!(fan["attempts"], 0, "nothing ran: {fan}");
+    let message = fan["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the step's input would be more than 256.0 MiB"),
+        "{message}"
+    );
+}

@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 
 use crate::plan::template::{Reference, Resolve, Source, lookup, truthy};
 use crate::plan::{Plan, Step, StepId};
+use crate::sandbox::ByteSize;
 use crate::sandbox::grants::Scratch;
 use crate::sandbox::{
     Attempt, ComponentKind, FailureClass, LogLine, Observer, Progress, RunRequest, Sandbox,
@@ -552,11 +553,47 @@ struct Run<E: Executor> {
     unflushed: Vec<StepId>,
 }
 
+/// The most bytes of input one step's references may render, over all its
+/// elements: one large output referenced many times (or mapped over) must
+/// not take the host's memory with it.
+pub const MAX_STEP_INPUT: u64 = 256 << 20;
+
 /// Resolves references against finished steps' outputs (and the mapped item).
 struct Outputs<'a> {
     plan: &'a Plan,
     reports: &'a [StepReport],
     item: Option<(&'a Value, usize)>,
+    /// Encoded bytes resolved so far, checked against `MAX_STEP_INPUT`
+    /// before a value is copied.
+    spent: &'a std::cell::Cell<u64>,
+}
+
+impl Outputs<'_> {
+    /// A copy of `value`, if the step's input budget still allows it.
+    fn take(&self, reference: &Reference, value: &Value) -> Result<Value, String> {
+        struct Count(u64);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len() as u64;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut size = Count(0);
+        serde_json::to_writer(&mut size, value).expect("a JSON value always encodes");
+        let spent = self.spent.get().saturating_add(size.0);
+        if spent > MAX_STEP_INPUT {
+            return Err(format!(
+                "{reference}: the step's input would be more than {} (references to large outputs \
+                 are copied each time; pass a smaller part, or split the step)",
+                ByteSize(MAX_STEP_INPUT)
+            ));
+        }
+        self.spent.set(spent);
+        Ok(value.clone())
+    }
 }
 
 impl Resolve for Outputs<'_> {
@@ -571,17 +608,17 @@ impl Resolve for Outputs<'_> {
                     .output
                     .as_deref()
                     .ok_or_else(|| format!("{reference}: `{name}` has no output"))?;
-                lookup(output, &reference.path)
-                    .cloned()
-                    .map_err(|e| format!("{reference}: {e}"))
+                let value =
+                    lookup(output, &reference.path).map_err(|e| format!("{reference}: {e}"))?;
+                self.take(reference, value)
             }
             Source::Item => {
                 let (item, _) = self
                     .item
                     .ok_or_else(|| format!("{reference}: not in a mapped step"))?;
-                lookup(item, &reference.path)
-                    .cloned()
-                    .map_err(|e| format!("{reference}: {e}"))
+                let value =
+                    lookup(item, &reference.path).map_err(|e| format!("{reference}: {e}"))?;
+                self.take(reference, value)
             }
             Source::Index => {
                 let (_, index) = self
@@ -594,11 +631,13 @@ impl Resolve for Outputs<'_> {
 }
 
 impl<E: Executor> Run<E> {
-    fn outputs(&self) -> Outputs<'_> {
+    /// A resolver with a budget of its own (`spent`).
+    fn outputs<'a>(&'a self, spent: &'a std::cell::Cell<u64>) -> Outputs<'a> {
         Outputs {
             plan: &self.plan,
             reports: &self.reports,
             item: None,
+            spent,
         }
     }
 
@@ -627,7 +666,7 @@ impl<E: Executor> Run<E> {
             // A value that is not there is false: `when = "${x.items.9}"`
             // reads "when x has a tenth item".
             let value = self
-                .outputs()
+                .outputs(&Default::default())
                 .resolve(&condition.reference)
                 .unwrap_or(Value::Null);
             if truthy(&value) == condition.negate {
@@ -646,7 +685,7 @@ impl<E: Executor> Run<E> {
         }
         let items: Vec<Option<(Value, usize)>> = match &step.map {
             None => vec![None],
-            Some(list) => match self.outputs().resolve(list) {
+            Some(list) => match self.outputs(&Default::default()).resolve(list) {
                 Ok(Value::Array(items)) => items
                     .into_iter()
                     .enumerate()
@@ -661,10 +700,11 @@ impl<E: Executor> Run<E> {
             },
         };
         let mut inputs = Vec::with_capacity(items.len());
+        let spent = std::cell::Cell::new(0);
         for item in &items {
             let resolver = Outputs {
                 item: item.as_ref().map(|(v, i)| (v, *i)),
-                ..self.outputs()
+                ..self.outputs(&spent)
             };
             match step.input.render(&resolver) {
                 Ok(value) => inputs.push(encode_input(step, value)),
@@ -943,7 +983,7 @@ impl<E: Executor> Run<E> {
 
     fn pipeline_output(&self) -> Option<Value> {
         match &self.plan.output {
-            Some(template) => match template.render(&self.outputs()) {
+            Some(template) => match template.render(&self.outputs(&Default::default())) {
                 Ok(value) => Some(value),
                 Err(e) => {
                     tracing::warn!("the pipeline output cannot be built: {e}");
