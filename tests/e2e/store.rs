@@ -676,3 +676,54 @@ fn runs_list_filters_by_pipeline_and_status_and_limits() {
         bad.stderr
     );
 }
+
+#[test]
+fn map_elements_reported_finished_are_not_run_again_after_kill_9() {
+    let items: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let p = Pipeline::new(&format!(
+        "name = \"mapped\"\n[defaults]\nfuel = 100_000_000_000\ncache = \"off\"\n\
+         [steps.list]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ items = [{}] }}\n\
+         [steps.fan]\ncomponent = \"{{wasm:burn}}\"\nmap = \"${{list.items}}\"\n\
+         input = {{ rounds = 30_000_000, seed = \"${{item}}\" }}\n",
+        items.join(",")
+    ));
+    let cairn = Cairn::new();
+    // The event stream on stdout: kill as soon as four elements are reported.
+    let mut child = cairn
+        .command()
+        .args(["run", p.path(), "--jobs", "1", "--events", "/dev/stdout"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut events = BufReader::new(child.stdout.take().unwrap());
+    let (mut run_id, mut reported) = (String::new(), 0);
+    let mut line = String::new();
+    while reported < 4 {
+        line.clear();
+        assert_ne!(
+            events.read_line(&mut line).unwrap(),
+            0,
+            "the run ended early"
+        );
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "run-started" {
+            run_id = event["run"].as_str().unwrap().to_owned();
+        }
+        if event["event"] == "item-finished" {
+            reported += 1;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let resumed = cairn.run(&["resume", &run_id, "--json"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let report = resumed.json();
+    let fan = step(&report, "fan");
+    assert_eq!(fan["status"], "succeeded");
+    assert!(
+        fan["reused"].as_u64().unwrap() >= 4,
+        "the {reported} elements reported before the kill ran again: {fan}"
+    );
+}

@@ -425,10 +425,7 @@ async fn drive<E: Executor>(
     tokio::pin!(cancel);
     let mut cancelled = false;
     // The group commit being made durable, and the steps it will release.
-    let mut in_flight: Option<(
-        tokio::sync::oneshot::Receiver<Result<(), ledger::LedgerError>>,
-        Vec<StepId>,
-    )> = None;
+    let mut in_flight: Option<Commit> = None;
     // Set once the store has failed to make something durable.
     let mut store_error: Option<ledger::LedgerError> = None;
     loop {
@@ -461,8 +458,8 @@ async fn drive<E: Executor>(
                 let gone = || run.ledger.as_ref().expect("commits need a ledger").writer_gone();
                 match durable.unwrap_or_else(|_| Err(gone())) {
                     Ok(()) => {
-                        for id in steps {
-                            run.announce(id);
+                        for finished in steps {
+                            run.announce_durable(finished);
                         }
                     }
                     // Nothing that is not durable is reported done: the
@@ -470,8 +467,12 @@ async fn drive<E: Executor>(
                     // journal ends at the last durable batch (resumable
                     // once the store can write again).
                     Err(e) => {
-                        for id in steps {
-                            run.not_durable(id, &e);
+                        for finished in steps {
+                            // An element that is not durable is simply not
+                            // reported; its step is cancelled with the run.
+                            if let Finished::Step(id) = finished {
+                                run.not_durable(id, &e);
+                            }
                         }
                         run.stop = true;
                         run.ready.clear();
@@ -548,10 +549,26 @@ struct Run<E: Executor> {
     /// Set by fail-fast: start nothing more.
     stop: bool,
     ledger: Option<Arc<Ledger>>,
-    /// Finished steps whose journal record awaits the next group commit;
-    /// they are announced (and release their dependents) only after it.
-    unflushed: Vec<StepId>,
+    /// Finished steps and map elements whose journal records await the
+    /// next group commit; they are announced (and steps release their
+    /// dependents) only after it.
+    unflushed: Vec<Finished>,
 }
+
+/// Something finished whose announcement waits for its journal record.
+#[derive(Debug, Clone, Copy)]
+enum Finished {
+    Step(StepId),
+    /// One element of a mapped step: a resume must not run it again once
+    /// it was reported.
+    Item(StepId, usize),
+}
+
+/// A group commit in flight, and what it will let be announced.
+type Commit = (
+    tokio::sync::oneshot::Receiver<Result<(), ledger::LedgerError>>,
+    Vec<Finished>,
+);
 
 /// The most bytes of input one step's references may render, over all its
 /// elements: one large output referenced many times (or mapped over) must
@@ -773,6 +790,7 @@ impl<E: Executor> Run<E> {
         let state = &mut self.states[id];
         state.items_left -= 1;
         state.keys[done.index.unwrap_or(0)] = Some(done.key);
+        let executed = done.reused.is_none();
         match done.reused {
             None => state.executed = true,
             Some(source) => {
@@ -784,10 +802,17 @@ impl<E: Executor> Run<E> {
             (Ok(value), None) => report.output = Some(Arc::new(value)),
             (Ok(value), Some(i)) => {
                 state.items[i] = Some(value);
-                self.observer.event(Event::ItemFinished {
-                    step: &self.plan.steps[id],
-                    index: i,
-                });
+                // An executed element is reported once its record is
+                // durable, like a step: a resume then re-runs nothing that
+                // was reported finished.
+                if executed && self.ledger.is_some() {
+                    self.unflushed.push(Finished::Item(id, i));
+                } else {
+                    self.observer.event(Event::ItemFinished {
+                        step: &self.plan.steps[id],
+                        index: i,
+                    });
+                }
             }
             (Err(failure), index) => {
                 let failure = match index {
@@ -876,7 +901,7 @@ impl<E: Executor> Run<E> {
             if matches!(report.status, StepStatus::Failed(_))
                 || (report.status == StepStatus::Succeeded && executed)
             {
-                self.unflushed.push(id);
+                self.unflushed.push(Finished::Step(id));
                 return;
             }
         }
@@ -886,25 +911,30 @@ impl<E: Executor> Run<E> {
     /// Start a group commit of every finished step not yet durable; the
     /// caller announces them when the returned receiver fires. Without a
     /// ledger there is nothing to wait for: they are announced at once.
-    #[allow(clippy::type_complexity)]
-    fn commit(
-        &mut self,
-    ) -> Option<(
-        tokio::sync::oneshot::Receiver<Result<(), ledger::LedgerError>>,
-        Vec<StepId>,
-    )> {
+    fn commit(&mut self) -> Option<Commit> {
         if self.unflushed.is_empty() {
             return None;
         }
-        let steps = std::mem::take(&mut self.unflushed);
+        let finished = std::mem::take(&mut self.unflushed);
         match &self.ledger {
-            Some(ledger) => Some((ledger.commit(), steps)),
+            Some(ledger) => Some((ledger.commit(), finished)),
             None => {
-                for id in steps {
-                    self.announce(id);
+                for f in finished {
+                    self.announce_durable(f);
                 }
                 None
             }
+        }
+    }
+
+    /// Announce what a group commit made durable.
+    fn announce_durable(&mut self, finished: Finished) {
+        match finished {
+            Finished::Step(id) => self.announce(id),
+            Finished::Item(id, index) => self.observer.event(Event::ItemFinished {
+                step: &self.plan.steps[id],
+                index,
+            }),
         }
     }
 
