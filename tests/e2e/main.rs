@@ -17,6 +17,7 @@ mod pipelines;
 mod policy;
 mod sandbox_denials;
 mod sandbox_limits;
+mod sandbox_scratch;
 mod schedule_faults;
 mod secrets;
 mod store;

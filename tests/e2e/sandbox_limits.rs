@@ -221,3 +221,35 @@ fn a_signal_stops_a_task_blocked_in_a_host_call() {
         assert!(rest.contains("interrupted: the task was stopped"), "{rest}");
     }
 }
+
+#[test]
+fn a_task_cannot_hold_more_than_its_share_of_file_descriptors() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, "x").unwrap();
+    let input = format!(
+        r#"{{"attack":"hold-open","path":"{}","count":5000}}"#,
+        file.display()
+    );
+    let (run, report) = cairn.task_json(
+        &guest("hostile"),
+        &input,
+        &["--allow-read", dir.path().to_str().unwrap()],
+    );
+    // Past the cap the guest's open fails or the attempt traps; either way
+    // it holds at most the cap, and the host carries on.
+    match report["output"].as_u64() {
+        Some(held) => {
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            assert!(held < 1024, "held {held} descriptors");
+        }
+        None => {
+            assert_failed(&report, &run, "trap", 15);
+            let message = report["failure"]["message"].as_str().unwrap();
+            assert!(message.contains("more than 1024 resources"), "{message}");
+        }
+    }
+    let (again, _) = cairn.task_json(&guest("echo"), r#"{"still":"fine"}"#, &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+}

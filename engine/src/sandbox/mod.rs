@@ -26,6 +26,7 @@ pub mod grants;
 pub mod host;
 pub mod limits;
 pub mod pipe;
+pub mod scratch;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +49,8 @@ use host::{CairnTaskPre, MemoryCap, RunState};
 pub use host::{Descriptor, Level, LogLine, Observer, Progress, TaskLog};
 pub use limits::{ByteSize, Limits};
 use pipe::{CappedPipe, WhenFull};
+use scratch::ScratchFull;
+pub use scratch::ScratchQuota;
 
 /// How often the epoch advances; the granularity of timeouts and of yields
 /// back to the async runtime while a task computes.
@@ -160,6 +163,8 @@ pub struct SandboxConfig {
     /// Where managed scratch directories are made, one per attempt that
     /// asks for one (`cairn` uses `scratch/` in its store).
     pub scratch_root: PathBuf,
+    /// How much one managed scratch directory may hold.
+    pub scratch_quota: ScratchQuota,
 }
 
 impl SandboxConfig {
@@ -170,6 +175,7 @@ impl SandboxConfig {
         Self {
             max_instances: (cores * 4).clamp(8, 256),
             scratch_root: std::env::temp_dir().join("cairn-scratch"),
+            scratch_quota: ScratchQuota::default(),
         }
     }
 }
@@ -222,6 +228,7 @@ pub struct Sandbox {
     fingerprint: u64,
     loaded: Mutex<HashMap<blake3::Hash, Arc<LoadedComponent>>>,
     scratch_root: PathBuf,
+    scratch_quota: ScratchQuota,
 }
 
 impl Sandbox {
@@ -230,7 +237,7 @@ impl Sandbox {
         config: SandboxConfig,
         artifacts: Arc<dyn ArtifactStore>,
     ) -> Result<Self, SandboxError> {
-        let scratch_root = config.scratch_root.clone();
+        let (scratch_root, scratch_quota) = (config.scratch_root.clone(), config.scratch_quota);
         let engine = Engine::new(&engine_config(config))
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -250,6 +257,7 @@ impl Sandbox {
             fingerprint,
             loaded: Mutex::new(HashMap::new()),
             scratch_root,
+            scratch_quota,
         })
     }
 
@@ -541,7 +549,7 @@ impl Sandbox {
         let memory_cap = usize::try_from(request.limits.memory.bytes()).unwrap_or(usize::MAX);
         let state = RunState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: resource_table(),
             memory: MemoryCap::new(memory_cap),
             log: TaskLog::default(),
             observer: request.observer.clone(),
@@ -555,19 +563,28 @@ impl Sandbox {
         let started = Instant::now();
         let deadline = started + request.limits.timeout;
         store.set_epoch_deadline(1);
+        let mut watched = scratch
+            .as_ref()
+            .map(|dir| (dir.path().to_owned(), self.scratch_quota, 0u64));
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Err(wasmtime::Error::new(DeadlineExceeded));
             }
+            if let Some((dir, quota, ticks)) = watched.as_mut() {
+                *ticks += 1;
+                if *ticks % scratch::CHECK_EVERY == 0 {
+                    quota.check(dir).map_err(wasmtime::Error::new)?;
+                }
+            }
+            Ok(UpdateDeadline::Yield(1))
         });
+        let scratch = scratch.map(|dir| (dir, self.scratch_quota));
         Ok(PreparedRun {
             store,
             stdout,
             stderr,
             started,
-            _scratch: scratch,
+            scratch,
         })
     }
 
@@ -589,6 +606,18 @@ impl Sandbox {
             .tempdir_in(root)
             .map_err(fail)
     }
+}
+
+/// Most resources (open files and directories, streams, pollables) one
+/// attempt may hold at once. Each open file is a host file descriptor, and
+/// descriptors are shared by every attempt in the process: without a cap
+/// one guest opening files in its read grant starves its neighbours.
+pub const MAX_RESOURCES_PER_ATTEMPT: usize = 1024;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES_PER_ATTEMPT);
+    table
 }
 
 /// A task's stdout or stderr, kept as logs: [`STDIO_LOG_CAP`] bytes, plus
@@ -629,8 +658,9 @@ struct PreparedRun {
     stdout: CappedPipe,
     stderr: CappedPipe,
     started: Instant,
-    /// A managed scratch directory, removed when the attempt is over.
-    _scratch: Option<tempfile::TempDir>,
+    /// A managed scratch directory and its quota; removed when the attempt
+    /// is over.
+    scratch: Option<(tempfile::TempDir, ScratchQuota)>,
 }
 
 impl PreparedRun {
@@ -668,6 +698,15 @@ impl PreparedRun {
             Ok(Ok(Err(status))) => self
                 .command_result(status, limits, &stderr_text)
                 .and_then(T::from_stdout),
+        };
+        // What the task leaves in its scratch is checked exactly: a burst
+        // after the last periodic check cannot pass the quota unseen.
+        let result = match (&self.scratch, result) {
+            (Some((dir, quota)), Ok(value)) => match quota.check(dir.path()) {
+                Ok(()) => Ok(value),
+                Err(full) => Err(Failure::Denied { message: full.0 }),
+            },
+            (_, result) => result,
         };
         let state = self.store.data_mut();
         let result = match result {
@@ -737,6 +776,11 @@ impl PreparedRun {
         if trap == Some(&wasmtime::Trap::OutOfFuel) {
             return Failure::OutOfFuel { limit: limits.fuel };
         }
+        if let Some(full) = error.downcast_ref::<ScratchFull>() {
+            return Failure::Denied {
+                message: full.0.clone(),
+            };
+        }
         if error.is::<DeadlineExceeded>() || duration >= limits.timeout {
             return Failure::Timeout {
                 limit: limits.timeout,
@@ -759,6 +803,16 @@ impl PreparedRun {
                 "stack overflow (the task recursed too deeply)".to_owned()
             }
             Some(trap) => trap.to_string(),
+            None if error.chain().any(|e| {
+                e.downcast_ref::<wasmtime::component::ResourceTableError>()
+                    .is_some()
+            }) =>
+            {
+                format!(
+                    "the task held more than {MAX_RESOURCES_PER_ATTEMPT} resources at once \
+                     (open files, directories, streams); close what it no longer needs"
+                )
+            }
             None => format!("{error:#}"),
         };
         if let Some(tail) = tail(stderr) {

@@ -54,6 +54,12 @@ enum Attack {
     WriteFile { path: String },
     /// Read a file at a path given in the input (tests read grants).
     ReadFile { path: String },
+    /// Write `files` files of `bytes` bytes each into the scratch directory
+    /// (`CAIRN_SCRATCH`); returns how many were written (tests its quota).
+    FillScratch { files: usize, bytes: usize },
+    /// Open the file at `path` `count` times, keeping every handle; returns
+    /// how many opens succeeded (tests the per-attempt descriptor cap).
+    HoldOpen { path: String, count: usize },
     /// Spill the environment variable `name` everywhere the host listens:
     /// a log line, stderr, progress, then an error message (tests masking).
     SpillEnv { name: String },
@@ -165,6 +171,25 @@ fn attack_with(attack: Attack) -> Result<Vec<u8>, TaskError> {
             Ok(json(path.into()))
         }
         Attack::ReadFile { path } => Ok(json(std::fs::read_to_string(&path)?.into())),
+        Attack::FillScratch { files, bytes } => {
+            let dir = std::env::var("CAIRN_SCRATCH").map_err(|e| TaskError::fatal(e.to_string()))?;
+            let block = vec![b's'; bytes];
+            for i in 0..files {
+                std::fs::write(format!("{dir}/f{i}"), &block)?;
+                cairn_sdk::log(Level::Info, &format!("wrote {}", i + 1));
+            }
+            Ok(json(files.into()))
+        }
+        Attack::HoldOpen { path, count } => {
+            let mut held = Vec::new();
+            for _ in 0..count {
+                match std::fs::File::open(&path) {
+                    Ok(file) => held.push(file),
+                    Err(_) => break,
+                }
+            }
+            Ok(json(held.len().into()))
+        }
         Attack::SpillEnv { name } => {
             let value = std::env::var(&name).unwrap_or_default();
             cairn_sdk::log(Level::Info, &format!("connecting with {name}={value}"));
