@@ -260,3 +260,21 @@ fn special_files_named_by_a_manifest_or_a_flag_are_refused_not_read() {
     assert_ne!(run.code, 0);
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
+
+#[test]
+fn an_error_quoting_a_huge_value_is_cut() {
+    let long = "p".repeat(20 << 20);
+    let p = Pipeline::new(&format!("{HEAD}[steps.a]\ncomponent = \"{long}.wasm\"\n"));
+    let run = Cairn::new().run(&["check", p.path()]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.len() < 64 << 10,
+        "{} bytes of stderr for one problem",
+        run.stderr.len()
+    );
+    assert!(
+        run.stderr.contains("bytes of this message cut"),
+        "{}",
+        &run.stderr[..200]
+    );
+}

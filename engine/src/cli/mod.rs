@@ -326,8 +326,26 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn report_error(message: &str) -> u8 {
-    say!("error: {message}");
+    print_error(message);
     EXIT_ERROR
+}
+
+/// Print `error: <message>`, cut to a readable length: a message that
+/// quotes untrusted input (a 20 MB path in a manifest) must not repeat all
+/// of it.
+fn print_error(message: impl std::fmt::Display) {
+    const MAX: usize = 4096;
+    let text = message.to_string();
+    if text.len() <= MAX {
+        say!("error: {text}");
+    } else {
+        let end = text.floor_char_boundary(MAX);
+        say!(
+            "error: {}… ({} more bytes of this message cut)",
+            &text[..end],
+            text.len() - end
+        );
+    }
 }
 
 /// The process's sandbox, with its artifact cache under the store directory.

@@ -176,8 +176,8 @@ fn refuse(denials: &[Denial], policy: &Policy, pipeline: &str, store: &Path) -> 
     }
     for d in denials {
         match &d.step {
-            Some(step) => say!("error: step `{step}`: {}", d.message),
-            None => say!("error: {}", d.message),
+            Some(step) => super::print_error(format_args!("step `{step}`: {}", d.message)),
+            None => super::print_error(&d.message),
         }
     }
     Err(super::report_error(&format!(
@@ -239,12 +239,12 @@ async fn plan(
         None => Ok(()),
     };
     let fail = |e: &dyn std::fmt::Display| {
-        say!("error: {e}");
+        super::print_error(e);
         EXIT_ERROR
     };
     let report = |errors: crate::plan::PlanErrors, shown: &Path| {
         for error in &errors.0 {
-            say!("error: {error}");
+            super::print_error(error);
         }
         let n = errors.0.len();
         say!(

@@ -118,7 +118,7 @@ pub async fn execute(command: TaskCommand, store: &Path) -> u8 {
         TaskCommand::Inspect(args) => inspect(args, store).await,
     };
     result.unwrap_or_else(|message| {
-        say!("error: {message}");
+        super::print_error(message);
         EXIT_ERROR
     })
 }
