@@ -407,3 +407,41 @@ fn a_host_scratch_directory_needs_an_allow_scratch_prefix_it_resolves_under() {
     let run = attempt(&host.at("work/job/../../outside"));
     assert_eq!(run.code, 1, "{}", run.stderr);
 }
+
+#[test]
+fn a_link_a_task_planted_in_its_scratch_is_checked_where_it_points_when_granted_later() {
+    let host = Host::new();
+    let work = host.at("allowed/work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(
+        host.policy(),
+        format!(
+            "[default]\nmax_memory = \"1GiB\"\nallow_read = [\"{}\"]\nallow_scratch = [\"{}\"]\n",
+            host.at("allowed").display(),
+            work.display()
+        ),
+    )
+    .unwrap();
+    // Run 1: a task with the host scratch plants a relative link that
+    // climbs out of the allowed prefix once it is granted as a root.
+    let plant = Pipeline::new(&format!(
+        "name = \"plant\"\n[steps.plant]\ncomponent = \"{{wasm:hostile}}\"\n\
+         input = {{ attack = \"symlink\", target = \"../../outside\", link = \"{}/escape\" }}\n\
+         grants = {{ scratch = \"{}\" }}\n",
+        work.display(),
+        work.display()
+    ));
+    let run = host
+        .cairn
+        .run(&["run", plant.path(), "--policy", &host.policy()]);
+    // The sandbox lets a task make such a link (it guards what the task
+    // reaches through links, not what they say), so it is there now.
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_link(work.join("escape")).unwrap(),
+        Path::new("../../outside")
+    );
+    // Run 2: another pipeline asks to read through it.
+    let p = host.reader(work.join("escape").to_str().unwrap(), &host.at("outside"));
+    host.assert_refused(p.path(), &host.at("outside"));
+}

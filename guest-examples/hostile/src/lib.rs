@@ -57,6 +57,9 @@ enum Attack {
     /// Write `files` files of `bytes` bytes each into the scratch directory
     /// (`CAIRN_SCRATCH`); returns how many were written (tests its quota).
     FillScratch { files: usize, bytes: usize },
+    /// Make a symbolic link at `link` pointing to `target` (tests links a
+    /// task leaves behind in a directory it may write).
+    Symlink { target: String, link: String },
     /// Open the file at `path` `count` times, keeping every handle; returns
     /// how many opens succeeded (tests the per-attempt descriptor cap).
     HoldOpen { path: String, count: usize },
@@ -179,6 +182,20 @@ fn attack_with(attack: Attack) -> Result<Vec<u8>, TaskError> {
                 cairn_sdk::log(Level::Info, &format!("wrote {}", i + 1));
             }
             Ok(json(files.into()))
+        }
+        Attack::Symlink { target, link } => {
+            let c = |s: &str| {
+                std::ffi::CString::new(s).map_err(|e| TaskError::fatal(e.to_string()))
+            };
+            let (target_c, link_c) = (c(&target)?, c(&link)?);
+            // SAFETY: both are valid NUL-terminated strings for the call.
+            if unsafe { libc::symlink(target_c.as_ptr(), link_c.as_ptr()) } != 0 {
+                return Err(TaskError::fatal(format!(
+                    "symlink {link} -> {target}: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            Ok(json(link.into()))
         }
         Attack::HoldOpen { path, count } => {
             let mut held = Vec::new();
