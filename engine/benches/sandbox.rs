@@ -67,21 +67,38 @@ fn compile_and_load(c: &mut Criterion) {
         group.bench_function(format!("compile-cold/{name}"), |b| {
             b.iter(|| {
                 // A fresh sandbox each time: nothing in memory, nothing on disk.
-                let sandbox =
-                    Sandbox::new(SandboxConfig { max_instances: 8 }, Arc::new(NoArtifacts))
-                        .unwrap();
+                let sandbox = Sandbox::new(
+                    SandboxConfig {
+                        max_instances: 8,
+                        ..SandboxConfig::for_this_machine()
+                    },
+                    Arc::new(NoArtifacts),
+                )
+                .unwrap();
                 sandbox.load(&wasm).unwrap()
             })
         });
         let artifacts = Arc::new(DirArtifactStore::open(dir.path()).unwrap());
-        Sandbox::new(SandboxConfig { max_instances: 8 }, artifacts.clone())
-            .unwrap()
-            .load(&wasm)
-            .unwrap();
+        Sandbox::new(
+            SandboxConfig {
+                max_instances: 8,
+                ..SandboxConfig::for_this_machine()
+            },
+            artifacts.clone(),
+        )
+        .unwrap()
+        .load(&wasm)
+        .unwrap();
         group.bench_function(format!("load-from-artifact-cache/{name}"), |b| {
             b.iter(|| {
-                let sandbox =
-                    Sandbox::new(SandboxConfig { max_instances: 8 }, artifacts.clone()).unwrap();
+                let sandbox = Sandbox::new(
+                    SandboxConfig {
+                        max_instances: 8,
+                        ..SandboxConfig::for_this_machine()
+                    },
+                    artifacts.clone(),
+                )
+                .unwrap();
                 let loaded = sandbox.load(&wasm).unwrap();
                 assert_eq!(loaded.source, cairn::sandbox::CodeSource::ArtifactCache);
                 loaded

@@ -175,7 +175,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(
         SandboxConfig::for_this_machine(),
-        Arc::new(DirArtifactStore::open(&dir.path().join("artifacts")).unwrap()),
+        Arc::new(DirArtifactStore::open(dir.path().join("artifacts")).unwrap()),
     )
     .unwrap();
     let (path, loaded) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
