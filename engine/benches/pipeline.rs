@@ -134,6 +134,7 @@ async fn run_with<E: Executor>(
     let options = RunOptions {
         jobs,
         fail_fast: false,
+        ..RunOptions::default()
     };
     let report = schedule::run(
         plan,
@@ -160,6 +161,7 @@ async fn run<E: Executor>(plan: Arc<Plan>, executor: Arc<E>, jobs: usize) {
     let options = RunOptions {
         jobs,
         fail_fast: false,
+        ..RunOptions::default()
     };
     let report = schedule::run(
         plan,

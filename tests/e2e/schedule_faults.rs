@@ -51,6 +51,7 @@ async fn a_unit_of_work_that_panics_fails_its_step_and_the_run() {
     let options = RunOptions {
         jobs: 2,
         fail_fast: false,
+        ..RunOptions::default()
     };
     let report = schedule::run(
         plan,
@@ -200,6 +201,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
         RunOptions {
             jobs: 1,
             fail_fast: false,
+            ..RunOptions::default()
         },
         Arc::new(Silent),
         Some(ledger),
@@ -234,4 +236,63 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
             "{name} was reported succeeded but is not in the journal ({durable:?})"
         );
     }
+}
+
+#[tokio::test]
+async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
+    // `a` and `b` start together, with 120-odd bytes of input each: `b`
+    // would pass the limit. `c` starts once `a` has released its input.
+    let big = "x".repeat(100);
+    let p = Pipeline::new(&format!(
+        "name = \"budget\"\n\
+         [steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ pad = \"{big}\" }}\n\
+         [steps.b]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ pad = \"{big}\" }}\n\
+         [steps.c]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"a\"]\n\
+         input = {{ pad = \"{big}\" }}\n"
+    ));
+    let artifacts = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(
+        SandboxConfig::for_this_machine(),
+        Arc::new(DirArtifactStore::open(artifacts.path()).unwrap()),
+    )
+    .unwrap();
+    let (path, manifest) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
+    let plan = Arc::new(Plan::build(&path, manifest, &sandbox).await.unwrap());
+    let report = schedule::run(
+        plan,
+        Arc::new(cairn::schedule::SandboxExecutor {
+            sandbox: Arc::new(sandbox),
+        }),
+        RunOptions {
+            jobs: 2,
+            fail_fast: false,
+            max_input_in_flight: 200,
+        },
+        Arc::new(Silent),
+        None,
+        std::future::pending(),
+    )
+    .await;
+    let status = |name: &str| {
+        report
+            .steps
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .status
+            .clone()
+    };
+    assert_eq!(status("a"), StepStatus::Succeeded);
+    match status("b") {
+        StepStatus::Failed(f) => {
+            assert!(
+                f.message.contains("would pass the run's limit of 200 B"),
+                "{}",
+                f.message
+            )
+        }
+        other => panic!("b: {other:?}"),
+    }
+    assert_eq!(status("c"), StepStatus::Succeeded, "a's input was released");
+    assert_eq!(report.status, RunStatus::Failed);
 }

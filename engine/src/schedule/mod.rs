@@ -138,6 +138,10 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Stop everything at the first failure of a required step.
     pub fail_fast: bool,
+    /// Most bytes of rendered input the steps started and not yet finished
+    /// may hold together (each step alone is capped at [`MAX_STEP_INPUT`]).
+    /// A step that would pass it fails before running.
+    pub max_input_in_flight: u64,
 }
 
 impl Default for RunOptions {
@@ -145,6 +149,7 @@ impl Default for RunOptions {
         Self {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             fail_fast: false,
+            max_input_in_flight: 1 << 30,
         }
     }
 }
@@ -321,6 +326,8 @@ struct StepState {
     executed: bool,
     from_journal: bool,
     first_failure: Option<StepFailure>,
+    /// Bytes of rendered input the step holds while it runs.
+    input_bytes: u64,
 }
 
 /// Run `plan` to completion (or until `cancel` resolves).
@@ -403,6 +410,7 @@ async fn drive<E: Executor>(
                 executed: false,
                 from_journal: false,
                 first_failure: None,
+                input_bytes: 0,
             })
             .collect(),
         ready: plan
@@ -414,6 +422,7 @@ async fn drive<E: Executor>(
         jobs: Arc::new(Semaphore::new(options.jobs.max(1))),
         work: JoinSet::new(),
         work_steps: HashMap::new(),
+        input_in_flight: 0,
         stop: false,
         plan,
         executor,
@@ -546,6 +555,8 @@ struct Run<E: Executor> {
     /// Which step each unit of work in `work` belongs to, so that one that
     /// panics fails its step instead of vanishing.
     work_steps: HashMap<tokio::task::Id, StepId>,
+    /// Sum of the running steps' `input_bytes`.
+    input_in_flight: u64,
     /// Set by fail-fast: start nothing more.
     stop: bool,
     ledger: Option<Arc<Ledger>>,
@@ -728,6 +739,21 @@ impl<E: Executor> Run<E> {
                 Err(e) => return self.fail_before_running(id, format!("input: {e}")),
             }
         }
+        let input_bytes: u64 = inputs.iter().map(|i| i.len() as u64).sum();
+        if self.input_in_flight.saturating_add(input_bytes) > self.options.max_input_in_flight {
+            return self.fail_before_running(
+                id,
+                format!(
+                    "input: its {} of input, with the {} the running steps hold, would pass the \
+                     run's limit of {}; pass smaller parts of large outputs",
+                    ByteSize(input_bytes),
+                    ByteSize(self.input_in_flight),
+                    ByteSize(self.options.max_input_in_flight)
+                ),
+            );
+        }
+        self.input_in_flight += input_bytes;
+        self.states[id].input_bytes = input_bytes;
         if let Some(ledger) = &self.ledger {
             ledger.append(JournalEvent::StepScheduled {
                 at_ms: now_ms(),
@@ -842,6 +868,8 @@ impl<E: Executor> Run<E> {
     }
 
     fn finish(&mut self, id: StepId, status: StepStatus) {
+        let held = std::mem::take(&mut self.states[id].input_bytes);
+        self.input_in_flight -= held;
         let step = &self.plan.steps[id];
         let report = &mut self.reports[id];
         report.duration = self.states[id]
