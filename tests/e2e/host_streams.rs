@@ -86,6 +86,23 @@ fn output_that_cannot_be_written_is_a_clean_error() {
         stderr.contains("cannot write the output to stdout") && !stderr.contains("panicked"),
         "{stderr}"
     );
+    // The same for the JSON report.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = cairn
+        .command()
+        .args(["run", p.path(), "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the output to stdout"),
+        "{stderr}"
+    );
 }
 
 #[test]

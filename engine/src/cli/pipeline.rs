@@ -763,7 +763,8 @@ impl Launch<'_> {
                 .and_then(|()| writeln!(out))
                 .and_then(|()| out.flush());
             if let Err(e) = written {
-                say!("warning: cannot write the JSON report: {e}");
+                // The command then fails with one clear error (cli::main).
+                super::note_stdout_failure(e);
             }
         } else {
             if !self.quiet {
