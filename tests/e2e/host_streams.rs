@@ -70,39 +70,25 @@ fn a_run_whose_stderr_reader_goes_away_still_finishes() {
 fn output_that_cannot_be_written_is_a_clean_error() {
     let cairn = Cairn::new();
     let p = two_steps();
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = cairn
-        .command()
-        .args(["run", p.path(), "--quiet"])
-        .stdout(full)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("cannot write the output to stdout") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
-    // The same for the JSON report.
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = cairn
-        .command()
-        .args(["run", p.path(), "--json"])
-        .stdout(full)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("cannot write the output to stdout"),
-        "{stderr}"
-    );
+    // Plain output and the JSON report alike.
+    for format in ["--quiet", "--json"] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = cairn
+            .command()
+            .args(["run", p.path(), format])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{format}: {stderr}");
+        assert!(
+            stderr.contains("cannot write the output to stdout") && !stderr.contains("panicked"),
+            "{format}: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -33,6 +33,18 @@ impl Executor for PanicsOnBoom {
     }
 }
 
+/// The sandbox (with its artifact directory) and the plan of `p`.
+async fn planned(p: &Pipeline, artifacts: &std::path::Path) -> (Sandbox, Arc<Plan>) {
+    let sandbox = Sandbox::new(
+        SandboxConfig::for_this_machine(),
+        Arc::new(DirArtifactStore::open(artifacts).unwrap()),
+    )
+    .unwrap();
+    let (path, manifest) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
+    let plan = Arc::new(Plan::build(&path, manifest, &sandbox).await.unwrap());
+    (sandbox, plan)
+}
+
 #[tokio::test]
 async fn a_unit_of_work_that_panics_fails_its_step_and_the_run() {
     let p = Pipeline::new(
@@ -41,13 +53,7 @@ async fn a_unit_of_work_that_panics_fails_its_step_and_the_run() {
          [steps.beside]\ncomponent = \"{wasm:echo}\"\n",
     );
     let artifacts = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(
-        SandboxConfig::for_this_machine(),
-        Arc::new(DirArtifactStore::open(artifacts.path()).unwrap()),
-    )
-    .unwrap();
-    let (path, manifest) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
-    let plan = Arc::new(Plan::build(&path, manifest, &sandbox).await.unwrap());
+    let (_sandbox, plan) = planned(&p, artifacts.path()).await;
     let options = RunOptions {
         jobs: 2,
         fail_fast: false,
@@ -174,13 +180,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
     }
     let p = Pipeline::new(&manifest);
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(
-        SandboxConfig::for_this_machine(),
-        Arc::new(DirArtifactStore::open(dir.path().join("artifacts")).unwrap()),
-    )
-    .unwrap();
-    let (path, loaded) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
-    let plan = Arc::new(Plan::build(&path, loaded, &sandbox).await.unwrap());
+    let (sandbox, plan) = planned(&p, &dir.path().join("artifacts")).await;
     let store = Arc::new(FillsUp {
         inner: cairn::store::SledStore::open(&dir.path().join("store")).unwrap(),
         budget: 3.into(),
@@ -251,13 +251,7 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
          input = {{ pad = \"{big}\" }}\n"
     ));
     let artifacts = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(
-        SandboxConfig::for_this_machine(),
-        Arc::new(DirArtifactStore::open(artifacts.path()).unwrap()),
-    )
-    .unwrap();
-    let (path, manifest) = Manifest::load(&p.dir.path().join("pipeline.toml")).unwrap();
-    let plan = Arc::new(Plan::build(&path, manifest, &sandbox).await.unwrap());
+    let (sandbox, plan) = planned(&p, artifacts.path()).await;
     let report = schedule::run(
         plan,
         Arc::new(cairn::schedule::SandboxExecutor {

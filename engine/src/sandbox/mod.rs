@@ -624,7 +624,15 @@ fn resource_table() -> ResourceTable {
 /// enough to see whole any secret that starts before the cap (see
 /// [`grants::Redactor::redact_prefix`]).
 fn log_pipe(grants: &Grants) -> CappedPipe {
-    let margin = grants.redactor().longest().saturating_sub(1);
+    // The longest masked value is the longest secret (its lines, also
+    // masked, are shorter); no need to build a redactor per pipe.
+    let longest = grants
+        .secrets
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(0);
+    let margin = longest.saturating_sub(1);
     CappedPipe::new(STDIO_LOG_CAP + margin, WhenFull::Discard)
 }
 
