@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::support::{Cairn, guest};
+use crate::support::{Cairn, Pipeline, Run, guest};
 
 fn output(component: &str, input: serde_json::Value) -> serde_json::Value {
     let (run, report) = Cairn::new().task_json(&guest(component), &input.to_string(), &[]);
@@ -218,4 +218,64 @@ fn inspect_shows_description_schemas_and_interface() {
         text.stdout
     );
     assert!(text.stdout.contains("wasi:cli/run@0.2"), "{}", text.stdout);
+}
+
+#[test]
+fn relative_paths_mean_what_they_mean_on_the_host() {
+    let cairn = Cairn::new();
+    let here = tempfile::tempdir().unwrap();
+    std::fs::create_dir(here.path().join("data")).unwrap();
+    std::fs::write(here.path().join("data/notes.txt"), "from here\n").unwrap();
+    let shout = guest("shout");
+    let run = |grant: &str, path: &str| {
+        Run::from(
+            cairn
+                .command()
+                .current_dir(here.path())
+                .args(["task", "run", shout.to_str().unwrap(), "--allow-read", grant, "--", path])
+                .output()
+                .unwrap(),
+        )
+    };
+    // The README's and --help's example, from the directory that holds `data`.
+    for (grant, path) in [("data", "data/notes.txt"), ("./data", "data/notes.txt"), (".", "./data/notes.txt")] {
+        let out = run(grant, path);
+        assert_eq!(out.code, 0, "--allow-read {grant} -- {path}: {}", out.stderr);
+        assert_eq!(out.stdout, "FROM HERE\n");
+    }
+    // A relative path reaches only what is granted: the working directory
+    // itself is not.
+    std::fs::write(here.path().join("secret.txt"), "no\n").unwrap();
+    let out = run("data", "secret.txt");
+    assert_eq!(out.code, 10, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot read secret.txt"), "{}", out.stderr);
+}
+
+#[test]
+fn a_pipeline_step_reads_relative_to_its_manifest() {
+    let cairn = Cairn::new();
+    let pipeline = Pipeline::new(
+        r#"
+name = "rel"
+[steps.loud]
+component = "{wasm:shout}"
+args = ["data/notes.txt"]
+input = ""
+grants = { read = ["data"] }
+"#,
+    );
+    std::fs::create_dir(pipeline.dir.path().join("data")).unwrap();
+    pipeline.file("data/notes.txt", "beside the manifest\n");
+    // Run from elsewhere: the manifest's directory decides, not the caller's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Run::from(
+        cairn
+            .command()
+            .current_dir(elsewhere.path())
+            .args(["run", pipeline.path(), "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["output"]["loud"], "BESIDE THE MANIFEST\n");
 }

@@ -390,6 +390,8 @@ fn signal_cancels_the_run(signal: &str, code: i32) {
         .status()
         .unwrap();
     assert!(killed.success());
+    let mut stderr_text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut stderr_text).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         started.elapsed() < std::time::Duration::from_secs(60),
@@ -407,6 +409,21 @@ fn signal_cancels_the_run(signal: &str, code: i32) {
     assert_eq!(step(&report, "after")["status"], "cancelled");
     let listed = cairn.run(&["runs", "list", "--json"]);
     assert_eq!(listed.json()[0]["status"], "cancelled", "{}", listed.stdout);
+    // The CLI said the run can be continued: `runs gc` must keep it, even
+    // with no age limit, unless told to forget resumable runs too.
+    let id = report["run_id"].as_str().unwrap();
+    assert!(
+        stderr_text.contains(&format!("cairn resume {id}")),
+        "{stderr_text}"
+    );
+    let gc = cairn.run(&["runs", "gc", "--older-than", "0s", "--json"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert_eq!(gc.json()["removed"], serde_json::json!([]), "{}", gc.stdout);
+    assert_eq!(gc.json()["kept_interrupted"], 1);
+    let shown = cairn.run(&["runs", "show", id]);
+    assert_eq!(shown.code, 0, "the run is still there: {}", shown.stderr);
+    let gc = cairn.run(&["runs", "gc", "--older-than", "0s", "--include-interrupted", "--json"]);
+    assert_eq!(gc.json()["removed"], serde_json::json!([id]), "{}", gc.stdout);
 }
 
 #[test]

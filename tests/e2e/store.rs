@@ -467,7 +467,7 @@ fn runs_gc_forgets_old_runs_keeps_interrupted_ones_and_the_cache() {
         dry.stdout
     );
     assert!(
-        dry.stdout.contains("interrupted runs of that age kept, as they can still be resumed (--include-interrupted forgets them too): 1"),
+        dry.stdout.contains("resumable runs (interrupted or cancelled) of that age kept, as `cairn resume` can still continue them (--include-interrupted forgets them too): 1"),
         "{}",
         dry.stdout
     );

@@ -109,14 +109,16 @@ pub enum RunsCommand {
     /// Forget runs that ended more than a duration ago: their records and
     /// journals, with the task logs in them. The results they produced stay
     /// in the cache (`cairn cache gc` trims those); the audit log is never
-    /// trimmed. Interrupted runs are kept, as they can still be resumed,
-    /// unless --include-interrupted is given.
+    /// trimmed. Runs that can still be resumed are kept — interrupted ones
+    /// (killed) and cancelled ones (Ctrl-C, SIGTERM) — unless
+    /// --include-interrupted is given.
     Gc {
         /// Age past which a run is forgotten, counted from its end (from its
         /// start, for an interrupted run), e.g. 30d, 12h, 0s.
         #[arg(long, value_name = "DURATION", value_parser = parse_age, default_value = "30d")]
         older_than: Duration,
-        /// Forget interrupted runs of that age too (they can no longer be resumed).
+        /// Forget resumable runs (interrupted or cancelled) of that age too;
+        /// they can then no longer be resumed.
         #[arg(long)]
         include_interrupted: bool,
         /// Say what would be forgotten, and forget nothing.
@@ -725,6 +727,14 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
     0
 }
 
+/// Can `cairn resume` still continue this run, as the CLI said it could when
+/// it stopped? A run killed outright (still `running`, no process behind it)
+/// and one cancelled by Ctrl-C or SIGTERM both can; `runs gc` keeps them
+/// unless told otherwise.
+fn resumable(run: &RunRecord) -> bool {
+    matches!(run.status.as_str(), "running" | "cancelled")
+}
+
 /// Which runs `cairn runs gc` forgets.
 struct Retention {
     now_ms: u64,
@@ -750,6 +760,7 @@ impl Retention {
             .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
         for run in runs {
             let interrupted = run.status == "running";
+            let resumable = interrupted || resumable(run);
             let ended = if interrupted {
                 run.started_ms
             } else {
@@ -758,7 +769,7 @@ impl Retention {
             if ended > cutoff {
                 continue;
             }
-            if interrupted && !self.include_interrupted {
+            if resumable && !self.include_interrupted {
                 selection.kept_interrupted += 1;
             } else {
                 selection.expired.push(run);
@@ -820,7 +831,7 @@ fn gc_runs(
     }
     if kept_interrupted > 0 {
         out!(
-            "interrupted runs of that age kept, as they can still be resumed (--include-interrupted forgets them too): {kept_interrupted}"
+            "resumable runs (interrupted or cancelled) of that age kept, as `cairn resume` can still continue them (--include-interrupted forgets them too): {kept_interrupted}"
         );
     }
     0
@@ -1003,7 +1014,7 @@ mod tests {
     }
 
     #[test]
-    fn retention_counts_age_from_the_end_and_keeps_interrupted_runs() {
+    fn retention_counts_age_from_the_end_and_keeps_resumable_runs() {
         let day = 86_400_000;
         let runs = [
             // Started 40 days ago but ended 10 days ago: young.
@@ -1018,10 +1029,8 @@ mod tests {
             older_than: Duration::from_millis(30 * day),
             include_interrupted: false,
         };
-        assert_eq!(
-            selected(&retention, &runs),
-            (vec!["old".to_owned(), "cancelled".to_owned()], 1)
-        );
+        // Cancelled (Ctrl-C, SIGTERM) and interrupted runs can be resumed.
+        assert_eq!(selected(&retention, &runs), (vec!["old".to_owned()], 2));
         retention.include_interrupted = true;
         assert_eq!(
             selected(&retention, &runs),

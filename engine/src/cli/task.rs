@@ -29,7 +29,7 @@ pub enum TaskCommand {
     ///   cairn task run word_count.wasm --input '{"text": "a rose is a rose"}'
     ///   cairn task run csv_parse.wasm --input @request.json --json
     ///   cairn task run shout.wasm --input @notes.txt -- --lines
-    ///   cairn task run shout.wasm --allow-read data -- data/notes.txt
+    ///   cairn task run shout.wasm --allow-read data -- data/notes.txt   (relative to here)
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
 
@@ -238,6 +238,15 @@ fn grants(args: &RunArgs) -> Result<Grants, String> {
     }
     grants.wall_clock = args.allow_clock;
     grants.random = args.allow_random;
+    // Relative paths mean inside the sandbox what they mean here:
+    // `--allow-read data -- data/notes.txt`.
+    if grants.guest_cwd().is_none() && (!grants.read_dirs.is_empty() || args.scratch.is_some()) {
+        let here = std::env::current_dir()
+            .map_err(|e| format!("cannot find the current directory: {e}"))?;
+        grants
+            .set_cwd(&here)
+            .map_err(|e| format!("the current directory: {e}"))?;
+    }
     Ok(grants)
 }
 

@@ -30,6 +30,7 @@ use serde_json::Value;
 use crate::bundle::Bundle;
 use crate::manifest::{GrantSpec, Manifest, NameHasher, ScratchSpec, StepSettings, StepSpec};
 use crate::sandbox::limits::{ByteSize, parse_duration};
+use crate::sandbox::grants::Scratch;
 use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
 pub use retry::{Backoff, RetryPolicy};
 use schema::Lookup;
@@ -964,6 +965,12 @@ fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
     }
     grants.wall_clock = spec.clock;
     grants.random = spec.random;
+    if grants.read_dirs.is_empty() && !matches!(grants.scratch, Some(Scratch::Dir(_))) {
+        return Ok(grants);
+    }
+    // Relative paths in a task's arguments mean what they mean in the
+    // manifest: relative to its directory.
+    grants.set_cwd(base).map_err(|e| e.to_string())?;
     Ok(grants)
 }
 

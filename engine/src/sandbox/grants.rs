@@ -28,6 +28,11 @@ pub struct Grants {
     pub wall_clock: bool,
     /// The host's random number generator (nondeterministic).
     pub random: bool,
+    /// The task's working directory, resolved like a grant: relative paths
+    /// the task opens (`data/notes.txt` in its argv) are taken from here.
+    /// Only applied when a directory is granted (see [`Grants::guest_cwd`]):
+    /// it opens nothing by itself.
+    pub cwd: Option<PathBuf>,
 }
 
 /// Written out by hand so that a debug print (`-vv` diagnostics, a test
@@ -46,6 +51,7 @@ impl std::fmt::Debug for Grants {
             .field("secrets", &secrets)
             .field("wall_clock", &self.wall_clock)
             .field("random", &self.random)
+            .field("cwd", &self.cwd)
             .finish()
     }
 }
@@ -103,6 +109,22 @@ impl Grants {
     pub fn allow_read(&mut self, dir: &Path) -> Result<(), GrantError> {
         self.read_dirs.push(existing_dir(dir)?);
         Ok(())
+    }
+
+    /// Set the task's working directory to where `dir` resolves (the
+    /// directory the command was run in, or the manifest's).
+    pub fn set_cwd(&mut self, dir: &Path) -> Result<(), GrantError> {
+        self.cwd = Some(existing_dir(dir)?);
+        Ok(())
+    }
+
+    /// The working directory the task gets: [`Grants::cwd`] when some host
+    /// directory is granted, else none (the guest's default, `/`). Without
+    /// a granted directory there is nothing a relative path could reach, and
+    /// the host's path would only be a leak.
+    pub fn guest_cwd(&self) -> Option<&Path> {
+        let dirs = !self.read_dirs.is_empty() || matches!(self.scratch, Some(Scratch::Dir(_)));
+        self.cwd.as_deref().filter(|_| dirs)
     }
 
     /// Grant a host directory as the writable scratch directory.

@@ -518,14 +518,21 @@ impl Sandbox {
         // Each directory is opened once, checked to be the one the grant
         // (and the policy) named, and preopened through that handle, so a
         // symlink swapped in since planning cannot redirect the task.
+        let managed = matches!(grants.scratch, Some(Scratch::Managed));
         for dir in &grants.read_dirs {
             preopen_granted(&mut wasi, dir, &dir.to_string_lossy(), FsPerms::ReadOnly)?;
+            if let Some(alias) = relative_alias(grants.guest_cwd(), dir, managed) {
+                preopen_granted(&mut wasi, dir, &alias, FsPerms::ReadOnly)?;
+            }
         }
         let scratch = match &grants.scratch {
             None => None,
             Some(Scratch::Dir(dir)) => {
                 let guest = dir.to_string_lossy();
                 preopen_granted(&mut wasi, dir, &guest, FsPerms::ReadWrite)?;
+                if let Some(alias) = relative_alias(grants.guest_cwd(), dir, false) {
+                    preopen_granted(&mut wasi, dir, &alias, FsPerms::ReadWrite)?;
+                }
                 wasi.env("CAIRN_SCRATCH", guest.as_ref());
                 None
             }
@@ -536,6 +543,9 @@ impl Sandbox {
                 Some(fresh)
             }
         };
+        if let Some(cwd) = grants.guest_cwd() {
+            wasi.initial_cwd(cwd.to_string_lossy());
+        }
         let seed = run_seed(&loaded.hash, request.input);
         if !grants.wall_clock {
             wasi.wall_clock(determinism::VirtualWallClock::default());
@@ -634,6 +644,26 @@ fn log_pipe(grants: &Grants) -> CappedPipe {
         .unwrap_or(0);
     let margin = longest.saturating_sub(1);
     CappedPipe::new(STDIO_LOG_CAP + margin, WhenFull::Discard)
+}
+
+/// Where else a granted `dir` is mounted so that relative paths reach it.
+///
+/// The task's working directory is the host's (`initial-cwd`), but
+/// wasi-libc (what Rust's std and C programs on `wasm32-wasip2` use) starts
+/// every program in `/` and resolves `data/notes.txt` as `/data/notes.txt`.
+/// So a grant inside the working directory is also mounted at `/` + its
+/// path relative to it: `--allow-read data -- data/notes.txt` works as it
+/// would on the host. Nothing else becomes reachable: it is the same
+/// directory, with the same permissions. A grant outside the working
+/// directory, or one that would shadow the managed `/scratch`, gets none.
+fn relative_alias(cwd: Option<&Path>, dir: &Path, managed_scratch: bool) -> Option<String> {
+    let relative = dir.strip_prefix(cwd?).ok()?;
+    let alias = format!("/{}", relative.to_str()?);
+    let shadows = |name: &str| alias == name || alias.starts_with(&format!("{name}/"));
+    if alias == dir.to_string_lossy() || (managed_scratch && shadows(MANAGED_SCRATCH)) {
+        return None;
+    }
+    Some(alias)
 }
 
 /// Open `dir` as [`grants::open_granted_dir`] does and preopen it at `guest`.

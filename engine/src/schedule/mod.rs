@@ -95,6 +95,12 @@ pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
             field(value.as_bytes());
         }
     }
+    // The working directory decides what a relative path reaches. Last,
+    // and only when the task gets one, so other keys are unchanged.
+    if let Some(cwd) = grants.guest_cwd() {
+        field(b"\0cwd");
+        field(cwd.as_os_str().as_encoded_bytes());
+    }
     CacheKey(hasher.finalize())
 }
 
