@@ -232,15 +232,31 @@ fn relative_paths_mean_what_they_mean_on_the_host() {
             cairn
                 .command()
                 .current_dir(here.path())
-                .args(["task", "run", shout.to_str().unwrap(), "--allow-read", grant, "--", path])
+                .args([
+                    "task",
+                    "run",
+                    shout.to_str().unwrap(),
+                    "--allow-read",
+                    grant,
+                    "--",
+                    path,
+                ])
                 .output()
                 .unwrap(),
         )
     };
     // The README's and --help's example, from the directory that holds `data`.
-    for (grant, path) in [("data", "data/notes.txt"), ("./data", "data/notes.txt"), (".", "./data/notes.txt")] {
+    for (grant, path) in [
+        ("data", "data/notes.txt"),
+        ("./data", "data/notes.txt"),
+        (".", "./data/notes.txt"),
+    ] {
         let out = run(grant, path);
-        assert_eq!(out.code, 0, "--allow-read {grant} -- {path}: {}", out.stderr);
+        assert_eq!(
+            out.code, 0,
+            "--allow-read {grant} -- {path}: {}",
+            out.stderr
+        );
         assert_eq!(out.stdout, "FROM HERE\n");
     }
     // A relative path reaches only what is granted: the working directory
@@ -248,7 +264,11 @@ fn relative_paths_mean_what_they_mean_on_the_host() {
     std::fs::write(here.path().join("secret.txt"), "no\n").unwrap();
     let out = run("data", "secret.txt");
     assert_eq!(out.code, 10, "{}", out.stderr);
-    assert!(out.stderr.contains("cannot read secret.txt"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read secret.txt"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

@@ -422,8 +422,20 @@ fn signal_cancels_the_run(signal: &str, code: i32) {
     assert_eq!(gc.json()["kept_interrupted"], 1);
     let shown = cairn.run(&["runs", "show", id]);
     assert_eq!(shown.code, 0, "the run is still there: {}", shown.stderr);
-    let gc = cairn.run(&["runs", "gc", "--older-than", "0s", "--include-interrupted", "--json"]);
-    assert_eq!(gc.json()["removed"], serde_json::json!([id]), "{}", gc.stdout);
+    let gc = cairn.run(&[
+        "runs",
+        "gc",
+        "--older-than",
+        "0s",
+        "--include-interrupted",
+        "--json",
+    ]);
+    assert_eq!(
+        gc.json()["removed"],
+        serde_json::json!([id]),
+        "{}",
+        gc.stdout
+    );
 }
 
 #[test]
@@ -501,14 +513,59 @@ fn events_stream_every_step_attempt_and_log_as_json_lines() {
             .collect()
     };
     for name in ["flaky", "broken", "after"] {
-        let (started, finished) = (of(name, "step-started"), of(name, "step-finished"));
-        assert_eq!((started.len(), finished.len()), (1, 1), "{name}: {kinds:?}");
+        let (queued, started, finished) = (
+            of(name, "step-queued"),
+            of(name, "step-started"),
+            of(name, "step-finished"),
+        );
+        assert_eq!(
+            (queued.len(), started.len(), finished.len()),
+            (1, 1, 1),
+            "{name}: {kinds:?}"
+        );
         assert!(
-            started[0].0 < finished[0].0,
-            "{name} starts before it finishes"
+            queued[0].0 < started[0].0 && started[0].0 < finished[0].0,
+            "{name} is queued, then starts, then finishes"
         );
         assert_eq!(finished[0].1["status"], step(&report, name)["status"]);
+        // Run time and queue wait are reported apart.
+        assert!(finished[0].1["wait_us"].is_u64(), "{}", finished[0].1);
+        assert_eq!(
+            finished[0].1["wait_us"],
+            step(&report, name)["wait_us"],
+            "{name}"
+        );
     }
+    // Started means running: one attempt-started per attempt that ran.
+    assert_eq!(of("flaky", "attempt-started").len(), 3, "{kinds:?}");
+    // A rerun answers `after` from the cache: it is queued and finished,
+    // never started, and makes no attempt.
+    let again = p.dir.path().join("again.jsonl");
+    let rerun = cairn.run(&[
+        "run",
+        p.path(),
+        "--json",
+        "--events",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(rerun.code, 0, "{}", rerun.stderr);
+    let events_again = events_of(&again);
+    let count = |step: &str, kind: &str| {
+        events_again
+            .iter()
+            .filter(|e| e["step"] == step && e["event"] == kind)
+            .count()
+    };
+    assert_eq!(
+        (
+            count("after", "step-queued"),
+            count("after", "step-started"),
+            count("after", "attempt-started")
+        ),
+        (1, 0, 0),
+        "{events_again:?}"
+    );
+    assert_eq!(step(&rerun.json(), "after")["attempts"], 0);
     let retries = of("flaky", "attempt-failed");
     assert_eq!(retries.len(), 2, "{retries:?}");
     for (_, retry) in &retries {

@@ -4,12 +4,15 @@
 //! what happened on the way.
 //!
 //! One object per line, each with `at_ms`, `run` and `event`:
-//! `run-started`, `step-started`, `task-log`, `task-progress`,
-//! `attempt-failed`, `item-finished`, `step-finished`, `run-finished`.
+//! `run-started`, `step-queued` (inputs ready, waiting for a job slot),
+//! `step-started` (its first attempt runs; `wait_us` queued), `attempt-started`,
+//! `task-log`, `task-progress`, `attempt-failed`, `item-finished`,
+//! `step-finished` (`duration_us` running, `wait_us` queued), `run-finished`.
 //! Task text (logs, progress, failure messages) arrives already masked by
-//! the sandbox, so no secret reaches the file. Lines are buffered and
-//! written whenever the scheduler goes idle, so a burst of cached steps
-//! costs a few writes, and a slow step's lines appear while it runs.
+//! the sandbox, so no secret reaches the file. The scheduler's own lines
+//! are buffered and written whenever it goes idle, so a burst of cached
+//! steps costs a few writes; lines from running work (a step starting, its
+//! attempts, logs and progress) are written at once, as they happen.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -54,14 +57,16 @@ impl EventStream {
 
     /// Write one event object (given without `at_ms`, `run`).
     pub fn emit(&self, kind: &str, mut fields: Value) {
+        // Timed under the lock, so the file's times never go backwards
+        // when work on several threads reports at once.
+        let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if sink.failed {
+            return;
+        }
         if let Value::Object(map) = &mut fields {
             map.insert("at_ms".into(), json!(now_ms()));
             map.insert("run".into(), json!(self.run));
             map.insert("event".into(), json!(kind));
-        }
-        let mut sink = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if sink.failed {
-            return;
         }
         let written = serde_json::to_writer(&mut sink.writer, &fields)
             .map_err(std::io::Error::from)
@@ -95,9 +100,21 @@ impl Sink {
 /// The fields of one scheduler event.
 fn describe(event: &Event<'_>) -> (&'static str, Value) {
     match event {
-        Event::StepStarted { step, items } => {
-            ("step-started", json!({"step": step.name, "items": items}))
+        Event::StepQueued { step, items } => {
+            ("step-queued", json!({"step": step.name, "items": items}))
         }
+        Event::StepStarted { step, items, wait } => (
+            "step-started",
+            json!({"step": step.name, "items": items, "wait_us": wait.as_micros() as u64}),
+        ),
+        Event::AttemptStarted {
+            step,
+            index,
+            attempt,
+        } => (
+            "attempt-started",
+            json!({"step": step.name, "index": index, "attempt": attempt}),
+        ),
         Event::AttemptFailed {
             step,
             index,
@@ -131,6 +148,7 @@ fn describe(event: &Event<'_>) -> (&'static str, Value) {
                     "status": report.status.label(),
                     "attempts": report.attempts,
                     "duration_us": report.duration.as_micros() as u64,
+                    "wait_us": report.wait.as_micros() as u64,
                     "fuel": report.fuel,
                     "source": report.source,
                     "output_hash": report.output_hash,
@@ -163,6 +181,9 @@ impl RunObserver for EventStream {
     fn event(&self, event: Event<'_>) {
         let (kind, fields) = describe(&event);
         self.emit(kind, fields);
+        if event.from_work() {
+            self.flush();
+        }
     }
 
     fn idle(&self) {

@@ -21,7 +21,8 @@ use crate::policy::{Denial, Policy};
 use crate::sandbox::Sandbox;
 use crate::sandbox::grants::Scratch;
 use crate::schedule::{
-    self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor, StepStatus,
+    self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor,
+    StepReport, StepStatus,
 };
 use crate::store::audit::{AuditEntry, AuditLog};
 use crate::store::records::now_ms;
@@ -819,6 +820,22 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
+/// How the summary and the live display name a step's end: a step answered
+/// wholly from the cache says `cached`, one taken from a resumed run's
+/// journal `resumed`, and a failure the step was allowed to have `failed*`.
+fn shown_status(step: &StepReport) -> String {
+    match (&step.status, step.source) {
+        (StepStatus::Succeeded, Some(StepSource::Cached)) => "cached".into(),
+        (StepStatus::Succeeded, Some(StepSource::Journal)) => "resumed".into(),
+        (StepStatus::Failed(_), _) if step.allow_failure => "failed*".into(),
+        (status, _) => status.label().into(),
+    }
+}
+
+/// The final table. `attempts` counts the attempts that ran in the sandbox
+/// (over all elements of a mapped step, whose element count has a column of
+/// its own), as `cairn runs show` does; `wait` is the time the step was
+/// queued for a job slot, `run` the time from its first attempt to its end.
 fn summary(report: &RunReport) -> String {
     let width = report
         .steps
@@ -828,20 +845,31 @@ fn summary(report: &RunReport) -> String {
         .unwrap_or(4)
         .max(4);
     let mut out = format!(
-        "\n{:<width$}  {:<9}  {:>8}  {:>10}  {:>14}\n",
-        "step", "status", "attempts", "duration", "fuel"
+        "\n{:<width$}  {:<9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>14}\n",
+        "step", "status", "attempts", "elements", "wait", "run", "fuel"
     );
+    let mut allowed_failures = false;
     for step in &report.steps {
-        let mut status = step.status.label().to_owned();
-        if step.allow_failure && matches!(step.status, StepStatus::Failed(_)) {
-            status.push('*');
-        }
+        let status = shown_status(step);
+        allowed_failures |= status.ends_with('*');
+        let elements = step.items.map_or("-".to_owned(), |n| n.to_string());
+        let ran = !matches!(
+            step.status,
+            StepStatus::Pending | StepStatus::Skipped { .. }
+        );
+        let (wait, run) = if ran {
+            (format_duration(step.wait), format_duration(step.duration))
+        } else {
+            ("-".to_owned(), "-".to_owned())
+        };
         out.push_str(&format!(
-            "{:<width$}  {:<9}  {:>8}  {:>10}  {:>14}\n",
+            "{:<width$}  {:<9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>14}\n",
             step.name,
             status,
             step.attempts,
-            format_duration(step.duration),
+            elements,
+            wait,
+            run,
             group_digits(step.fuel)
         ));
         match &step.status {
@@ -849,6 +877,11 @@ fn summary(report: &RunReport) -> String {
             StepStatus::Skipped { reason } => out.push_str(&format!("{:width$}  └ {reason}\n", "")),
             _ => {}
         }
+    }
+    if allowed_failures {
+        out.push_str(
+            "* failed, but the step has allow_failure = true: the run does not fail for it\n",
+        );
     }
     let status = match report.status {
         RunStatus::Succeeded => "succeeded",
@@ -887,7 +920,7 @@ fn group_digits(n: u64) -> String {
 
 fn describe_event(event: &Event<'_>) -> Option<String> {
     Some(match event {
-        Event::StepStarted { step, items } if step.map.is_some() => {
+        Event::StepStarted { step, items, .. } if step.map.is_some() => {
             format!("start  {} ({items} elements)", step.name)
         }
         Event::StepStarted { step, .. } => format!("start  {}", step.name),
@@ -919,6 +952,12 @@ fn describe_event(event: &Event<'_>) -> Option<String> {
             StepStatus::Succeeded if report.source == Some(StepSource::Journal) => {
                 format!("resumed {} (from the journal)", step.name)
             }
+            StepStatus::Succeeded if report.wait >= Duration::from_millis(1) => format!(
+                "done   {} in {} (queued {} first)",
+                step.name,
+                format_duration(report.duration),
+                format_duration(report.wait)
+            ),
             StepStatus::Succeeded => format!(
                 "done   {} in {}",
                 step.name,
@@ -937,7 +976,10 @@ fn describe_event(event: &Event<'_>) -> Option<String> {
                 line.message
             )
         }
-        Event::TaskProgress { .. } | Event::ItemFinished { .. } => return None,
+        Event::TaskProgress { .. }
+        | Event::ItemFinished { .. }
+        | Event::StepQueued { .. }
+        | Event::AttemptStarted { .. } => return None,
     })
 }
 
@@ -979,11 +1021,7 @@ impl RunObserver for EventLines {
         let mut pending = self.pending();
         pending.push_str(&line);
         pending.push('\n');
-        let from_task = matches!(
-            event,
-            Event::TaskLog { .. } | Event::TaskProgress { .. } | Event::AttemptFailed { .. }
-        );
-        if from_task || pending.len() >= EVENT_BUFFER {
+        if event.from_work() || pending.len() >= EVENT_BUFFER {
             Self::write_out(&mut pending);
         }
     }
@@ -1000,10 +1038,67 @@ impl Drop for EventLines {
 }
 
 /// A terminal: a total bar, one line per running step, logs above them.
+///
+/// A step gets its line when its first attempt runs, not when it is queued:
+/// with `--jobs 2` at most two steps (or elements) are on screen with a
+/// clock. Queued steps are counted on the total bar. Every line is cleared
+/// when its step ends and whatever is left when the run ends, so the
+/// summary follows a clean screen.
 struct LiveProgress {
     multi: MultiProgress,
     total: ProgressBar,
-    running: Mutex<HashMap<usize, ProgressBar>>,
+    steps: Mutex<Steps>,
+    _echo: QuietTerminal,
+}
+
+/// Turns the terminal's echo off while the live display is drawn, and back
+/// on when dropped. The display redraws its lines by moving the cursor up
+/// as many lines as it drew; a `^C` echoed after a full-width line wraps
+/// onto a new one (so do keys typed during a run), the display then clears
+/// the wrong lines, and stale progress lines stay on screen.
+struct QuietTerminal {
+    saved: Option<libc::termios>,
+}
+
+impl QuietTerminal {
+    fn new() -> Self {
+        let fd = libc::STDERR_FILENO;
+        // SAFETY: `termios` is plain data, and tcgetattr/tcsetattr only read
+        // and write the struct we own, on a descriptor we checked is a tty.
+        unsafe {
+            let mut term: libc::termios = std::mem::zeroed();
+            if libc::isatty(fd) != 1 || libc::tcgetattr(fd, &mut term) != 0 {
+                return Self { saved: None };
+            }
+            let saved = term;
+            term.c_lflag &= !(libc::ECHO | libc::ECHOCTL);
+            if libc::tcsetattr(fd, libc::TCSANOW, &term) != 0 {
+                return Self { saved: None };
+            }
+            Self { saved: Some(saved) }
+        }
+    }
+}
+
+impl Drop for QuietTerminal {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // SAFETY: as in `new`; restores the settings read there.
+            unsafe {
+                libc::tcsetattr(libc::STDERR_FILENO, libc::TCSANOW, saved);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Steps {
+    /// Steps started and not finished, with their line.
+    running: HashMap<usize, ProgressBar>,
+    /// Elements of mapped steps finished before the step's line exists
+    /// (answered from the cache while other elements wait for a slot).
+    early: HashMap<usize, u64>,
+    queued: usize,
 }
 
 impl LiveProgress {
@@ -1012,54 +1107,89 @@ impl LiveProgress {
         let total = multi.add(ProgressBar::new(plan.steps.len() as u64));
         total.set_style(
             ProgressStyle::with_template(
-                "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed}",
+                "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         total.set_prefix(plan.name.clone());
+        total.enable_steady_tick(Duration::from_millis(200));
         Self {
             multi,
             total,
-            running: Mutex::new(HashMap::new()),
+            steps: Mutex::new(Steps::default()),
+            _echo: QuietTerminal::new(),
         }
     }
 
-    fn bars(&self) -> std::sync::MutexGuard<'_, HashMap<usize, ProgressBar>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    fn steps(&self) -> std::sync::MutexGuard<'_, Steps> {
+        self.steps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn show_counts(&self, steps: &Steps) {
+        let mut parts = Vec::new();
+        if !steps.running.is_empty() {
+            parts.push(format!("{} running", steps.running.len()));
+        }
+        if steps.queued > 0 {
+            parts.push(format!("{} queued", steps.queued));
+        }
+        self.total.set_message(parts.join(", "));
+    }
+
+    /// A step's line, not yet drawn anywhere: a bar made with the default
+    /// target would draw itself on stderr as it is set up, outside the
+    /// multi-bar's accounting, and leave a line behind.
+    fn line_for(step: &crate::plan::Step, items: usize) -> ProgressBar {
+        let bar = if step.map.is_some() {
+            let bar =
+                ProgressBar::with_draw_target(Some(items as u64), ProgressDrawTarget::hidden());
+            bar.set_style(
+                ProgressStyle::with_template("  {spinner} {prefix} {pos}/{len} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        } else {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+            bar.set_style(
+                ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        };
+        bar.set_prefix(step.name.clone());
+        bar
     }
 }
 
 impl RunObserver for LiveProgress {
     fn event(&self, event: Event<'_>) {
         match &event {
-            Event::StepStarted { step, items } => {
-                let bar = if step.map.is_some() {
-                    let bar = ProgressBar::new(*items as u64);
-                    bar.set_style(
-                        ProgressStyle::with_template("  {spinner} {prefix} {pos}/{len} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                    );
-                    bar
-                } else {
-                    let bar = ProgressBar::new_spinner();
-                    bar.set_style(
-                        ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    bar
-                };
-                bar.set_prefix(step.name.clone());
-                bar.enable_steady_tick(Duration::from_millis(100));
+            Event::StepQueued { .. } => {
+                let mut steps = self.steps();
+                steps.queued += 1;
+                self.show_counts(&steps);
+            }
+            Event::StepStarted { step, items, .. } => {
+                let bar = Self::line_for(step, *items);
+                let mut steps = self.steps();
+                steps.queued = steps.queued.saturating_sub(1);
+                if let Some(done) = steps.early.remove(&step.id) {
+                    bar.set_position(done);
+                }
                 let bar = self.multi.insert_before(&self.total, bar);
-                self.bars().insert(step.id, bar);
+                bar.enable_steady_tick(Duration::from_millis(100));
+                steps.running.insert(step.id, bar);
+                self.show_counts(&steps);
             }
             Event::ItemFinished { step, .. } => {
-                if let Some(bar) = self.bars().get(&step.id) {
-                    bar.inc(1);
+                let mut steps = self.steps();
+                match steps.running.get(&step.id) {
+                    Some(bar) => bar.inc(1),
+                    None => *steps.early.entry(step.id).or_default() += 1,
                 }
             }
             Event::TaskProgress { step, progress } => {
-                if let Some(bar) = self.bars().get(&step.id) {
+                if let Some(bar) = self.steps().running.get(&step.id) {
                     bar.set_message(format!(
                         "{}/{} {}",
                         progress.done, progress.total, progress.message
@@ -1067,11 +1197,20 @@ impl RunObserver for LiveProgress {
                 }
             }
             Event::StepFinished { step, .. } => {
-                if let Some(bar) = self.bars().remove(&step.id) {
-                    bar.finish_and_clear();
-                    self.multi.remove(&bar);
+                let mut steps = self.steps();
+                steps.early.remove(&step.id);
+                match steps.running.remove(&step.id) {
+                    Some(bar) => {
+                        bar.finish_and_clear();
+                        self.multi.remove(&bar);
+                    }
+                    // Finished without running: cached, skipped, failed
+                    // before it ran, or cancelled while queued.
+                    None => steps.queued = steps.queued.saturating_sub(1),
                 }
                 self.total.inc(1);
+                self.show_counts(&steps);
+                drop(steps);
                 if let Some(line) = describe_event(&event) {
                     let _ = self.multi.println(line);
                 }
@@ -1087,7 +1226,13 @@ impl RunObserver for LiveProgress {
 
 impl Drop for LiveProgress {
     fn drop(&mut self) {
+        let steps = std::mem::take(&mut *self.steps());
+        for bar in steps.running.into_values() {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
         self.total.finish_and_clear();
+        let _ = self.multi.clear();
     }
 }
 

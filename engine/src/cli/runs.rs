@@ -529,10 +529,17 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
 }
 
 /// Per-step status from the journal: the last word on each step.
+///
+/// `attempts` counts attempts that ran in the sandbox (over every element
+/// and every resume), `duration_ms` runs from the step's first attempt
+/// starting (or, for a step that never ran, from its being queued) to its
+/// end, and `wait_ms` is the time between being queued and that first
+/// attempt: the same figures `cairn run` prints in its summary.
 struct StepView {
     status: String,
     detail: String,
     duration_ms: Option<u64>,
+    wait_ms: Option<u64>,
     attempts: u32,
 }
 
@@ -542,31 +549,55 @@ fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
             status: "pending".into(),
             detail: String::new(),
             duration_ms: None,
+            wait_ms: None,
             attempts: 0,
         })
     }
     let mut views = BTreeMap::new();
     let mut scheduled: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_attempt: BTreeMap<String, u64> = BTreeMap::new();
+    // From the first attempt (or from being queued) to `end`; and the wait.
+    let timing =
+        |step: &str, end: u64, scheduled: &BTreeMap<String, u64>, first: &BTreeMap<String, u64>| {
+            let queued = scheduled.get(step).copied();
+            let ran = first.get(step).copied();
+            let from = ran.or(queued);
+            (
+                from.map(|f| end.saturating_sub(f)),
+                queued.map(|q| ran.map_or(0, |r| r.saturating_sub(q))),
+            )
+        };
     for event in events {
         match event {
             JournalEvent::StepScheduled { at_ms, step } => {
                 scheduled.insert(step.clone(), *at_ms);
-                entry(&mut views, step).status = "running".into();
+                // A resumed run schedules the step again: time this try.
+                first_attempt.remove(step);
+                let v = entry(&mut views, step);
+                v.status = "queued".into();
             }
-            JournalEvent::AttemptStarted { step, .. } => entry(&mut views, step).attempts += 1,
+            JournalEvent::AttemptStarted { at_ms, step, .. } => {
+                first_attempt.entry(step.clone()).or_insert(*at_ms);
+                let v = entry(&mut views, step);
+                v.attempts += 1;
+                v.status = "running".into();
+            }
             JournalEvent::StepSucceeded {
                 at_ms,
                 step,
                 source,
                 ..
             } => {
+                let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
                 let v = entry(&mut views, step);
-                v.status = "succeeded".into();
-                v.detail = serde_json::to_value(source)
-                    .ok()
-                    .and_then(|s| s.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                v.duration_ms = scheduled.get(step).map(|s| at_ms.saturating_sub(*s));
+                v.status = match source {
+                    crate::store::StepSource::Executed => "succeeded",
+                    crate::store::StepSource::Cached => "cached",
+                    crate::store::StepSource::Journal => "resumed",
+                }
+                .into();
+                v.detail = String::new();
+                (v.duration_ms, v.wait_ms) = (duration, wait);
             }
             JournalEvent::StepFailed {
                 at_ms,
@@ -574,10 +605,11 @@ fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
                 message,
                 ..
             } => {
+                let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
                 let v = entry(&mut views, step);
                 v.status = "failed".into();
                 v.detail = message.clone();
-                v.duration_ms = scheduled.get(step).map(|s| at_ms.saturating_sub(*s));
+                (v.duration_ms, v.wait_ms) = (duration, wait);
             }
             JournalEvent::StepSkipped { step, reason, .. } => {
                 let v = entry(&mut views, step);
@@ -641,7 +673,7 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
                     .and_then(|p| p.step(name))
                     .map(|s| s.deps.iter().map(|&d| plan.as_ref().map_or("", |p| p.steps[d].name.as_str())).collect())
                     .unwrap_or_default();
-                json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "attempts": v.attempts, "after": after})
+                json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "wait_ms": v.wait_ms, "attempts": v.attempts, "after": after})
             })
             .collect();
         out!("{}", json!({"run": record, "steps": steps}));
@@ -686,16 +718,19 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
         let (mark, status, detail, duration, attempts) = match views.get(&name) {
             Some(v) => {
                 let mark = match v.status.as_str() {
-                    "succeeded" => "✓",
+                    "succeeded" | "cached" | "resumed" => "✓",
                     "failed" => "✗",
                     "skipped" => "↷",
                     "cancelled" => "■",
-                    "running" => "…",
+                    "running" | "queued" => "…",
                     _ => "·",
                 };
                 let duration = v
                     .duration_ms
-                    .map(|d| format!("{d}ms"))
+                    .map(|d| match v.wait_ms {
+                        Some(w) if w > 0 => format!("{d}ms (queued {w}ms)"),
+                        _ => format!("{d}ms"),
+                    })
                     .unwrap_or_else(|| "-".into());
                 (
                     mark,

@@ -29,8 +29,8 @@ use serde_json::Value;
 
 use crate::bundle::Bundle;
 use crate::manifest::{GrantSpec, Manifest, NameHasher, ScratchSpec, StepSettings, StepSpec};
-use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::grants::Scratch;
+use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
 pub use retry::{Backoff, RetryPolicy};
 use schema::Lookup;

@@ -917,7 +917,12 @@ fn task_failure(error: host::TaskError) -> Failure {
 
 /// The last few lines of a task's stderr (where a Rust panic message lands).
 fn tail(stderr: &str) -> Option<String> {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Rust's panic hook adds a hint to set RUST_BACKTRACE; a sandboxed task
+    // sees no such variable and has no symbols to print, so it only misleads.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        .collect();
     if lines.is_empty() {
         return None;
     }

@@ -203,11 +203,18 @@ pub struct StepReport {
     pub name: String,
     #[serde(flatten)]
     pub status: StepStatus,
-    /// Attempts made, summed over mapped elements.
+    /// Attempts that ran in the sandbox, summed over mapped elements (a
+    /// unit answered from the cache or the journal makes none).
     pub attempts: u32,
-    /// Wall time from the first attempt's start to the step's end.
+    /// Wall time from the step's first attempt starting to run (holding a
+    /// job slot) to the step's end; for a step that never ran, from being
+    /// queued to its end.
     #[serde(serialize_with = "micros", rename = "duration_us")]
     pub duration: Duration,
+    /// Wall time the step waited, queued with its inputs ready, for a job
+    /// slot before its first attempt ran (not part of `duration`).
+    #[serde(serialize_with = "micros", rename = "wait_us")]
+    pub wait: Duration,
     pub fuel: u64,
     /// Number of mapped elements, for a `map` step.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,9 +272,26 @@ pub struct RunReport {
 /// Something that happened during a run, for progress displays.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
+    /// The step's dependencies are done and its inputs are built: its
+    /// units of work wait for job slots (or the cache answers them).
+    StepQueued {
+        step: &'a Step,
+        items: usize,
+    },
+    /// The step's first attempt holds a job slot and runs, `wait` after
+    /// the step was queued. Sent once per step, never for a step that is
+    /// answered without running.
     StepStarted {
         step: &'a Step,
         items: usize,
+        wait: Duration,
+    },
+    /// An attempt of one unit of work (a step, or an element) starts
+    /// running in the sandbox.
+    AttemptStarted {
+        step: &'a Step,
+        index: Option<usize>,
+        attempt: u32,
     },
     AttemptFailed {
         step: &'a Step,
@@ -293,6 +317,23 @@ pub enum Event<'a> {
         step: &'a Step,
         progress: &'a Progress,
     },
+}
+
+impl Event<'_> {
+    /// Sent from a running unit of work rather than the scheduler's loop:
+    /// the scheduler may be idle, waiting on that work, for as long as it
+    /// runs, so an observer that buffers until [`RunObserver::idle`] must
+    /// write these out at once.
+    pub fn from_work(&self) -> bool {
+        matches!(
+            self,
+            Event::StepStarted { .. }
+                | Event::AttemptStarted { .. }
+                | Event::AttemptFailed { .. }
+                | Event::TaskLog { .. }
+                | Event::TaskProgress { .. }
+        )
+    }
 }
 
 /// Receives [`Event`]s; called from many tasks at once.
@@ -325,7 +366,11 @@ struct WorkDone {
 
 struct StepState {
     waiting: usize,
-    started: Option<Instant>,
+    /// When the step was queued (its dependencies done).
+    queued: Option<Instant>,
+    /// When its first attempt ran, and how many have, as its units of work
+    /// tell it (they may be aborted before they report back).
+    clock: Arc<StepClock>,
     items_left: usize,
     items: Vec<Option<Value>>,
     keys: Vec<Option<CacheKey>>,
@@ -394,6 +439,7 @@ async fn drive<E: Executor>(
                 status: StepStatus::Pending,
                 attempts: 0,
                 duration: Duration::ZERO,
+                wait: Duration::ZERO,
                 fuel: 0,
                 items: None,
                 retry_delays: Vec::new(),
@@ -409,7 +455,8 @@ async fn drive<E: Executor>(
             .iter()
             .map(|s| StepState {
                 waiting: s.deps.len(),
-                started: None,
+                queued: None,
+                clock: Arc::default(),
                 items_left: 0,
                 items: Vec::new(),
                 keys: Vec::new(),
@@ -510,13 +557,28 @@ async fn drive<E: Executor>(
     // worker when it was aborted could still queue a journal event, which
     // would then land after the run's last one.
     while run.work.join_next().await.is_some() {}
-    for report in &mut run.reports {
+    for (id, report) in run.reports.iter_mut().enumerate() {
         if !report.status.is_finished() {
             report.status = StepStatus::Cancelled;
             if let Some(ledger) = &run.ledger {
                 ledger.append(JournalEvent::StepCancelled {
                     at_ms: now_ms(),
                     step: report.name.clone(),
+                });
+            }
+            // Observers hear the end of every step they heard start, so a
+            // live display is left with nothing running.
+            if let Some(queued) = run.states[id].queued {
+                let clock = &run.states[id].clock;
+                let running = clock.running.get().copied();
+                report.wait = running
+                    .unwrap_or_else(Instant::now)
+                    .saturating_duration_since(queued);
+                report.duration = running.map(|t| t.elapsed()).unwrap_or_default();
+                report.attempts = clock.attempts.load(std::sync::atomic::Ordering::Relaxed);
+                run.observer.event(Event::StepFinished {
+                    step: &run.plan.steps[id],
+                    report,
                 });
             }
         }
@@ -767,7 +829,8 @@ impl<E: Executor> Run<E> {
             });
         }
         let state = &mut self.states[id];
-        state.started = Some(Instant::now());
+        let queued = Instant::now();
+        state.queued = Some(queued);
         self.reports[id].status = StepStatus::Running;
         if step.map.is_some() {
             self.reports[id].items = Some(inputs.len());
@@ -775,7 +838,7 @@ impl<E: Executor> Run<E> {
         }
         state.items_left = inputs.len();
         state.keys = vec![None; inputs.len()];
-        self.observer.event(Event::StepStarted {
+        self.observer.event(Event::StepQueued {
             step,
             items: inputs.len(),
         });
@@ -784,12 +847,18 @@ impl<E: Executor> Run<E> {
             return self.finish(id, StepStatus::Succeeded);
         }
         let mapped = step.map.is_some();
+        let items = inputs.len();
         for (i, input) in inputs.into_iter().enumerate() {
             let index = mapped.then_some(i);
             let handle = self.work.spawn(attempt_loop(
                 plan.clone(),
-                id,
-                index,
+                Unit {
+                    id,
+                    index,
+                    items,
+                    queued,
+                    clock: self.states[id].clock.clone(),
+                },
                 input,
                 self.executor.clone(),
                 self.jobs.clone(),
@@ -878,10 +947,12 @@ impl<E: Executor> Run<E> {
         self.input_in_flight -= held;
         let step = &self.plan.steps[id];
         let report = &mut self.reports[id];
-        report.duration = self.states[id]
-            .started
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
+        let state = &self.states[id];
+        if let Some(queued) = state.queued {
+            let running = state.clock.running.get().copied();
+            report.wait = running.map_or(Duration::ZERO, |r| r.saturating_duration_since(queued));
+            report.duration = running.unwrap_or(queued).elapsed();
+        }
         if status == StepStatus::Succeeded {
             let state = &self.states[id];
             report.source = Some(if state.executed {
@@ -1097,19 +1168,37 @@ impl Observer for StepLogs {
     }
 }
 
-/// One unit of work (a step, or one element of a mapped step) through all
-/// its attempts.
-#[allow(clippy::too_many_arguments)]
-async fn attempt_loop<E: Executor>(
-    plan: Arc<Plan>,
+/// Which unit of work an [`attempt_loop`] runs, and the step's clocks.
+struct Unit {
     id: StepId,
     index: Option<usize>,
+    /// The step's number of units.
+    items: usize,
+    queued: Instant,
+    clock: Arc<StepClock>,
+}
+
+/// What a step's units of work record as they run.
+#[derive(Default)]
+struct StepClock {
+    /// When the first attempt got a job slot.
+    running: std::sync::OnceLock<Instant>,
+    /// Attempts started, over all units.
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+/// One unit of work (a step, or one element of a mapped step) through all
+/// its attempts.
+async fn attempt_loop<E: Executor>(
+    plan: Arc<Plan>,
+    unit: Unit,
     input: Vec<u8>,
     executor: Arc<E>,
     jobs: Arc<Semaphore>,
     observer: Arc<dyn RunObserver>,
     ledger: Option<Arc<Ledger>>,
 ) -> WorkDone {
+    let (id, index) = (unit.id, unit.index);
     let step = &plan.steps[id];
     let key = cache_key(step, &input);
     let mut done = WorkDone {
@@ -1139,19 +1228,36 @@ async fn attempt_loop<E: Executor>(
     });
     loop {
         done.attempts += 1;
-        if let Some(ledger) = &ledger {
-            ledger.append(JournalEvent::AttemptStarted {
-                at_ms: now_ms(),
-                step: step.name.clone(),
-                index,
-                attempt: done.attempts,
-            });
-        }
         let attempt = {
             let _slot = jobs
                 .acquire()
                 .await
                 .expect("the job semaphore is never closed");
+            // Started means running: only now, holding a slot.
+            let now = Instant::now();
+            unit.clock
+                .attempts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if unit.clock.running.set(now).is_ok() {
+                observer.event(Event::StepStarted {
+                    step,
+                    items: unit.items,
+                    wait: now.saturating_duration_since(unit.queued),
+                });
+            }
+            if let Some(ledger) = &ledger {
+                ledger.append(JournalEvent::AttemptStarted {
+                    at_ms: now_ms(),
+                    step: step.name.clone(),
+                    index,
+                    attempt: done.attempts,
+                });
+            }
+            observer.event(Event::AttemptStarted {
+                step,
+                index,
+                attempt: done.attempts,
+            });
             // Boxed: the sandbox's future is large, and inline it would make
             // every spawned unit of work that large, cache hits included.
             Box::pin(executor.execute(step, &input, Some(logs.clone()))).await
