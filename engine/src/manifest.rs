@@ -66,6 +66,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepSettings {
+    #[serde(default, deserialize_with = "fuel_units")]
     pub fuel: Option<u64>,
     pub timeout: Option<String>,
     pub memory: Option<String>,
@@ -136,6 +137,7 @@ mod table {
         pub args: Vec<String>,
         #[serde(default)]
         pub grants: GrantSpec,
+        #[serde(default, deserialize_with = "super::fuel_units")]
         pub fuel: Option<u64>,
         pub timeout: Option<String>,
         pub memory: Option<String>,
@@ -471,4 +473,23 @@ mod fuzz {
             let _ = Manifest::parse(&bytes);
         }
     }
+}
+
+/// `fuel = …`: a whole number of fuel units, with an error that says so
+/// (serde's own would be "invalid type: string, expected u64").
+fn fuel_units<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    struct Fuel;
+    impl serde::de::Visitor<'_> for Fuel {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number of fuel units, e.g. fuel = 500_000_000 (about half a second of compute)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+    }
+    deserializer.deserialize_u64(Fuel).map(Some)
 }

@@ -48,6 +48,7 @@ mod bundle;
 mod events;
 mod pipeline;
 mod runs;
+mod scaffold;
 mod task;
 
 use std::io::IsTerminal;

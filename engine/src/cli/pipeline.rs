@@ -618,6 +618,8 @@ impl Launch<'_> {
             manifest: manifest_path,
             manifest_hash,
             resumed: resuming,
+            steps: Some(plan.steps.len()),
+            replay_of: record.replay_of.clone(),
         };
         if let Err(e) = db
             .put_run(&record)
@@ -626,6 +628,8 @@ impl Launch<'_> {
         {
             return (None, super::report_error(&e.to_string()));
         }
+        // Tells `cairn runs list` in another terminal that this run is live.
+        let _active = crate::store::history::ActiveRun::mark(self.store, &record.id);
         if !self.quiet && !self.json {
             say!(
                 "run {} of {} (resume it with `cairn resume {}` if interrupted)",

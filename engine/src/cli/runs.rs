@@ -16,7 +16,8 @@ use crate::manifest::Manifest;
 use crate::plan::Plan;
 use crate::policy::Policy;
 use crate::sandbox::limits::{parse_age, parse_duration};
-use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store};
+use crate::store::history::{History, JournalHistory, LIVE};
+use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store, StoreError};
 
 /// Exit code: `cairn replay --verify` found steps whose output changed.
 pub const EXIT_NONDETERMINISTIC: u8 = 4;
@@ -138,6 +139,8 @@ pub enum StatusFilter {
     Failed,
     Cancelled,
     Interrupted,
+    /// Being run now by another process.
+    Running,
 }
 
 impl StatusFilter {
@@ -148,6 +151,7 @@ impl StatusFilter {
             "cancelled" => Some(StatusFilter::Cancelled),
             // No process is running it: the store's lock says so.
             "running" => Some(StatusFilter::Interrupted),
+            LIVE => Some(StatusFilter::Running),
             _ => None,
         }
     }
@@ -176,22 +180,69 @@ pub struct LineageArgs {
     run: String,
 }
 
+/// Is there a store at `store` at all? Commands that only read must not
+/// create one where the user merely mistyped a path or ran in the wrong
+/// directory.
+fn exists(store: &Path) -> bool {
+    store.join("db").is_dir() || store.join("journal").is_dir()
+}
+
+fn no_store(store: &Path) -> String {
+    format!(
+        "there is no Cairn store at {} (nothing has run with it yet); run a pipeline first, \
+         or point --store or CAIRN_HOME at the store to read",
+        store.display()
+    )
+}
+
 fn open(store: &Path) -> Result<SledStore, u8> {
+    if !exists(store) {
+        return Err(report_error(&no_store(store)));
+    }
     SledStore::open(store).map_err(|e| report_error(&e.to_string()))
 }
 
-fn find_run(db: &dyn Store, text: &str) -> Result<RunRecord, u8> {
+/// The run history for commands that only read it: the store itself, or,
+/// while another process holds it (a run in progress), its journals.
+fn history(store: &Path) -> Result<Box<dyn History>, u8> {
+    if !exists(store) {
+        return Err(report_error(&no_store(store)));
+    }
+    match SledStore::open_now(store) {
+        Ok(db) => Ok(Box::new(db)),
+        Err(StoreError::Locked { .. }) => {
+            tracing::info!("the store is in use: reading the run journals");
+            JournalHistory::open(store)
+                .map(|h| Box::new(h) as Box<dyn History>)
+                .map_err(|e| report_error(&e.to_string()))
+        }
+        Err(e) => Err(report_error(&e.to_string())),
+    }
+}
+
+/// A run by id, unique id prefix, or `last` (the newest run).
+fn find_run(db: &dyn History, text: &str, store: &Path) -> Result<RunRecord, u8> {
+    if text == "last" {
+        let runs = db.runs().map_err(|e| report_error(&e.to_string()))?;
+        return runs
+            .into_iter()
+            .max_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)))
+            .ok_or_else(|| {
+                report_error(&format!("no runs yet in the store at {}", store.display()))
+            });
+    }
     let id = RunId::parse(text).map_err(|e| report_error(&e))?;
     match db.run(&id) {
         Ok(Some(record)) => Ok(record),
         Ok(None) => Err(report_error(&format!(
-            "no run {text} in this store; see `cairn runs list`"
+            "no run {text} in the store at {}; see `cairn runs list` (or give --store DIR)",
+            store.display()
         ))),
         Err(e) => Err(report_error(&e.to_string())),
     }
 }
 
-fn journal(db: &dyn Store, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
+fn journal(db: &dyn History, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
     db.journal(run).map_err(|e| report_error(&e.to_string()))
 }
 
@@ -209,7 +260,7 @@ struct Loaded {
 fn load_run(store: &Path, text: &str, policy: &PolicyArgs) -> Result<Loaded, u8> {
     let given = policy.load()?;
     let db = open(store)?;
-    let record = find_run(&db, text)?;
+    let record = find_run(&db, text, store)?;
     let policy = readmission(&record, given)?;
     let events = journal(&db, &record.id)?;
     Ok(Loaded {
@@ -401,11 +452,41 @@ fn span(record: &RunRecord) -> String {
 }
 
 pub fn runs(command: RunsCommand, store: &Path) -> u8 {
-    let db = match open(store) {
+    if let RunsCommand::Gc {
+        older_than,
+        include_interrupted,
+        dry_run,
+        json,
+    } = command
+    {
+        let db = match open(store) {
+            Ok(db) => db,
+            Err(code) => return code,
+        };
+        let runs = match Store::runs(&db) {
+            Ok(runs) => runs,
+            Err(e) => return report_error(&e.to_string()),
+        };
+        let retention = Retention {
+            now_ms: crate::store::records::now_ms(),
+            older_than,
+            include_interrupted,
+        };
+        return gc_runs(&db, &runs, &retention, dry_run, json);
+    }
+    if matches!(command, RunsCommand::List { .. }) && !exists(store) {
+        // Listing an empty place is not an error, but creating a store
+        // there would be.
+        say!("no runs: {}", no_store(store));
+        return 0;
+    }
+    let db = match history(store) {
         Ok(db) => db,
         Err(code) => return code,
     };
+    let db = db.as_ref();
     match command {
+        RunsCommand::Gc { .. } => unreachable!("handled above"),
         RunsCommand::List {
             pipeline,
             status,
@@ -445,11 +526,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                 "steps"
             );
             for r in runs {
-                let status = if r.status == "running" {
-                    "interrupted"
-                } else {
-                    r.status.as_str()
-                };
+                let status = shown_run_status(&r.status);
                 let status = if r.replay_of.is_some() {
                     format!("{status} (replay)")
                 } else {
@@ -467,30 +544,13 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
             }
             0
         }
-        RunsCommand::Show { run, json } => show(&db, &run, json, store),
-        RunsCommand::Gc {
-            older_than,
-            include_interrupted,
-            dry_run,
-            json,
-        } => {
-            let runs = match db.runs() {
-                Ok(runs) => runs,
-                Err(e) => return report_error(&e.to_string()),
-            };
-            let retention = Retention {
-                now_ms: crate::store::records::now_ms(),
-                older_than,
-                include_interrupted,
-            };
-            gc_runs(&db, &runs, &retention, dry_run, json)
-        }
+        RunsCommand::Show { run, json } => show(db, &run, json, store),
         RunsCommand::Logs { run, step } => {
-            let record = match find_run(&db, &run) {
+            let record = match find_run(db, &run, store) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
-            let events = match journal(&db, &record.id) {
+            let events = match journal(db, &record.id) {
                 Ok(e) => e,
                 Err(code) => return code,
             };
@@ -651,8 +711,18 @@ async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
     Plan::build(&path, manifest, &sandbox).await.ok()
 }
 
-fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
-    let record = match find_run(db, run) {
+/// A run's status as people read it: a record still `running` with no
+/// process behind it was interrupted.
+fn shown_run_status(status: &str) -> &str {
+    match status {
+        "running" => "interrupted",
+        LIVE => "running",
+        other => other,
+    }
+}
+
+fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
+    let record = match find_run(db, run, store) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -679,10 +749,10 @@ fn show(db: &SledStore, run: &str, json: bool, store: &Path) -> u8 {
         out!("{}", json!({"run": record, "steps": steps}));
         return 0;
     }
-    let status = if record.status == "running" {
-        "interrupted (resume with `cairn resume`)"
-    } else {
-        record.status.as_str()
+    let status = match record.status.as_str() {
+        "running" => "interrupted (resume with `cairn resume`)",
+        LIVE => "running now, in another process",
+        other => other,
     };
     out!(
         "run {}  pipeline {}  {}",
@@ -920,7 +990,7 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
         Ok(db) => db,
         Err(code) => return code,
     };
-    let record = match find_run(&db, &args.run) {
+    let record = match find_run(&db, &args.run, store) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -979,7 +1049,7 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Only entries of this run.
+    /// Only entries of this run (an id, or `last` for the newest run).
     #[arg(long, value_name = "RUN")]
     run: Option<String>,
     /// Print the entries as one JSON array.
@@ -988,7 +1058,14 @@ pub struct AuditArgs {
 }
 
 /// `cairn audit`: every grant and denial, oldest first.
-pub fn audit(args: AuditArgs, store: &Path) -> u8 {
+pub fn audit(mut args: AuditArgs, store: &Path) -> u8 {
+    if args.run.as_deref() == Some("last") {
+        let last = history(store).and_then(|db| find_run(db.as_ref(), "last", store));
+        match last {
+            Ok(record) => args.run = Some(record.id.0),
+            Err(code) => return code,
+        }
+    }
     let (entries, bad) = match crate::store::audit::AuditLog::new(store).read() {
         Ok(read) => read,
         Err(e) => return report_error(&e.to_string()),

@@ -35,6 +35,13 @@ pub enum TaskCommand {
 
     /// Show what a component is: its description, schemas, imports and exports.
     Inspect(InspectArgs),
+
+    /// Create a task crate that builds as it is: the cdylib crate type, the
+    /// SDK dependency, a small release profile and a test.
+    ///
+    /// Then: cd NAME && cargo build --release --target wasm32-wasip2
+    #[command(verbatim_doc_comment)]
+    New(super::scaffold::NewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +123,7 @@ pub async fn execute(command: TaskCommand, store: &Path) -> u8 {
     let result = match command {
         TaskCommand::Run(args) => run(args, store).await,
         TaskCommand::Inspect(args) => inspect(args, store).await,
+        TaskCommand::New(args) => super::scaffold::new(args),
     };
     result.unwrap_or_else(|message| {
         super::print_error(message);
@@ -285,7 +293,20 @@ fn canonical_json(bytes: &[u8], spec: Option<&str>) -> Result<Vec<u8>, String> {
         _ => "--input".to_owned(),
     };
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        format!("the input is not valid JSON ({source}: {e}); a task takes one JSON document")
+        // `--input request.json`: a file name given without its `@`.
+        let file_hint = match spec {
+            Some(s)
+                if source == "--input"
+                    && !s.trim_start().starts_with(['{', '[', '"'])
+                    && Path::new(s).is_file() =>
+            {
+                format!("; to read the file {s}, write --input @{s}")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "the input is not valid JSON ({source}: {e}); a task takes one JSON document{file_hint}"
+        )
     })?;
     serde_json::to_vec(&value).map_err(|e| format!("cannot encode the input: {e}"))
 }

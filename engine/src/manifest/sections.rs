@@ -424,7 +424,7 @@ mod tests {
             ),
             (
                 "name = \"p\"\n[steps.a]\ncomponent = \"a\"\n[defaults]\nfuel = \"x\"\n",
-                "line 5, column 8: invalid type: string \"x\", expected u64",
+                "line 5, column 8: invalid type: string \"x\", expected a whole number of fuel units",
             ),
         ] {
             assert_eq!(parse(text).map(|_| ()), None, "{text}");

@@ -138,6 +138,16 @@ impl Ledger {
         durable
     }
 
+    /// Hand what is queued to the writer without making it durable, so that
+    /// a reader of the journal (`cairn runs show` in another terminal) sees
+    /// a long step start while it runs.
+    pub(super) fn write_out(&self) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if !queue.pending.events.is_empty() || !queue.pending.results.is_empty() {
+            queue.send(Durability::Process, None);
+        }
+    }
+
     /// Commit everything queued, wait for it, and flush the store.
     pub(super) async fn flush(&self) -> Result<(), LedgerError> {
         self.commit().await.map_err(|_| self.writer_gone())??;

@@ -542,6 +542,14 @@ async fn drive<E: Executor>(
                     }
                 }
             }
+            // Nothing else happened for a while: what was queued for the
+            // journal (steps queued, attempts started) is written out, not
+            // fsynced, for readers in other processes.
+            () = tokio::time::sleep(JOURNAL_LAG), if run.ledger.is_some() => {
+                if let Some(ledger) = &run.ledger {
+                    ledger.write_out();
+                }
+            }
             Some(joined) = run.work.join_next_with_id() => {
                 run.joined(joined);
                 // Take every completion that is already waiting: they join
@@ -648,6 +656,10 @@ type Commit = (
     tokio::sync::oneshot::Receiver<Result<(), ledger::LedgerError>>,
     Vec<Finished>,
 );
+
+/// How long queued journal events may wait for a commit while the run is
+/// idle before they are written out anyway (see [`Ledger::write_out`]).
+const JOURNAL_LAG: Duration = Duration::from_millis(200);
 
 /// The most bytes of input one step's references may render, over all its
 /// elements: one large output referenced many times (or mapped over) must

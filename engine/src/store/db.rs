@@ -192,13 +192,24 @@ fn decode_watermark(value: &[u8]) -> Option<(u32, u64)> {
 }
 
 impl SledStore {
-    /// Open (creating if needed) the store in `dir`.
+    /// Open (creating if needed) the store in `dir`, waiting up to
+    /// `LOCK_WAIT` for another process to let go of it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    /// Open the store in `dir`, or fail with [`StoreError::Locked`] at once
+    /// if another process holds it (for readers that have another way in).
+    pub fn open_now(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, Duration::ZERO)
+    }
+
+    fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
         let path = dir.join("db");
         let blobs = dir.join("blobs");
         std::fs::create_dir_all(&blobs).map_err(|e| StoreError::io(&blobs, e))?;
         let config = sled::Config::new().path(&path).flush_every_ms(Some(500));
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = std::time::Instant::now() + wait;
         let db = loop {
             match open_sled(&config, &path) {
                 Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {

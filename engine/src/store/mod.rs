@@ -15,6 +15,7 @@
 pub mod artifacts;
 pub mod audit;
 pub mod db;
+pub mod history;
 mod journal;
 mod log;
 mod pack;

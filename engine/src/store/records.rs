@@ -92,6 +92,12 @@ pub enum JournalEvent {
         manifest: PathBuf,
         manifest_hash: String,
         resumed: bool,
+        /// Steps in the plan (journals written before it was recorded: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        steps: Option<usize>,
+        /// The run this one replays.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replay_of: Option<RunId>,
     },
     StepScheduled {
         at_ms: u64,
