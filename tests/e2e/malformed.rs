@@ -1,6 +1,6 @@
 //! Bad input never panics: each case is one clear `error:` line, exit code 1.
 
-use crate::support::{Cairn, guest};
+use crate::support::{Cairn, Run, guest};
 
 fn run_file(cairn: &Cairn, bytes: &[u8]) -> crate::support::Run {
     let dir = tempfile::tempdir().unwrap();
@@ -102,4 +102,42 @@ fn help_lists_the_exit_codes() {
             run.stdout
         );
     }
+}
+
+#[test]
+fn an_input_of_the_wrong_shape_names_the_field_not_a_json_position() {
+    let cairn = Cairn::new();
+    let (run, report) = cairn.task_json(&guest("word_count"), r#"{"text": 5}"#, &[]);
+    assert_eq!(run.code, 10, "{}", run.stderr);
+    let message = report["failure"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("input.text: invalid type: integer `5`, expected a string"),
+        "{message}"
+    );
+    assert!(!message.contains("line 1 column"), "{message}");
+}
+
+#[test]
+fn a_bare_file_name_as_input_hints_at_the_at_sign() {
+    let cairn = Cairn::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("request.json"), r#"{"text": "hi"}"#).unwrap();
+    let out = Run::from(
+        cairn
+            .command()
+            .current_dir(dir.path())
+            .args([
+                "task",
+                "run",
+                guest("word_count").to_str().unwrap(),
+                "--input",
+                "request.json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    out.assert_clean_error(
+        1,
+        "to read the file request.json, write --input @request.json",
+    );
 }

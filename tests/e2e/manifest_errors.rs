@@ -191,6 +191,60 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn schema_problems_are_reported_with_the_others_in_one_round() {
+    // A missing component and a bad duration used to stop the check before
+    // the schemas were looked at: three rounds of `cairn check` for three
+    // problems. Now every problem the loaded steps show comes at once.
+    let err = check_fails(&format!(
+        "{HEAD}[steps.parse]\ncomponent = \"{{wasm:csv_parse}}\"\ninput = {{ csv = 5 }}\n\
+         [steps.count]\ncomponent = \"{{wasm:word_count}}\"\ninput = {{ text = \"${{parse.rows}}\" }}\n\
+         [steps.gone]\ncomponent = \"missing.wasm\"\n\
+         [steps.slow]\ncomponent = \"{{wasm:echo}}\"\ntimeout = \"soon\"\n"
+    ));
+    for expected in [
+        "step `parse`: input.csv is a number but the task expects string",
+        "step `count`: input.text comes from ${parse.rows}, which is array but the task expects string",
+        "step `gone`: component",
+        "step `slow`: timeout: invalid duration \"soon\"",
+        "4 problems",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn map_over_something_that_is_not_a_list_is_caught_before_running() {
+    let err = check_fails(&format!(
+        "{HEAD}[steps.count]\ncomponent = \"{{wasm:word_count}}\"\ninput = {{ text = \"a b\" }}\n\
+         [steps.each]\ncomponent = \"{{wasm:echo}}\"\nmap = \"${{count.total_words}}\"\ninput = {{ x = \"${{item}}\" }}\n"
+    ));
+    assert!(
+        err.contains("step `each`: map: ${count.total_words} is integer, not a list"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_commands_print_a_json_error_object_when_planning_fails() {
+    let p = Pipeline::new(&format!(
+        "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"ghost\"]\n[steps.b]\ncomponent = \"missing.wasm\"\n"
+    ));
+    for command in ["check", "run"] {
+        let run = Cairn::new().run(&[command, p.path(), "--json"]);
+        assert_eq!(run.code, 1, "{command}: {}", run.stderr);
+        let object = run.json();
+        assert_eq!(object["ok"], false, "{command}: {object}");
+        assert_eq!(object["exit_code"], 1);
+        let errors = object["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 2, "{command}: {object}");
+        assert!(
+            errors.iter().any(|e| e.as_str().unwrap().contains("ghost")),
+            "{object}"
+        );
+    }
+}
+
+#[test]
 fn run_refuses_an_invalid_plan_without_running_anything() {
     let p = Pipeline::new(&format!(
         "{HEAD}[steps.a]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"ghost\"]\n"

@@ -538,6 +538,23 @@ fn events_stream_every_step_attempt_and_log_as_json_lines() {
     }
     // Started means running: one attempt-started per attempt that ran.
     assert_eq!(of("flaky", "attempt-started").len(), 3, "{kinds:?}");
+    // `runs show` counts the same attempts as the report.
+    let shown = cairn
+        .run(&["runs", "show", report["run_id"].as_str().unwrap(), "--json"])
+        .json();
+    for name in ["flaky", "broken", "after"] {
+        let view = shown["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap();
+        assert_eq!(
+            view["attempts"],
+            step(&report, name)["attempts"],
+            "{name}: {shown}"
+        );
+    }
     // A rerun answers `after` from the cache: it is queued and finished,
     // never started, and makes no attempt.
     let again = p.dir.path().join("again.jsonl");

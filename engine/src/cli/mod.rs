@@ -28,6 +28,7 @@ macro_rules! say_part {
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
+        $crate::cli::json_errors::stdout_used();
         if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
             $crate::cli::note_stdout_failure(e);
         }
@@ -38,6 +39,7 @@ macro_rules! out {
 macro_rules! out_part {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
+        $crate::cli::json_errors::stdout_used();
         if let Err(e) = write!(std::io::stdout(), $($arg)*) {
             $crate::cli::note_stdout_failure(e);
         }
@@ -219,6 +221,7 @@ pub fn main() -> ExitCode {
             Command::Task(command) => task::execute(command, &cli.store).await,
         }
     });
+    json_errors::finish(code);
     // A task blocked in a host call that cannot be interrupted (a read of a
     // FIFO, say) keeps a blocking thread busy after its attempt timed out;
     // the process must still exit.
@@ -337,6 +340,7 @@ fn report_error(message: &str) -> u8 {
 fn print_error(message: impl std::fmt::Display) {
     const MAX: usize = 4096;
     let text = message.to_string();
+    json_errors::note(&text, MAX);
     if text.len() <= MAX {
         say!("error: {text}");
     } else {
@@ -346,6 +350,51 @@ fn print_error(message: impl std::fmt::Display) {
             &text[..end],
             text.len() - end
         );
+    }
+}
+
+/// `--json` commands that fail before they print their report print a JSON
+/// error object on stdout instead, so a machine reading stdout always gets
+/// JSON: `{"ok": false, "exit_code": N, "errors": ["…", …]}`, the errors
+/// being the lines printed on stderr (without `error: `).
+pub mod json_errors {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static WANTED: AtomicBool = AtomicBool::new(false);
+    static USED: AtomicBool = AtomicBool::new(false);
+    static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    /// Errors kept for the object (a plan can have thousands of problems).
+    const KEEP: usize = 1000;
+
+    /// The command was asked for `--json`.
+    pub fn want() {
+        WANTED.store(true, Ordering::Relaxed);
+    }
+
+    /// Something was written to stdout: the command printed its own JSON.
+    pub fn stdout_used() {
+        USED.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn note(text: &str, max: usize) {
+        if !WANTED.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut errors = ERRORS.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < KEEP {
+            errors.push(text[..text.floor_char_boundary(max)].to_owned());
+        }
+    }
+
+    /// Print the error object if the command failed without printing.
+    pub(super) fn finish(code: u8) {
+        if code == 0 || !WANTED.load(Ordering::Relaxed) || USED.load(Ordering::Relaxed) {
+            return;
+        }
+        let errors = std::mem::take(&mut *ERRORS.lock().unwrap_or_else(|e| e.into_inner()));
+        let object = serde_json::json!({"ok": false, "exit_code": code, "errors": errors});
+        out!("{object}");
     }
 }
 

@@ -293,6 +293,9 @@ async fn plan(
 }
 
 pub async fn check(args: CheckArgs, store: &Path) -> u8 {
+    if args.json {
+        super::json_errors::want();
+    }
     let policy = match args.policy.load() {
         Ok(p) => p,
         Err(code) => return code,
@@ -464,6 +467,9 @@ fn dot(plan: &Plan) -> String {
 }
 
 pub async fn run(args: RunArgs, store: &Path) -> u8 {
+    if args.json {
+        super::json_errors::want();
+    }
     let policy = match args.policy.load() {
         Ok(p) => p,
         Err(code) => return code,
@@ -762,6 +768,7 @@ impl Launch<'_> {
             };
             // Straight to stdout through one large buffer: a report of ten
             // thousand steps is megabytes, and stdout is line-buffered.
+            super::json_errors::stdout_used();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
             let written = serde_json::to_writer(&mut out, &json)
                 .map_err(std::io::Error::from)

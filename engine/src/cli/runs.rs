@@ -312,6 +312,9 @@ fn readmission(record: &RunRecord, given: Option<Policy>) -> Result<Option<Polic
 }
 
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
+    if args.json {
+        super::json_errors::want();
+    }
     let Loaded {
         policy,
         db,
@@ -355,6 +358,9 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
 }
 
 pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
+    if args.json {
+        super::json_errors::want();
+    }
     let Loaded {
         policy,
         db,

@@ -166,6 +166,9 @@ impl Observer for StderrObserver {
 }
 
 async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
+    if args.json {
+        super::json_errors::want();
+    }
     let grants = grants(&args)?;
     if args.memory > Limits::MAX_MEMORY {
         return Err(format!(

@@ -312,6 +312,7 @@ impl Plan {
         }
         let described = describe_all(&steps, sandbox, &mut errors).await;
         errors.list.append(&mut reference_errors.list);
+        share_schemas(&mut steps, &described);
 
         let output = output_spec.as_ref().and_then(|value| {
             let template = to_json(value).and_then(|v| Template::parse(&v));
@@ -339,6 +340,11 @@ impl Plan {
             }
         });
         if !errors.list.is_empty() {
+            // Check what can be checked of the steps that did load, so one
+            // round of `cairn check` reports every problem it can see.
+            let by_name: HashMap<&str, &Step> =
+                steps.iter().map(|s| (s.name.as_str(), s)).collect();
+            check_schemas(&steps, &|name| by_name.get(name).copied(), &mut errors);
             return Err(PlanErrors(errors.list));
         }
         // Without errors every named step was drafted and loaded, so a
@@ -359,25 +365,6 @@ impl Plan {
         };
         drop(deps);
 
-        // One output schema per component (and per mapped or not), shared by
-        // every step using it: a copy per step of a 100 000-step chain would
-        // be most of the plan's memory.
-        let mut output_schemas: HashMap<(blake3::Hash, bool), Arc<Value>> = HashMap::new();
-        for step in &mut steps {
-            let hash = step.component.hash;
-            let Some(desc) = described.get(&hash) else {
-                continue;
-            };
-            let mapped = step.map.is_some();
-            let schema = output_schemas.entry((hash, mapped)).or_insert_with(|| {
-                Arc::new(match mapped {
-                    true => list_of(&desc.output_schema),
-                    false => desc.output_schema.clone(),
-                })
-            });
-            step.output_schema = Some(schema.clone());
-            step.describe = Some(desc.clone());
-        }
         let mut dependents = vec![Vec::new(); steps.len()];
         for step in &steps {
             for &dep in &step.deps {
@@ -393,7 +380,7 @@ impl Plan {
             output,
             ids,
         };
-        check_schemas(&plan, &mut errors);
+        check_schemas(&plan.steps, &|name| plan.step(name), &mut errors);
         if !errors.list.is_empty() {
             return Err(PlanErrors(errors.list));
         }
@@ -974,11 +961,51 @@ fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
     Ok(grants)
 }
 
+/// Give each step its component's description and output schema. One
+/// output schema per component (and per mapped or not), shared by every
+/// step using it: a copy per step of a 100 000-step chain would be most of
+/// the plan's memory.
+fn share_schemas(steps: &mut [Step], described: &HashMap<blake3::Hash, Arc<Described>>) {
+    let mut output_schemas: HashMap<(blake3::Hash, bool), Arc<Value>> = HashMap::new();
+    for step in steps {
+        let hash = step.component.hash;
+        let Some(desc) = described.get(&hash) else {
+            continue;
+        };
+        let mapped = step.map.is_some();
+        let schema = output_schemas.entry((hash, mapped)).or_insert_with(|| {
+            Arc::new(match mapped {
+                true => list_of(&desc.output_schema),
+                false => desc.output_schema.clone(),
+            })
+        });
+        step.output_schema = Some(schema.clone());
+        step.describe = Some(desc.clone());
+    }
+}
+
+/// Finds a step by name among those that loaded.
+type Find<'p> = dyn Fn(&str) -> Option<&'p Step> + 'p;
+
 /// Check every reference against upstream output schemas and every input
-/// against its step's input schema.
-fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
-    for step in &plan.steps {
-        let item = step.map.as_ref().and_then(|m| schema_of_ref(plan, m));
+/// against its step's input schema. A reference to a step that is not
+/// there (it did not load, and was reported) is not checked.
+fn check_schemas<'p>(steps: &'p [Step], find: &Find<'p>, errors: &mut Errors<'_>) {
+    for step in steps {
+        let item = step.map.as_ref().and_then(|m| schema_of_ref(find, m));
+        if let Some(list) = &step.map
+            && let Some((root, schema)) = schema_of_ref(find, list)
+            && let Some(kinds) = schema::types(root, schema)
+            && !kinds.iter().any(|k| k == "array")
+        {
+            errors.step(
+                &step.name,
+                format!(
+                    "map: {list} is {}, not a list; `map` runs the step once per element of a list",
+                    kinds.join(" or ")
+                ),
+            );
+        }
         let mut refs: Vec<(&str, &Reference)> = step
             .input
             .references()
@@ -990,7 +1017,9 @@ fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
         for (field, reference) in refs {
             let problem = match &reference.source {
                 Source::Step(name) => {
-                    let upstream = plan.step(name).expect("references were resolved");
+                    let Some(upstream) = find(name) else {
+                        continue;
+                    };
                     match upstream
                         .output_schema
                         .as_ref()
@@ -1020,7 +1049,7 @@ fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
             }
         }
         if let Some(described) = &step.describe {
-            let resolver = PlanRefs { plan, item };
+            let resolver = PlanRefs { find, item };
             for problem in schema::check_input(&step.input, &described.input_schema, &resolver) {
                 errors.step(
                     &step.name,
@@ -1035,11 +1064,11 @@ fn check_schemas(plan: &Plan, errors: &mut Errors<'_>) {
 }
 
 /// The (root, schema) of the value a step reference points at, if known.
-fn schema_of_ref<'p>(plan: &'p Plan, reference: &Reference) -> Option<(&'p Value, &'p Value)> {
+fn schema_of_ref<'p>(find: &Find<'p>, reference: &Reference) -> Option<(&'p Value, &'p Value)> {
     let Source::Step(name) = &reference.source else {
         return None;
     };
-    let root = plan.step(name)?.output_schema.as_deref()?;
+    let root = find(name)?.output_schema.as_deref()?;
     match schema::follow(root, &reference.path) {
         Lookup::Found(schema) => Some((root, schema)),
         _ => None,
@@ -1061,15 +1090,15 @@ fn list_of(element: &Value) -> Value {
     list
 }
 
-struct PlanRefs<'p> {
-    plan: &'p Plan,
+struct PlanRefs<'p, 'f> {
+    find: &'f Find<'p>,
     item: Option<(&'p Value, &'p Value)>,
 }
 
-impl schema::RefSchemas for PlanRefs<'_> {
+impl schema::RefSchemas for PlanRefs<'_, '_> {
     fn schema_of(&self, reference: &Reference) -> Option<(&Value, &Value)> {
         match &reference.source {
-            Source::Step(_) => schema_of_ref(self.plan, reference),
+            Source::Step(_) => schema_of_ref(self.find, reference),
             Source::Item if reference.path.is_empty() => {
                 let (root, list) = self.item?;
                 Some((root, schema::items(root, list)?))

@@ -120,7 +120,7 @@ pub fn items<'s>(root: &'s Value, schema: &'s Value) -> Option<&'s Value> {
 }
 
 /// The JSON types a schema allows, or `None` when it does not say.
-fn types(root: &Value, schema: &Value) -> Option<Vec<String>> {
+pub fn types(root: &Value, schema: &Value) -> Option<Vec<String>> {
     let schema = resolve(root, schema);
     match schema.get("type") {
         Some(Value::String(t)) => Some(vec![t.clone()]),
