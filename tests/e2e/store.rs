@@ -2,11 +2,11 @@
 //! and a store shared by two processes — through the real binary.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 
-use crate::support::{Cairn, Pipeline, endless_pipeline, repo_root, step};
+use crate::support::{Cairn, Pipeline, endless_pipeline, repo_root, start_until, step};
 
 fn run_json(cairn: &Cairn, path: &str, extra: &[&str]) -> Value {
     let mut args = vec!["run", path, "--json"];
@@ -189,36 +189,6 @@ fn chain(steps: usize) -> Pipeline {
         ));
     }
     Pipeline::new(&manifest)
-}
-
-/// Start `cairn run` and read stderr until `line` appears; returns the run id.
-fn start_until(cairn: &Cairn, path: &str, line: &str) -> (Child, String) {
-    let mut child = cairn
-        .command()
-        .args(["run", path])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut run_id = String::new();
-    let mut text = String::new();
-    loop {
-        text.clear();
-        assert_ne!(
-            stderr.read_line(&mut text).unwrap(),
-            0,
-            "cairn ended before printing {line:?}"
-        );
-        if let Some(rest) = text.strip_prefix("run ") {
-            run_id = rest.split_whitespace().next().unwrap().to_owned();
-        }
-        if text.starts_with(line) {
-            break;
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, run_id)
 }
 
 /// Kill `cairn run` with SIGKILL once it prints `line`, when steps

@@ -1,5 +1,6 @@
 //! Shared helpers: build the guests once, run `cairn` in a fresh store.
 
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -211,4 +212,34 @@ pub fn example(name: &str) -> String {
         .to_str()
         .expect("utf-8 path")
         .to_owned()
+}
+
+/// Start `cairn run` and read stderr until `line` appears; returns the run id.
+pub fn start_until(cairn: &Cairn, path: &str, line: &str) -> (std::process::Child, String) {
+    let mut child = cairn
+        .command()
+        .args(["run", path])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut run_id = String::new();
+    let mut text = String::new();
+    loop {
+        text.clear();
+        assert_ne!(
+            stderr.read_line(&mut text).unwrap(),
+            0,
+            "cairn ended before printing {line:?}"
+        );
+        if let Some(rest) = text.strip_prefix("run ") {
+            run_id = rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if text.starts_with(line) {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, run_id)
 }

@@ -1,13 +1,11 @@
 //! Read-only commands in a second terminal while a run holds the store,
 //! and read-only commands where there is no store.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Cairn, endless_pipeline};
+use crate::support::{Cairn, endless_pipeline, start_until};
 
 #[test]
 fn runs_list_show_and_logs_work_while_a_run_holds_the_store() {
@@ -19,23 +17,7 @@ fn runs_list_show_and_logs_work_while_a_run_holds_the_store() {
         "#,
     );
     let cairn = Cairn::new();
-    let mut child = cairn
-        .command()
-        .args(["run", p.path()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut run_id = String::new();
-    while !line.starts_with("start  slow") {
-        line.clear();
-        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "cairn ended early");
-        if let Some(rest) = line.strip_prefix("run ") {
-            run_id = rest.split_whitespace().next().unwrap().to_owned();
-        }
-    }
+    let (child, run_id) = start_until(&cairn, p.path(), "start  slow");
 
     // The journal shows the step running once the run writes it out (it
     // does when idle); wait for that, not for a fixed time.
@@ -92,8 +74,7 @@ fn runs_list_show_and_logs_work_while_a_run_holds_the_store() {
         .status()
         .unwrap();
     assert!(killed.success());
-    std::io::copy(&mut stderr, &mut std::io::sink()).unwrap();
-    child.wait().unwrap();
+    child.wait_with_output().unwrap();
     let after = cairn.run(&["runs", "list", "--json"]);
     assert_eq!(after.json()[0]["status"], "cancelled", "{}", after.stdout);
     let active = cairn.store.path().join("active");
@@ -108,31 +89,10 @@ fn runs_list_show_and_logs_work_while_a_run_holds_the_store() {
 fn a_killed_run_reads_as_interrupted_while_another_holds_the_store() {
     let p = endless_pipeline("");
     let cairn = Cairn::new();
-    let start = |cairn: &Cairn| {
-        let mut child = cairn
-            .command()
-            .args(["run", p.path()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let mut id = String::new();
-        while !line.starts_with("start  slow") {
-            line.clear();
-            assert_ne!(stderr.read_line(&mut line).unwrap(), 0);
-            if let Some(rest) = line.strip_prefix("run ") {
-                id = rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        (child, id)
-    };
-    let (mut first, killed) = start(&cairn);
+    let (mut first, killed) = start_until(&cairn, p.path(), "start  slow");
     first.kill().unwrap(); // its live marker stays behind, naming a dead pid
     first.wait().unwrap();
-    let (mut second, live) = start(&cairn);
+    let (mut second, live) = start_until(&cairn, p.path(), "start  slow");
     let listed = cairn.run(&["runs", "list", "--json"]).json();
     let status = |id: &str| {
         listed
