@@ -253,6 +253,19 @@ fn pipelines(c: &mut Criterion) {
             ))
         })
     });
+    // What a user of a sequential pipeline waits for: each step of the
+    // chain executed in the sandbox and made durable, with dependents
+    // started on the output in memory (pipelined durability).
+    group.bench_function("store/run-echo-durable/1k-chain", |b| {
+        b.iter(|| {
+            runtime.block_on(run_with(
+                chain_plan.clone(),
+                executor.clone(),
+                2,
+                Some(ledger(&db, true)),
+            ))
+        })
+    });
     group.bench_function("store/no-ledger-noop/10k-fan-out", |b| {
         b.iter(|| runtime.block_on(run_with(fan_plan.clone(), Arc::new(Noop), 2, None)))
     });

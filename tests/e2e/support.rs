@@ -216,6 +216,16 @@ pub fn example(name: &str) -> String {
 
 /// Start `cairn run` and read stderr until `line` appears; returns the run id.
 pub fn start_until(cairn: &Cairn, path: &str, line: &str) -> (std::process::Child, String) {
+    start_until_all(cairn, path, &[line])
+}
+
+/// Start `cairn run` and read stderr until every one of `lines` has
+/// appeared (as the start of a line, in any order); returns the run id.
+pub fn start_until_all(
+    cairn: &Cairn,
+    path: &str,
+    lines: &[&str],
+) -> (std::process::Child, String) {
     let mut child = cairn
         .command()
         .args(["run", path])
@@ -226,19 +236,18 @@ pub fn start_until(cairn: &Cairn, path: &str, line: &str) -> (std::process::Chil
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut run_id = String::new();
     let mut text = String::new();
-    loop {
+    let mut missing: Vec<&str> = lines.to_vec();
+    while !missing.is_empty() {
         text.clear();
         assert_ne!(
             stderr.read_line(&mut text).unwrap(),
             0,
-            "cairn ended before printing {line:?}"
+            "cairn ended before printing {missing:?}"
         );
         if let Some(rest) = text.strip_prefix("run ") {
             run_id = rest.split_whitespace().next().unwrap().to_owned();
         }
-        if text.starts_with(line) {
-            break;
-        }
+        missing.retain(|line| !text.starts_with(line));
     }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (child, run_id)

@@ -591,10 +591,32 @@ async fn drive<E: Executor>(
             }
         }
     }
-    if let Some(ledger) = &run.ledger
-        && let Err(e) = ledger.flush().await
-    {
-        store_error.get_or_insert(e);
+    // What finished but was not yet reported: the commit in flight when
+    // the run stopped, and what waited for the next one. The final flush
+    // makes it durable, and then it is reported; if it cannot, it failed.
+    let mut unreported: Vec<Finished> = in_flight.take().map(|(_, f)| f).unwrap_or_default();
+    unreported.append(&mut run.unflushed);
+    if let Some(ledger) = &run.ledger {
+        let flushed = match &store_error {
+            // The writer stops at its first failure: nothing after it lands.
+            Some(e) => Err(e.clone()),
+            None => ledger.flush().await,
+        };
+        match flushed {
+            Ok(()) => {
+                for finished in unreported {
+                    run.announce_durable(finished);
+                }
+            }
+            Err(e) => {
+                for finished in unreported {
+                    if let Finished::Step(id) = finished {
+                        run.not_durable(id, &e);
+                    }
+                }
+                store_error.get_or_insert(e);
+            }
+        }
     }
     let failed = run
         .reports
@@ -1014,15 +1036,24 @@ impl<E: Executor> Run<E> {
             // after a crash re-runs nothing that was reported finished. A
             // step answered from the cache or the journal needs no fsync: if
             // its record is lost, resuming just looks it up again.
+            //
+            // Its dependents need not wait for that: they start now, on the
+            // output in memory (pipelined durability). Their records follow
+            // this one in the journal, which is written in order, so no
+            // commit can make a dependent durable before its parent; and
+            // they, too, are reported done only once durable. A crash loses
+            // only work nobody was told of.
             let executed = report.source == Some(StepSource::Executed);
             if matches!(report.status, StepStatus::Failed(_))
                 || (report.status == StepStatus::Succeeded && executed)
             {
                 self.unflushed.push(Finished::Step(id));
+                self.release(id);
                 return;
             }
         }
-        self.announce(id);
+        self.report(id);
+        self.release(id);
     }
 
     /// Start a group commit of every finished step not yet durable; the
@@ -1047,7 +1078,7 @@ impl<E: Executor> Run<E> {
     /// Announce what a group commit made durable.
     fn announce_durable(&mut self, finished: Finished) {
         match finished {
-            Finished::Step(id) => self.announce(id),
+            Finished::Step(id) => self.report(id),
             Finished::Item(id, index) => self.observer.event(Event::ItemFinished {
                 step: &self.plan.steps[id],
                 index,
@@ -1107,13 +1138,22 @@ impl<E: Executor> Run<E> {
         });
     }
 
-    /// Tell the observer a step is finished and release its dependents.
-    fn announce(&mut self, id: StepId) {
+    /// Tell the observer a step is finished.
+    fn report(&self, id: StepId) {
+        let step = &self.plan.steps[id];
+        self.observer.event(Event::StepFinished {
+            step,
+            report: &self.reports[id],
+        });
+    }
+
+    /// Let the steps that wait for `id` go on (or, with fail-fast after a
+    /// required failure, stop starting anything).
+    fn release(&mut self, id: StepId) {
         let step = &self.plan.steps[id];
         let report = &self.reports[id];
         let required_failure =
             matches!(report.status, StepStatus::Failed(_)) && !step.allow_failure;
-        self.observer.event(Event::StepFinished { step, report });
         if required_failure && self.options.fail_fast {
             self.stop = true;
             self.ready.clear();
