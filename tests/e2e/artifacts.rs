@@ -64,3 +64,82 @@ fn truncated_artifact_is_recompiled() {
     std::fs::write(file, &bytes[..bytes.len() - 100]).unwrap();
     assert_eq!(code_source(&cairn), "compiled");
 }
+
+/// `code_source` of one task run with the shared artifact cache at `cache`.
+fn code_source_with_cache(cairn: &Cairn, cache: &std::path::Path) -> (String, String) {
+    let out = crate::support::Run::from(
+        cairn
+            .command()
+            .env("CAIRN_ARTIFACT_CACHE", cache)
+            .args([
+                "task",
+                "run",
+                guest("word_count").to_str().unwrap(),
+                "--input",
+                r#"{"text": "a"}"#,
+                "--json",
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let source = out.json()["component"]["code_source"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (source, out.stderr)
+}
+
+#[test]
+fn a_fresh_store_loads_what_another_store_compiled_from_the_shared_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("artifacts");
+    let (first, second) = (Cairn::new(), Cairn::new());
+    assert_eq!(code_source_with_cache(&first, &dir).0, "compiled");
+    assert_eq!(
+        code_source_with_cache(&second, &dir).0,
+        "artifact-cache",
+        "a new store does not compile again"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the shared cache is private"
+    );
+    // A damaged shared artifact is caught by its checksum, not run.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    assert_eq!(code_source_with_cache(&Cairn::new(), &dir).0, "compiled");
+}
+
+#[test]
+fn a_shared_cache_others_may_write_to_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("artifacts");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (first, second) = (Cairn::new(), Cairn::new());
+    let (source, stderr) = code_source_with_cache(&first, &dir);
+    assert_eq!(source, "compiled");
+    assert!(
+        stderr.contains("not using the shared artifact cache"),
+        "{stderr}"
+    );
+    assert_eq!(
+        code_source_with_cache(&second, &dir).0,
+        "compiled",
+        "nothing is taken from a directory anyone could have written"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "and nothing is put there"
+    );
+}

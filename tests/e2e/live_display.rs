@@ -29,6 +29,7 @@ impl Terminal {
             .args(["new-session", "-d", "-s", "run", "-x", "150", "-y", "50"])
             .arg("-e")
             .arg(format!("CAIRN_HOME={}", store.display()))
+            .args(["-e", "CAIRN_ARTIFACT_CACHE=off"])
             .arg(command)
             .status()
             .expect("tmux starts (install the tmux package)");

@@ -98,6 +98,10 @@ fn every_command_in_the_readme_runs_as_written() {
             .env("PATH", &path)
             .env("CAIRN_HOME", store.path())
             .env("TMPDIR", scratch.path())
+            .env(
+                "CAIRN_ARTIFACT_CACHE",
+                scratch.path().join("artifact-cache"),
+            )
             .env_remove("CAIRN_LOG")
             .env_remove("CAIRN_POLICY")
             .env_remove("CAIRN_TENANT")

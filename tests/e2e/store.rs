@@ -187,10 +187,7 @@ fn chain_of(steps: usize, rounds: u64) -> Pipeline {
         let input = if i == 0 {
             format!("{{ rounds = {rounds} }}")
         } else {
-            format!(
-                "{{ rounds = {rounds}, seed = \"${{s{}.value}}\" }}",
-                i - 1
-            )
+            format!("{{ rounds = {rounds}, seed = \"${{s{}.value}}\" }}", i - 1)
         };
         manifest.push_str(&format!(
             "[steps.s{i}]\ncomponent = \"{{wasm:burn}}\"\ninput = {input}\n"

@@ -57,7 +57,10 @@ impl Cairn {
 
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        // Each test compiles into its own store: the per-user shared
+        // artifact cache is off unless a test turns it on.
         cmd.env("CAIRN_HOME", self.store.path())
+            .env("CAIRN_ARTIFACT_CACHE", "off")
             .env_remove("CAIRN_LOG")
             .stdin(Stdio::null());
         cmd
@@ -221,11 +224,7 @@ pub fn start_until(cairn: &Cairn, path: &str, line: &str) -> (std::process::Chil
 
 /// Start `cairn run` and read stderr until every one of `lines` has
 /// appeared (as the start of a line, in any order); returns the run id.
-pub fn start_until_all(
-    cairn: &Cairn,
-    path: &str,
-    lines: &[&str],
-) -> (std::process::Child, String) {
+pub fn start_until_all(cairn: &Cairn, path: &str, lines: &[&str]) -> (std::process::Child, String) {
     let mut child = cairn
         .command()
         .args(["run", path])

@@ -405,11 +405,22 @@ fn open_sandbox(store: &Path) -> Result<Sandbox, String> {
 
 /// A sandbox with room for at least `jobs` live instances.
 fn open_sandbox_for(store: &Path, jobs: u32) -> Result<Sandbox, String> {
-    let artifacts = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
+    let local = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
+    let artifacts: Arc<dyn crate::store::ArtifactStore> =
+        match crate::store::artifacts::shared_cache_dir().map(DirArtifactStore::open) {
+            Some(Ok(shared)) => Arc::new(crate::store::artifacts::LayeredArtifacts::new(
+                local, shared,
+            )),
+            Some(Err(e)) => {
+                tracing::warn!("not using the shared artifact cache: {e}");
+                Arc::new(local)
+            }
+            None => Arc::new(local),
+        };
     let mut config = SandboxConfig::for_this_machine();
     config.max_instances = config.max_instances.max(jobs);
     config.scratch_root = std::path::absolute(store.join("scratch")).map_err(|e| e.to_string())?;
-    Sandbox::new(config, Arc::new(artifacts)).map_err(|e| e.to_string())
+    Sandbox::new(config, artifacts).map_err(|e| e.to_string())
 }
 
 fn init_diagnostics(verbose: u8) {

@@ -106,6 +106,83 @@ impl ArtifactStore for DirArtifactStore {
     }
 }
 
+/// A store's own artifacts over a cache shared by every store of this user
+/// on the machine, so a fresh store (a new project, a CI job, a test) does
+/// not compile again a component the machine has compiled before. Reads
+/// try the store's own directory first; compiled artifacts go to both.
+/// Every artifact is checked against its checksum wherever it comes from,
+/// and the shared directory is used only when it belongs to this user and
+/// no one else may write to it ([`shared_cache_dir`]): what is in it runs
+/// as native code.
+pub struct LayeredArtifacts {
+    local: DirArtifactStore,
+    shared: DirArtifactStore,
+}
+
+impl LayeredArtifacts {
+    pub fn new(local: DirArtifactStore, shared: DirArtifactStore) -> Self {
+        Self { local, shared }
+    }
+}
+
+impl ArtifactStore for LayeredArtifacts {
+    fn get(&self, key: &ArtifactKey) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.local.get(key)? {
+            Some(payload) => Ok(Some(payload)),
+            None => self.shared.get(key),
+        }
+    }
+
+    fn put(&self, key: &ArtifactKey, payload: &[u8]) -> Result<(), StoreError> {
+        if let Err(e) = self.shared.put(key, payload) {
+            tracing::warn!("cannot add artifact {key} to the shared cache: {e}");
+        }
+        self.local.put(key, payload)
+    }
+
+    fn remove(&self, key: &ArtifactKey) -> Result<(), StoreError> {
+        let shared = self.shared.remove(key);
+        self.local.remove(key).and(shared)
+    }
+}
+
+/// The per-user artifact cache: `$CAIRN_ARTIFACT_CACHE` (`off` for none),
+/// else `$XDG_CACHE_HOME/cairn/artifacts`, else `~/.cache/cairn/artifacts`.
+/// Created private (0700); a directory that exists but is not this user's,
+/// or that others may write to, is not used (with a warning), since a
+/// planted artifact would run as native code in every store.
+pub fn shared_cache_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = match std::env::var_os("CAIRN_ARTIFACT_CACHE") {
+        Some(v) if v == "off" || v.is_empty() => return None,
+        Some(v) => PathBuf::from(v),
+        None => match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            Some(cache) => PathBuf::from(cache).join("cairn/artifacts"),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/cairn/artifacts"),
+        },
+    };
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        tracing::warn!("not using the shared artifact cache {}: {e}", dir.display());
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        tracing::warn!(
+            "not using the shared artifact cache {}: it must be a directory of this user's that \
+             no one else may write to (fix its owner and mode, or set CAIRN_ARTIFACT_CACHE)",
+            dir.display()
+        );
+        return None;
+    }
+    Some(dir)
+}
+
 fn encode_header(payload: &[u8]) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
