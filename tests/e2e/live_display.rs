@@ -130,8 +130,11 @@ input = {{ hello = "terminal" }}
 
     // One job slot, two steps ready: one runs with a line and a clock, the
     // other is only counted as queued.
-    let screen = term.wait_for("one step running", |s| {
-        progress_line(s, "left").is_some() || progress_line(s, "right").is_some()
+    // (`quick` is reported done once its record is durable, which may be
+    // a moment after the next step started on its output.)
+    let screen = term.wait_for("quick done and one step running", |s| {
+        s.contains("done   quick")
+            && (progress_line(s, "left").is_some() || progress_line(s, "right").is_some())
     });
     let running = ["left", "right"]
         .into_iter()
