@@ -490,6 +490,11 @@ async fn drive<E: Executor>(
     let mut in_flight: Option<Commit> = None;
     // Set once the store has failed to make something durable.
     let mut store_error: Option<ledger::LedgerError> = None;
+    // One timer for the whole run, not one per turn of the loop: a sleep
+    // made in the `select!` below would be built (and, with a ledger,
+    // registered and dropped) every time a unit of work completes.
+    let mut write_out = tokio::time::interval(JOURNAL_LAG);
+    write_out.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(id) = run.ready.pop_front() {
             run.start(id);
@@ -542,10 +547,11 @@ async fn drive<E: Executor>(
                     }
                 }
             }
-            // Nothing else happened for a while: what was queued for the
-            // journal (steps queued, attempts started) is written out, not
-            // fsynced, for readers in other processes.
-            () = tokio::time::sleep(JOURNAL_LAG), if run.ledger.is_some() => {
+            // Every JOURNAL_LAG: what was queued for the journal since the
+            // last commit (steps queued, attempts started) is written out,
+            // not fsynced, for readers in other processes; a no-op when a
+            // commit took it already.
+            _ = write_out.tick(), if run.ledger.is_some() => {
                 if let Some(ledger) = &run.ledger {
                     ledger.write_out();
                 }
@@ -679,8 +685,8 @@ type Commit = (
     Vec<Finished>,
 );
 
-/// How long queued journal events may wait for a commit while the run is
-/// idle before they are written out anyway (see [`Ledger::write_out`]).
+/// How long queued journal events may wait for a commit before they are
+/// written out anyway (see [`Ledger::write_out`]).
 const JOURNAL_LAG: Duration = Duration::from_millis(200);
 
 /// The most bytes of input one step's references may render, over all its
