@@ -83,6 +83,9 @@ def timed(command, env, cwd=None):
     and whatever it left running (Prefect's ephemeral API server outlives
     the flow for a while) is stopped before the next measurement, so one
     engine's leftovers do not slow the other down."""
+    # Write back what the previous measurement left dirty first: with it
+    # pending, the next run's fsyncs also wait for the other engine's data.
+    os.sync()
     started = time.perf_counter()
     child = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Cairn, Pipeline, endless_pipeline, repo_root, start_until, start_until_all, step,
+    Cairn, Pipeline, Run, endless_pipeline, repo_root, start_until, start_until_all, step,
 };
 
 fn run_json(cairn: &Cairn, path: &str, extra: &[&str]) -> Value {
@@ -805,4 +805,34 @@ fn map_elements_reported_finished_are_not_run_again_after_kill_9() {
         fan["reused"].as_u64().unwrap() >= 4,
         "the {reported} elements reported before the kill ran again: {fan}"
     );
+}
+
+/// A run records the path of its pipeline as text; a path that is not
+/// UTF-8 is refused up front with what to do, never a panic, and leaves no
+/// run behind.
+#[test]
+#[cfg(unix)]
+fn a_pipeline_path_that_is_not_utf8_is_refused_cleanly() {
+    use std::os::unix::ffi::OsStrExt;
+    let cairn = Cairn::new();
+    let parent = tempfile::tempdir().expect("temp dir");
+    let dir = parent.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&dir).expect("create a non-UTF-8 directory");
+    let manifest = format!(
+        "name = \"latin1\"\n[steps.one]\ncomponent = \"{}\"\ninput = {{ text = \"hi\" }}\n",
+        crate::support::guest("echo").display()
+    );
+    std::fs::write(dir.join("pipeline.toml"), manifest).expect("write manifest");
+    let run = Run::from(
+        cairn
+            .command()
+            .arg("run")
+            .arg(&dir)
+            .output()
+            .expect("cairn starts"),
+    );
+    run.assert_clean_error(1, "is not valid UTF-8");
+    let listed = cairn.run(&["runs", "list", "--json"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert_eq!(listed.json(), json!([]), "no run is recorded");
 }

@@ -517,6 +517,18 @@ impl Launch<'_> {
     /// Plan and run, recording the run in the store; print the outcome.
     /// Returns the report (if the run started) and the exit code.
     pub async fn run(self, manifest: &Path) -> (Option<RunReport>, u8) {
+        // The run's record keeps the path (JSON, so UTF-8) for resume and replay.
+        let absolute = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
+        if absolute.to_str().is_none() {
+            return (
+                None,
+                super::report_error(&format!(
+                    "the path {} is not valid UTF-8, and a run records where its pipeline came from; \
+                     rename it (or a directory above it) and run it again. Nothing was run",
+                    absolute.display()
+                )),
+            );
+        }
         let sandbox = match open_sandbox_for(self.store, self.jobs.unwrap_or(0)) {
             Ok(s) => Arc::new(s),
             Err(e) => return (None, super::report_error(&e)),
@@ -583,7 +595,7 @@ impl Launch<'_> {
             .map_or("-".to_owned(), |p| p.tenant.clone());
         // Resume and replay come back through this path: remember what was
         // given (manifest, directory or bundle), absolute.
-        let manifest_path = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
+        let manifest_path = absolute;
         let resuming = self.resume.is_some();
         let admission = self.policy.as_ref().map(Policy::admission);
         let (mut record, resumed) = match self.resume {

@@ -480,10 +480,15 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
         };
         return gc_runs(&db, &runs, &retention, dry_run, json);
     }
-    if matches!(command, RunsCommand::List { .. }) && !exists(store) {
+    if let RunsCommand::List { json, .. } = &command
+        && !exists(store)
+    {
         // Listing an empty place is not an error, but creating a store
         // there would be.
         say!("no runs: {}", no_store(store));
+        if *json {
+            out!("[]");
+        }
         return 0;
     }
     let db = match history(store) {

@@ -553,7 +553,11 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        let value = seal(&serde_json::to_vec(run).expect("run records always encode"));
+        let json = serde_json::to_vec(run).map_err(|e| StoreError::Unencodable {
+            what: format!("run {}", run.id),
+            reason: e.to_string(),
+        })?;
+        let value = seal(&json);
         self.runs
             .insert(run.id.0.as_bytes(), value)
             .map_err(|e| self.sled_error(e))?;

@@ -108,7 +108,10 @@ impl Journals {
                 lines.push(b'\n');
             }
             // JSON never holds a raw newline, so lines split cleanly.
-            serde_json::to_writer(&mut lines, event).expect("journal events always encode");
+            serde_json::to_writer(&mut lines, event).map_err(|e| StoreError::Unencodable {
+                what: format!("an event of run {run}"),
+                reason: e.to_string(),
+            })?;
         }
         log::frame(&lines, &mut frames);
         // Holding the lock while writing keeps batches whole and in order.

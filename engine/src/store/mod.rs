@@ -133,6 +133,9 @@ pub enum StoreError {
         "the store at {path} cannot be read ({reason}). Move it aside to start afresh: `mv {path} {path}.broken`. Cached results are recomputable; the journals of past runs (resume, replay, lineage) would be lost"
     )]
     Unreadable { path: PathBuf, reason: String },
+    /// A record that JSON cannot hold (a path that is not valid UTF-8).
+    #[error("cannot record {what}: {reason}")]
+    Unencodable { what: String, reason: String },
     #[error("run id prefix {prefix:?} matches {count} runs; give more digits")]
     Ambiguous { prefix: String, count: usize },
 }
