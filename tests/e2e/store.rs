@@ -8,7 +8,7 @@ use std::process::Stdio;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Cairn, Pipeline, Run, endless_pipeline, repo_root, start_until, start_until_all, step,
+    Cairn, Pipeline, Run, endless_pipeline, guest, repo_root, start_until, start_until_all, step,
 };
 
 fn run_json(cairn: &Cairn, path: &str, extra: &[&str]) -> Value {
@@ -820,7 +820,7 @@ fn a_pipeline_path_that_is_not_utf8_is_refused_cleanly() {
     std::fs::create_dir(&dir).expect("create a non-UTF-8 directory");
     let manifest = format!(
         "name = \"latin1\"\n[steps.one]\ncomponent = \"{}\"\ninput = {{ text = \"hi\" }}\n",
-        crate::support::guest("echo").display()
+        guest("echo").display()
     );
     std::fs::write(dir.join("pipeline.toml"), manifest).expect("write manifest");
     let run = Run::from(
