@@ -15,6 +15,10 @@ pub struct Input {
     /// Ignored: lets a chain of steps depend on each other.
     #[serde(default)]
     pub after: Option<serde_json::Value>,
+    /// Add in `f64` instead of `u64`: the same calls with floating-point
+    /// arithmetic, which is what NaN canonicalization in the sandbox costs on.
+    #[serde(default)]
+    pub float: bool,
 }
 
 #[derive(Debug, Serialize, JsonSchema, PartialEq)]
@@ -26,11 +30,18 @@ fn fib(n: u32) -> u64 {
     if n < 2 { n as u64 } else { fib(n - 1) + fib(n - 2) }
 }
 
+fn fib_float(n: u32) -> f64 {
+    if n < 2 { n as f64 } else { fib_float(n - 1) + fib_float(n - 2) }
+}
+
 pub fn fibo(input: Input) -> Result<Output, TaskError> {
     if input.n > 90 {
         return Err(TaskError::invalid_input("n must be at most 90"));
     }
-    Ok(Output { value: fib(input.n) })
+    // Every Fibonacci number up to 78 is exact in an f64; the float mode is a
+    // benchmark workload, so above that it may round.
+    let value = if input.float { fib_float(input.n) as u64 } else { fib(input.n) };
+    Ok(Output { value })
 }
 
 task! {
@@ -45,8 +56,11 @@ mod tests {
 
     #[test]
     fn computes_fibonacci_numbers() {
-        let of = |n| fibo(Input { n, after: None }).unwrap().value;
-        assert_eq!((of(0), of(1), of(10), of(20)), (0, 1, 55, 6765));
-        assert!(fibo(Input { n: 91, after: None }).is_err());
+        let of = |n, float| fibo(Input { n, after: None, float }).unwrap().value;
+        assert_eq!((of(0, false), of(1, false), of(10, false), of(20, false)), (0, 1, 55, 6765));
+        for n in [0, 1, 10, 20, 30] {
+            assert_eq!(of(n, true), of(n, false), "fib({n}) in f64");
+        }
+        assert!(fibo(Input { n: 91, after: None, float: false }).is_err());
     }
 }
