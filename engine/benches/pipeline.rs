@@ -150,7 +150,7 @@ async fn run_with<E: Executor>(
 
 fn ledger(store: &Arc<SledStore>, refresh: bool) -> Arc<Ledger> {
     Arc::new(Ledger::new(
-        store.clone(),
+        &cairn::schedule::JournalWriter::start(store.clone()),
         RunId::new(),
         refresh,
         Default::default(),

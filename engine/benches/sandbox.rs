@@ -178,7 +178,10 @@ fn compute(c: &mut Criterion) {
                 ..Codegen::WASMTIME_DEFAULT
             },
         ),
-        ("+fuel+epoch+nan-canonical (Cairn's settings)", Codegen::CAIRN),
+        (
+            "+fuel+epoch+nan-canonical (Cairn's settings)",
+            Codegen::CAIRN,
+        ),
         (
             "Cairn's settings at opt-level none",
             Codegen {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use cairn::manifest::Manifest;
+use cairn::model::{EngineFailure, StepFailureClass};
 use cairn::plan::{Plan, Step};
 use cairn::sandbox::{Attempt, Observer, Sandbox, SandboxConfig, SandboxError, TaskLog};
 use cairn::schedule::{self, Executor, RunOptions, RunStatus, Silent, StepStatus};
@@ -78,12 +79,19 @@ async fn a_unit_of_work_that_panics_fails_its_step_and_the_run() {
             .status
     };
     match status("boom") {
-        StepStatus::Failed(f) => assert!(
-            f.message.contains("a bug in Cairn")
-                && f.message.contains("an engine bug in step boom"),
-            "{}",
-            f.message
-        ),
+        StepStatus::Failed(f) => {
+            assert!(
+                f.message.contains("a bug in Cairn")
+                    && f.message.contains("an engine bug in step boom"),
+                "{}",
+                f.message
+            );
+            assert_eq!(
+                f.class,
+                StepFailureClass::Engine(EngineFailure::Engine),
+                "a panic is Cairn's failure, not the task's or its input's"
+            );
+        }
         other => panic!("boom: {other:?}"),
     }
     assert_eq!(*status("beside"), StepStatus::Succeeded);
@@ -192,7 +200,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
     });
     let run_id = cairn::store::RunId::new();
     let ledger = Arc::new(schedule::Ledger::new(
-        store.clone(),
+        &schedule::JournalWriter::start(store.clone()),
         run_id.clone(),
         false,
         Default::default(),
@@ -287,7 +295,8 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
                 f.message.contains("would pass the run's limit of 200 B"),
                 "{}",
                 f.message
-            )
+            );
+            assert_eq!(f.class, StepFailureClass::Engine(EngineFailure::Input));
         }
         other => panic!("b: {other:?}"),
     }

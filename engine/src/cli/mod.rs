@@ -51,17 +51,16 @@ mod events;
 mod pipeline;
 mod runs;
 mod scaffold;
+mod serve;
 mod task;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::sandbox::{FailureClass, Sandbox, SandboxConfig};
-use crate::store::DirArtifactStore;
+use crate::sandbox::{FailureClass, Sandbox};
 
 /// Exit code: the command could not do its job (bad input, bad component, I/O).
 pub const EXIT_ERROR: u8 = 1;
@@ -174,6 +173,15 @@ enum Command {
     /// Run or inspect a single task component.
     #[command(subcommand)]
     Task(task::TaskCommand),
+
+    /// Serve the run service over HTTP for many tenants: tokens, roles,
+    /// quotas, bundles, runs (see the README's "Hosting" section).
+    Serve(serve::ServeArgs),
+
+    /// Create, list and revoke a server's tokens (`--server URL`, an admin
+    /// token in CAIRN_TOKEN).
+    #[command(subcommand)]
+    Token(serve::TokenCommand),
 }
 
 /// Entry point of the `cairn` binary.
@@ -219,6 +227,8 @@ pub fn main() -> ExitCode {
             Command::Key(command) => bundle::key(command),
             Command::Audit(args) => runs::audit(args, &cli.store),
             Command::Task(command) => task::execute(command, &cli.store).await,
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Token(command) => tokio::task::block_in_place(|| serve::token(command)),
         }
     });
     json_errors::finish(code);
@@ -400,27 +410,7 @@ pub mod json_errors {
 
 /// The process's sandbox, with its artifact cache under the store directory.
 fn open_sandbox(store: &Path) -> Result<Sandbox, String> {
-    open_sandbox_for(store, 0)
-}
-
-/// A sandbox with room for at least `jobs` live instances.
-fn open_sandbox_for(store: &Path, jobs: u32) -> Result<Sandbox, String> {
-    let local = DirArtifactStore::open(store.join("artifacts")).map_err(|e| e.to_string())?;
-    let artifacts: Arc<dyn crate::store::ArtifactStore> =
-        match crate::store::artifacts::shared_cache_dir().map(DirArtifactStore::open) {
-            Some(Ok(shared)) => Arc::new(crate::store::artifacts::LayeredArtifacts::new(
-                local, shared,
-            )),
-            Some(Err(e)) => {
-                tracing::warn!("not using the shared artifact cache: {e}");
-                Arc::new(local)
-            }
-            None => Arc::new(local),
-        };
-    let mut config = SandboxConfig::for_this_machine();
-    config.max_instances = config.max_instances.max(jobs);
-    config.scratch_root = std::path::absolute(store.join("scratch")).map_err(|e| e.to_string())?;
-    Sandbox::new(config, artifacts).map_err(|e| e.to_string())
+    crate::runner::open_sandbox(store, 0).map_err(|e| e.to_string())
 }
 
 fn init_diagnostics(verbose: u8) {

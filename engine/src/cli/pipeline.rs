@@ -1,6 +1,6 @@
 //! `cairn run`, `cairn check` and `cairn graph`: pipelines from a manifest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,22 +11,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use super::events::{EventStream, Tee};
-use super::{
-    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, Interrupt, open_sandbox, open_sandbox_for,
-};
-use crate::bundle::Bundle;
-use crate::manifest::Manifest;
-use crate::plan::{Plan, Source, Sources};
-use crate::policy::{Denial, Policy};
-use crate::sandbox::Sandbox;
-use crate::sandbox::grants::Scratch;
-use crate::schedule::{
-    self, Event, Ledger, RunObserver, RunOptions, RunReport, RunStatus, SandboxExecutor,
-    StepReport, StepStatus,
-};
-use crate::store::audit::{AuditEntry, AuditLog};
-use crate::store::records::now_ms;
-use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, StepSource, Store};
+use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED, Interrupt, open_sandbox};
+use crate::plan::{Plan, Source};
+use crate::policy::Policy;
+use crate::runner::{self, Continuation, Finished, Launch, RunError, Runner, Warning};
+use crate::schedule::{self, Event, RunObserver, RunReport, RunStatus, StepReport, StepStatus};
+use crate::store::StepSource;
+use crate::store::audit::AuditLog;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -102,30 +93,6 @@ pub struct GraphArgs {
     format: GraphFormat,
 }
 
-/// The first bytes of a zstd frame, which every bundle starts with.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-/// Is `path` a bundle file (rather than a manifest or a directory)?
-pub(super) fn is_bundle(path: &Path) -> bool {
-    path.is_file()
-        && (path.extension().is_some_and(|e| e == "cairn")
-            || std::fs::File::open(path)
-                .and_then(|mut f| {
-                    let mut magic = [0u8; 4];
-                    std::io::Read::read_exact(&mut f, &mut magic).map(|()| magic == ZSTD_MAGIC)
-                })
-                .unwrap_or(false))
-}
-
-/// A validated plan and the hash of what it came from (the manifest file's
-/// blake3, or the bundle id).
-struct Planned {
-    plan: Plan,
-    source_hash: String,
-    /// A bundle's valid signatures; `None` for a manifest or directory.
-    signatures: Option<Vec<crate::bundle::Signature>>,
-}
-
 /// Where a host's policy comes from (shared by run, check, resume, replay).
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
@@ -148,148 +115,34 @@ impl PolicyArgs {
     }
 }
 
-/// Check a plan against the policy; denials are audited and printed.
-fn admit(planned: &Planned, policy: Option<&Policy>, store: &Path) -> Result<(), u8> {
-    let Some(policy) = policy else { return Ok(()) };
-    let denials = policy.check(&planned.plan, planned.signatures.as_deref());
-    refuse(&denials, policy, &planned.plan.name, store)
-}
-
-/// Audit and print what the policy refuses, if anything, and fail.
-fn refuse(denials: &[Denial], policy: &Policy, pipeline: &str, store: &Path) -> Result<(), u8> {
-    if denials.is_empty() {
-        return Ok(());
-    }
-    let entries: Vec<AuditEntry> = denials
-        .iter()
-        .map(|d| AuditEntry {
-            at_ms: now_ms(),
-            run: None,
-            tenant: policy.tenant.clone(),
-            step: d.step.clone(),
-            event: "denied".into(),
-            capability: d.capability.clone(),
-            detail: format!("{} (pipeline {pipeline})", d.message),
-        })
-        .collect();
-    if let Err(e) = AuditLog::new(store).append(&entries) {
-        say!("warning: cannot write the audit log: {e}");
-    }
-    for d in denials {
-        match &d.step {
-            Some(step) => super::print_error(format_args!("step `{step}`: {}", d.message)),
-            None => super::print_error(&d.message),
+/// Print a run that could not start: every plan problem or policy denial on
+/// its own line, then the reason. Returns the exit code.
+pub(super) fn report_run_error(error: &RunError) -> u8 {
+    match error {
+        RunError::Invalid { errors, .. } => {
+            for problem in &errors.0 {
+                super::print_error(problem);
+            }
+            say!("error: {error}");
+            EXIT_ERROR
         }
-    }
-    Err(super::report_error(&format!(
-        "the policy refuses {pipeline} ({} problem{}); nothing was run",
-        denials.len(),
-        if denials.len() == 1 { "" } else { "s" }
-    )))
-}
-
-/// One audit entry per capability each step is granted.
-fn audit_grants(plan: &Plan, tenant: &str, run: &RunId, store: &Path) {
-    let mut entries = Vec::new();
-    for step in &plan.steps {
-        let g = &step.grants;
-        let mut caps: Vec<String> = g
-            .read_dirs
-            .iter()
-            .map(|d| format!("read:{}", d.display()))
-            .collect();
-        caps.extend(g.scratch.iter().map(Scratch::capability));
-        caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
-        caps.extend(g.secrets.iter().map(|(k, _)| format!("secret:{k}")));
-        if g.wall_clock {
-            caps.push("clock".into());
+        RunError::Refused { denials, .. } => {
+            for d in denials {
+                match &d.step {
+                    Some(step) => super::print_error(format_args!("step `{step}`: {}", d.message)),
+                    None => super::print_error(&d.message),
+                }
+            }
+            super::report_error(&error.to_string())
         }
-        if g.random {
-            caps.push("random".into());
-        }
-        entries.extend(caps.into_iter().map(|capability| AuditEntry {
-            at_ms: now_ms(),
-            run: Some(run.0.clone()),
-            tenant: tenant.to_owned(),
-            step: Some(step.name.clone()),
-            event: "granted".into(),
-            capability,
-            detail: format!("pipeline {}", plan.name),
-        }));
-    }
-    if let Err(e) = AuditLog::new(store).append(&entries) {
-        say!("warning: cannot write the audit log: {e}");
+        other => super::report_error(&other.to_string()),
     }
 }
 
-/// Load and validate a manifest, a pipeline directory or a bundle, printing
-/// every problem. Under a policy, the environment variables and secrets the
-/// manifest names are checked before planning reads any of them.
-async fn plan(
-    path: &Path,
-    sandbox: &Sandbox,
-    policy: Option<(&Policy, &Path)>,
-) -> Result<Planned, u8> {
-    let screen = |manifest: &Manifest| match policy {
-        Some((policy, store)) => refuse(
-            &policy.check_requests(manifest),
-            policy,
-            &manifest.name,
-            store,
-        ),
-        None => Ok(()),
-    };
-    let fail = |e: &dyn std::fmt::Display| {
-        super::print_error(e);
-        EXIT_ERROR
-    };
-    let report = |errors: crate::plan::PlanErrors, shown: &Path| {
-        for error in &errors.0 {
-            super::print_error(error);
-        }
-        let n = errors.0.len();
-        say!(
-            "error: {n} problem{} in {}; nothing was run",
-            if n == 1 { "" } else { "s" },
-            shown.display()
-        );
-        EXIT_ERROR
-    };
-    if is_bundle(path) {
-        let bundle = Bundle::open(path).map_err(|e| fail(&format!("{}: {e}", path.display())))?;
-        let manifest = bundle
-            .manifest()
-            .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
-        screen(&manifest)?;
-        let shown = path.join(crate::bundle::MANIFEST);
-        let grants_base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let sources = Sources::Bundle {
-            bundle: &bundle,
-            grants_base: &grants_base,
-        };
-        let plan = Plan::build_from(&shown, manifest, sandbox, sources)
-            .await
-            .map_err(|e| report(e, path))?;
-        return Ok(Planned {
-            plan,
-            source_hash: bundle.id.to_hex().to_string(),
-            signatures: Some(bundle.signatures.clone()),
-        });
+fn warn(warnings: &[Warning]) {
+    for w in warnings {
+        say!("warning: {w}");
     }
-    let (path, manifest) = Manifest::load(path).map_err(|e| fail(&e))?;
-    screen(&manifest)?;
-    // Hashed before planning, so the text is not held beside a big plan.
-    let source_hash = crate::files::read_regular(&path, crate::manifest::MAX_MANIFEST_BYTES)
-        .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
-        .map_err(|e| fail(&format!("{}: {e}", path.display())))?;
-    let plan = Plan::build(&path, manifest, sandbox)
-        .await
-        .map_err(|e| report(e, &path))?;
-    Ok(Planned {
-        plan,
-        source_hash,
-        signatures: None,
-    })
 }
 
 pub async fn check(args: CheckArgs, store: &Path) -> u8 {
@@ -304,13 +157,13 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
         Ok(s) => s,
         Err(e) => return super::report_error(&e),
     };
-    let screen = policy.as_ref().map(|p| (p, store));
-    let planned = match plan(&args.manifest, &sandbox, screen).await {
+    let audit = AuditLog::new(store);
+    let planned = match runner::plan(&args.manifest, &sandbox, policy.as_ref(), &audit).await {
         Ok(planned) => planned,
-        Err(code) => return code,
+        Err(e) => return report_run_error(&e),
     };
-    if let Err(code) = admit(&planned, policy.as_ref(), store) {
-        return code;
+    if let Err(e) = runner::check(&planned, policy.as_ref(), &audit) {
+        return report_run_error(&e);
     }
     let plan = planned.plan;
     if args.json {
@@ -358,9 +211,10 @@ pub async fn graph(args: GraphArgs, store: &Path) -> u8 {
         Ok(s) => s,
         Err(e) => return super::report_error(&e),
     };
-    let plan = match plan(&args.manifest, &sandbox, None).await {
+    let audit = AuditLog::new(store);
+    let plan = match runner::plan(&args.manifest, &sandbox, None, &audit).await {
         Ok(planned) => planned.plan,
-        Err(code) => return code,
+        Err(e) => return report_run_error(&e),
     };
     out_part!(
         "{}",
@@ -474,373 +328,179 @@ pub async fn run(args: RunArgs, store: &Path) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    let runner = match Runner::open(store, args.jobs.unwrap_or(0)) {
+        Ok(runner) => runner,
+        Err(e) => return report_run_error(&e),
+    };
     let launch = Launch {
         policy,
-        store,
         jobs: args.jobs,
         fail_fast: args.fail_fast,
         refresh: args.refresh,
-        resume: None,
-        replay_of: None,
-        allow_changed: false,
+        ..Launch::new(args.manifest)
+    };
+    let shown = Shown {
         json: args.json,
         quiet: args.quiet,
         events: args.events.path,
-        opened: None,
     };
-    launch.run(&args.manifest).await.1
+    start(&runner, launch, &shown).await.1
 }
 
-/// Everything a run needs besides its manifest.
-pub(super) struct Launch<'a> {
-    pub store: &'a Path,
-    pub jobs: Option<u32>,
-    pub fail_fast: bool,
-    pub refresh: bool,
-    /// Continue this run, reusing these results from its journal.
-    pub resume: Option<(RunRecord, HashSet<CacheKey>)>,
-    /// The run this one replays (for `cairn replay`): its record.
-    pub replay_of: Option<RunRecord>,
-    /// Go on with a resume or replay although the pipeline (manifest or
-    /// bundle) is not the one the run started with.
-    pub allow_changed: bool,
+/// How a run is shown: `--json`, `--quiet`, `--events FILE`.
+pub(super) struct Shown {
     pub json: bool,
     pub quiet: bool,
-    pub policy: Option<Policy>,
-    /// `--events FILE`.
     pub events: Option<PathBuf>,
-    /// The store, if the caller has it open already.
-    pub opened: Option<Arc<dyn Store>>,
 }
 
-impl Launch<'_> {
-    /// Plan and run, recording the run in the store; print the outcome.
-    /// Returns the report (if the run started) and the exit code.
-    pub async fn run(self, manifest: &Path) -> (Option<RunReport>, u8) {
-        // The run's record keeps the path (JSON, so UTF-8) for resume and replay.
-        let absolute = std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned());
-        if absolute.to_str().is_none() {
-            return (
-                None,
-                super::report_error(&format!(
-                    "the path {} is not valid UTF-8, and a run records where its pipeline came from; \
-                     rename it (or a directory above it) and run it again. Nothing was run",
-                    absolute.display()
-                )),
-            );
-        }
-        let sandbox = match open_sandbox_for(self.store, self.jobs.unwrap_or(0)) {
-            Ok(s) => Arc::new(s),
+/// Start `launch` with the run service and show it as it goes; print the
+/// outcome. Returns the finished run (if it started) and the exit code.
+pub(super) async fn start(
+    runner: &Runner,
+    launch: Launch,
+    shown: &Shown,
+) -> (Option<Finished>, u8) {
+    let replay_of = match &launch.continuation {
+        Continuation::Replay { of } => Some(of.id.clone()),
+        _ => None,
+    };
+    let admitted = match runner.admit(launch).await {
+        Ok(admitted) => admitted,
+        Err(e) => return (None, report_run_error(&e)),
+    };
+    warn(admitted.warnings());
+    let resumed = admitted.resumed();
+    // Opened before the run is recorded: a bad path stops nothing midway.
+    let events = match &shown.events {
+        Some(path) => match EventStream::create(path, &admitted.id().0) {
+            Ok(stream) => Some(Arc::new(stream)),
             Err(e) => return (None, super::report_error(&e)),
-        };
-        let db: Arc<dyn Store> = match self.opened.clone() {
-            Some(db) => db,
-            None => match SledStore::open(self.store) {
-                Ok(db) => Arc::new(db),
-                Err(e) => return (None, super::report_error(&e.to_string())),
-            },
-        };
-        let screen = self.policy.as_ref().map(|p| (p, self.store));
-        let planned = match plan(manifest, &sandbox, screen).await {
-            Ok(planned) => planned,
-            Err(code) => return (None, code),
-        };
-        // A resume or replay runs what the run started with, or, when asked
-        // explicitly, a changed pipeline that has just been checked in full.
-        if let Some(earlier) = self
-            .resume
-            .as_ref()
-            .map(|(r, _)| r)
-            .or(self.replay_of.as_ref())
-            && earlier.manifest_hash != planned.source_hash
-        {
-            let what = if planned.signatures.is_some() {
-                "the bundle"
-            } else {
-                "the manifest"
-            };
-            if !self.allow_changed {
-                let verb = if self.resume.is_some() {
-                    "resume"
-                } else {
-                    "replay"
-                };
-                return (
-                    None,
-                    super::report_error(&format!(
-                        "{what} {} is not the one run {} started with ({} then, {} now); nothing was run. \
-                         To run it anyway, pass --allow-changed: the changed pipeline is checked in full \
-                         against the run's policy (`cairn {verb} {} --allow-changed`)",
-                        manifest.display(),
-                        earlier.id,
-                        short(&earlier.manifest_hash),
-                        short(&planned.source_hash),
-                        earlier.id
-                    )),
-                );
-            }
-            say!(
-                "warning: {what} {} changed since run {} started (--allow-changed); steps whose inputs changed will run again",
-                manifest.display(),
-                earlier.id
-            );
-        }
-        if let Err(code) = admit(&planned, self.policy.as_ref(), self.store) {
-            return (None, code);
-        }
-        let (plan, manifest_hash) = (Arc::new(planned.plan), planned.source_hash);
-        let tenant = self
-            .policy
-            .as_ref()
-            .map_or("-".to_owned(), |p| p.tenant.clone());
-        // Resume and replay come back through this path: remember what was
-        // given (manifest, directory or bundle), absolute.
-        let manifest_path = absolute;
-        let resuming = self.resume.is_some();
-        let admission = self.policy.as_ref().map(Policy::admission);
-        let (mut record, resumed) = match self.resume {
-            Some((mut record, keys)) => {
-                record.status = "running".into();
-                record.finished_ms = None;
-                record.manifest_hash = manifest_hash.clone();
-                record.admission = admission;
-                (record, keys)
-            }
-            None => (
-                RunRecord {
-                    id: RunId::new(),
-                    pipeline: plan.name.clone(),
-                    manifest: manifest_path.clone(),
-                    manifest_hash: manifest_hash.clone(),
-                    started_ms: now_ms(),
-                    finished_ms: None,
-                    status: "running".into(),
-                    steps: plan.steps.len(),
-                    replay_of: self.replay_of.as_ref().map(|r| r.id.clone()),
-                    admission,
-                },
-                HashSet::new(),
-            ),
-        };
-        // Opened before the run is recorded: a bad path stops nothing midway.
-        let events = match &self.events {
-            Some(path) => match EventStream::create(path, &record.id.0) {
-                Ok(stream) => Some(Arc::new(stream)),
-                Err(e) => return (None, super::report_error(&e)),
-            },
-            None => None,
-        };
-        let started = JournalEvent::RunStarted {
-            at_ms: now_ms(),
-            pipeline: plan.name.clone(),
-            manifest: manifest_path,
-            manifest_hash,
-            resumed: resuming,
-            steps: Some(plan.steps.len()),
-            replay_of: record.replay_of.clone(),
-        };
-        if let Err(e) = db
-            .put_run(&record)
-            .and_then(|()| db.append(&record.id, &started))
-            .and_then(|()| db.flush())
-        {
-            return (None, super::report_error(&e.to_string()));
-        }
-        // Tells `cairn runs list` in another terminal that this run is live.
-        let _active = crate::store::history::ActiveRun::mark(self.store, &record.id);
-        if !self.quiet && !self.json {
-            say!(
-                "run {} of {} (resume it with `cairn resume {}` if interrupted)",
-                record.id,
-                plan.name,
-                record.id
-            );
-        }
-        let ledger = Arc::new(Ledger::new(
-            db.clone(),
-            record.id.clone(),
-            self.refresh,
-            resumed,
-        ));
-
-        let mut options = RunOptions {
-            fail_fast: self.fail_fast,
-            ..RunOptions::default()
-        };
-        if let Some(jobs) = self.jobs {
-            options.jobs = jobs as usize;
-        }
-        if let Some(max) = self.policy.as_ref().and_then(|p| p.max_concurrency) {
-            options.jobs = options.jobs.min(max.max(1) as usize);
-        }
-        audit_grants(&plan, &tenant, &record.id, self.store);
-        let live = std::io::stderr().is_terminal() && !self.quiet && !self.json;
-        let mut observer: Arc<dyn RunObserver> = if self.quiet {
-            Arc::new(schedule::Silent)
-        } else if live {
-            Arc::new(LiveProgress::new(&plan))
-        } else {
-            Arc::new(EventLines::default())
-        };
-        if let Some(stream) = &events {
-            stream.emit(
-                "run-started",
-                json!({
-                    "pipeline": plan.name,
-                    "steps": plan.steps.len(),
-                    "resumed": resuming,
-                    "replay_of": self.replay_of.as_ref().map(|r| &r.id.0),
-                }),
-            );
-            stream.flush();
-            observer = Arc::new(Tee(observer, stream.clone()));
-        }
-        // Which signal cancelled the run, for the exit code.
-        let signal = std::sync::OnceLock::new();
-        let interrupted = super::interrupted();
-        let cancel = async {
-            let _ = signal.set(interrupted.await);
-        };
-        let executor = Arc::new(SandboxExecutor { sandbox });
-        let report = schedule::run(
-            plan.clone(),
-            executor,
-            options,
-            observer.clone(),
-            Some(ledger),
-            cancel,
-        )
-        .await;
-        // Work tasks may still hold the observer for a moment; write out
-        // what it buffered before the summary.
-        observer.idle();
-        drop(observer);
-        let denied: Vec<AuditEntry> = report
-            .steps
-            .iter()
-            .filter_map(|step| match &step.status {
-                StepStatus::Failed(f) if f.class == Some(crate::sandbox::FailureClass::Denied) => {
-                    Some(AuditEntry {
-                        at_ms: now_ms(),
-                        run: Some(record.id.0.clone()),
-                        tenant: tenant.clone(),
-                        step: Some(step.name.clone()),
-                        event: "denied".into(),
-                        capability: "sandbox".into(),
-                        detail: f.message.clone(),
-                    })
-                }
-                _ => None,
-            })
-            .collect();
-        if let Err(e) = AuditLog::new(self.store).append(&denied) {
-            say!("warning: cannot write the audit log: {e}");
-        }
-
-        let status = match report.status {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-        };
-        record.status = status.into();
-        record.finished_ms = Some(now_ms());
-        let finished = JournalEvent::RunFinished {
-            at_ms: now_ms(),
-            status: status.into(),
-        };
-        if let Err(e) = db
-            .append(&record.id, &finished)
-            .and_then(|()| db.put_run(&record))
-            .and_then(|()| db.flush())
-        {
-            say!("warning: cannot record the end of run {}: {e}", record.id);
-        }
-        if let Some(stream) = &events {
-            stream.emit(
-                "run-finished",
-                json!({
-                    "status": status,
-                    "duration_us": report.duration.as_micros() as u64,
-                    "output_hash": report.output.as_ref().map(schedule::output_hash),
-                }),
-            );
-            stream.flush();
-        }
-
-        if self.json {
-            #[derive(serde::Serialize)]
-            struct JsonReport<'a> {
-                run_id: &'a str,
-                #[serde(flatten)]
-                report: &'a RunReport,
-            }
-            let json = JsonReport {
-                run_id: &record.id.0,
-                report: &report,
-            };
-            // Straight to stdout through one large buffer: a report of ten
-            // thousand steps is megabytes, and stdout is line-buffered.
-            super::json_errors::stdout_used();
-            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-            let written = serde_json::to_writer(&mut out, &json)
-                .map_err(std::io::Error::from)
-                .and_then(|()| writeln!(out))
-                .and_then(|()| out.flush());
-            if let Err(e) = written {
-                // The command then fails with one clear error (cli::main).
-                super::note_stdout_failure(e);
-            }
-        } else {
-            if !self.quiet {
-                say_part!("{}", summary(&report));
-            }
-            if let Some(output) = &report.output
-                && report.status == RunStatus::Succeeded
-            {
-                let text = if std::io::stdout().is_terminal() {
-                    serde_json::to_string_pretty(output)
-                } else {
-                    serde_json::to_string(output)
-                };
-                out!("{}", text.unwrap_or_default());
-            }
-        }
-        if let Some(e) = &report.store_error {
-            say!(
-                "error: {e}. The run stopped; steps not yet recorded were not reported done. \
-                 Free the store, then continue with `cairn resume {}`",
-                record.id
-            );
-        }
-        let code = match report.status {
-            RunStatus::Succeeded => 0,
-            RunStatus::Failed => {
-                if !self.json {
-                    say!(
-                        "error: pipeline {} failed; see the failed steps above",
-                        report.pipeline
-                    );
-                }
-                EXIT_PIPELINE_FAILED
-            }
-            RunStatus::Cancelled => {
-                let signal: Option<&Interrupt> = signal.get();
-                say!(
-                    "interrupted by {}: the run was cancelled; running steps were stopped. Continue it with `cairn resume {}`",
-                    signal.map_or("a signal", |s| s.name()),
-                    record.id
-                );
-                signal.map_or(EXIT_INTERRUPTED, |s| s.exit_code())
-            }
-        };
-        (Some(report), code)
+        },
+        None => None,
+    };
+    let started = match admitted.record() {
+        Ok(started) => started,
+        Err(e) => return (None, report_run_error(&e)),
+    };
+    let (id, plan) = (started.record().id.clone(), started.plan().clone());
+    if !shown.quiet && !shown.json {
+        say!(
+            "run {id} of {} (resume it with `cairn resume {id}` if interrupted)",
+            plan.name
+        );
     }
-}
+    let live = std::io::stderr().is_terminal() && !shown.quiet && !shown.json;
+    let mut observer: Arc<dyn RunObserver> = if shown.quiet {
+        Arc::new(schedule::Silent)
+    } else if live {
+        Arc::new(LiveProgress::new(&plan))
+    } else {
+        Arc::new(EventLines::default())
+    };
+    if let Some(stream) = &events {
+        stream.emit(
+            "run-started",
+            json!({
+                "pipeline": plan.name,
+                "steps": plan.steps.len(),
+                "resumed": resumed,
+                "replay_of": replay_of.as_ref().map(|r| &r.0),
+            }),
+        );
+        stream.flush();
+        observer = Arc::new(Tee(observer, stream.clone()));
+    }
+    // Which signal cancelled the run, for the exit code.
+    let signal = std::sync::OnceLock::new();
+    let interrupted = super::interrupted();
+    let cancel = async {
+        let _ = signal.set(interrupted.await);
+    };
+    let finished = started.execute(observer.clone(), cancel).await;
+    // Work tasks may still hold the observer for a moment; write out
+    // what it buffered before the summary.
+    observer.idle();
+    drop(observer);
+    warn(&finished.warnings);
+    let report = &finished.report;
+    if let Some(stream) = &events {
+        stream.emit(
+            "run-finished",
+            json!({
+                "status": report.status,
+                "duration_us": report.duration.as_micros() as u64,
+                "output_hash": report.output.as_ref().map(schedule::output_hash),
+            }),
+        );
+        stream.flush();
+    }
 
-/// The final table: step, status, attempts, duration, fuel.
-/// The first 12 hex digits of a hash, for messages.
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
+    if shown.json {
+        #[derive(serde::Serialize)]
+        struct JsonReport<'a> {
+            run_id: &'a str,
+            #[serde(flatten)]
+            report: &'a RunReport,
+        }
+        let json = JsonReport {
+            run_id: &id.0,
+            report,
+        };
+        // Straight to stdout through one large buffer: a report of ten
+        // thousand steps is megabytes, and stdout is line-buffered.
+        super::json_errors::stdout_used();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        let written = serde_json::to_writer(&mut out, &json)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            // The command then fails with one clear error (cli::main).
+            super::note_stdout_failure(e);
+        }
+    } else {
+        if !shown.quiet {
+            say_part!("{}", summary(report));
+        }
+        if let Some(output) = &report.output
+            && report.status == RunStatus::Succeeded
+        {
+            let text = if std::io::stdout().is_terminal() {
+                serde_json::to_string_pretty(output)
+            } else {
+                serde_json::to_string(output)
+            };
+            out!("{}", text.unwrap_or_default());
+        }
+    }
+    if let Some(e) = &report.store_error {
+        say!(
+            "error: {e}. The run stopped; steps not yet recorded were not reported done. \
+             Free the store, then continue with `cairn resume {id}`"
+        );
+    }
+    let code = match report.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Failed | RunStatus::Running => {
+            if !shown.json {
+                say!(
+                    "error: pipeline {} failed; see the failed steps above",
+                    report.pipeline
+                );
+            }
+            EXIT_PIPELINE_FAILED
+        }
+        RunStatus::Cancelled => {
+            let signal: Option<&Interrupt> = signal.get();
+            say!(
+                "interrupted by {}: the run was cancelled; running steps were stopped. Continue it with `cairn resume {id}`",
+                signal.map_or("a signal", |s| s.name()),
+            );
+            signal.map_or(EXIT_INTERRUPTED, |s| s.exit_code())
+        }
+    };
+    (Some(finished), code)
 }
 
 /// How the summary and the live display name a step's end: a step answered
@@ -906,11 +566,7 @@ fn summary(report: &RunReport) -> String {
             "* failed, but the step has allow_failure = true: the run does not fail for it\n",
         );
     }
-    let status = match report.status {
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::Cancelled => "cancelled",
-    };
+    let status = report.status;
     out.push_str(&format!(
         "pipeline {} {status} in {}\n",
         report.pipeline,

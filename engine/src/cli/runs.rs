@@ -2,21 +2,23 @@
 //! `cairn replay`, `cairn runs list|show|logs`, `cairn cache
 //! stats|gc|clear`, `cairn lineage`.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::pipeline::{EventsArg, Launch, PolicyArgs};
+use super::pipeline::{EventsArg, PolicyArgs, Shown, report_run_error, start};
 use super::{open_sandbox, report_error};
 use crate::manifest::Manifest;
+use crate::model::RunStatus;
 use crate::plan::Plan;
-use crate::policy::Policy;
+use crate::runner::describe::step_views;
+use crate::runner::{
+    self, Continuation, Continued, Launch, Resumption, RunError, Runner, short, store_exists,
+};
 use crate::sandbox::limits::{parse_age, parse_duration};
-use crate::store::history::{History, JournalHistory, LIVE};
+use crate::store::history::{History, JournalHistory};
 use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store, StoreError};
 
 /// Exit code: `cairn replay --verify` found steps whose output changed.
@@ -144,15 +146,14 @@ pub enum StatusFilter {
 }
 
 impl StatusFilter {
-    fn of(record: &RunRecord) -> Option<Self> {
-        match record.status.as_str() {
-            "succeeded" => Some(StatusFilter::Succeeded),
-            "failed" => Some(StatusFilter::Failed),
-            "cancelled" => Some(StatusFilter::Cancelled),
+    fn of(record: &RunRecord, db: &dyn History) -> Self {
+        match record.status {
+            RunStatus::Succeeded => StatusFilter::Succeeded,
+            RunStatus::Failed => StatusFilter::Failed,
+            RunStatus::Cancelled => StatusFilter::Cancelled,
+            RunStatus::Running if db.is_live(&record.id) => StatusFilter::Running,
             // No process is running it: the store's lock says so.
-            "running" => Some(StatusFilter::Interrupted),
-            LIVE => Some(StatusFilter::Running),
-            _ => None,
+            RunStatus::Running => StatusFilter::Interrupted,
         }
     }
 }
@@ -183,20 +184,15 @@ pub struct LineageArgs {
 /// Is there a store at `store` at all? Commands that only read must not
 /// create one where the user merely mistyped a path or ran in the wrong
 /// directory.
-fn exists(store: &Path) -> bool {
-    store.join("db").is_dir() || store.join("journal").is_dir()
-}
-
 fn no_store(store: &Path) -> String {
-    format!(
-        "there is no Cairn store at {} (nothing has run with it yet); run a pipeline first, \
-         or point --store or CAIRN_HOME at the store to read",
-        store.display()
-    )
+    RunError::NoStore {
+        store: store.to_owned(),
+    }
+    .to_string()
 }
 
 fn open(store: &Path) -> Result<SledStore, u8> {
-    if !exists(store) {
+    if !store_exists(store) {
         return Err(report_error(&no_store(store)));
     }
     SledStore::open(store).map_err(|e| report_error(&e.to_string()))
@@ -205,7 +201,7 @@ fn open(store: &Path) -> Result<SledStore, u8> {
 /// The run history for commands that only read it: the store itself, or,
 /// while another process holds it (a run in progress), its journals.
 fn history(store: &Path) -> Result<Box<dyn History>, u8> {
-    if !exists(store) {
+    if !store_exists(store) {
         return Err(report_error(&no_store(store)));
     }
     match SledStore::open_now(store) {
@@ -222,221 +218,112 @@ fn history(store: &Path) -> Result<Box<dyn History>, u8> {
 
 /// A run by id, unique id prefix, or `last` (the newest run).
 fn find_run(db: &dyn History, text: &str, store: &Path) -> Result<RunRecord, u8> {
-    if text == "last" {
-        let runs = db.runs().map_err(|e| report_error(&e.to_string()))?;
-        return runs
-            .into_iter()
-            .max_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)))
-            .ok_or_else(|| {
-                report_error(&format!("no runs yet in the store at {}", store.display()))
-            });
-    }
-    let id = RunId::parse(text).map_err(|e| report_error(&e))?;
-    match db.run(&id) {
-        Ok(Some(record)) => Ok(record),
-        Ok(None) => Err(report_error(&format!(
-            "no run {text} in the store at {}; see `cairn runs list` (or give --store DIR)",
-            store.display()
-        ))),
-        Err(e) => Err(report_error(&e.to_string())),
-    }
+    runner::find_run(db, text, store).map_err(|e| report_run_error(&e))
 }
 
 fn journal(db: &dyn History, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
     db.journal(run).map_err(|e| report_error(&e.to_string()))
 }
 
-/// A recorded run to go on with: the policy to run under, the open store
-/// (handed on to [`Launch`]: sled has one opener at a time, and a store
-/// closed and opened again at once can still be locked by this process),
-/// the run's record and its journal.
-struct Loaded {
-    policy: Option<Policy>,
-    db: Arc<dyn Store>,
-    record: RunRecord,
-    events: Vec<JournalEvent>,
-}
-
-fn load_run(store: &Path, text: &str, policy: &PolicyArgs) -> Result<Loaded, u8> {
-    let given = policy.load()?;
-    let db = open(store)?;
-    let record = find_run(&db, text, store)?;
-    let policy = readmission(&record, given)?;
-    let events = journal(&db, &record.id)?;
-    Ok(Loaded {
-        policy,
-        db: Arc::new(db),
-        record,
-        events,
-    })
-}
-
-/// The policy a recorded run goes on under: the one it was admitted under.
-/// A run admitted without a policy may be given one now (that only takes
-/// away); a run admitted under one cannot lose it, or move to another
-/// policy file or tenant, by how it is resumed.
-fn readmission(record: &RunRecord, given: Option<Policy>) -> Result<Option<Policy>, u8> {
-    let Some(admitted) = &record.admission else {
-        return Ok(given);
-    };
-    let tenant = admitted.tenant.as_deref().unwrap_or("default");
-    let policy = match given {
-        Some(policy) => {
-            if policy.file != admitted.policy || policy.selected != admitted.tenant {
-                return Err(report_error(&format!(
-                    "run {} was admitted under {} as tenant {tenant}; it goes on only under the same \
-                     policy and tenant (leave out --policy and --tenant to use them)",
-                    record.id,
-                    admitted.policy.display()
-                )));
-            }
-            policy
-        }
-        None => Policy::load(&admitted.policy, admitted.tenant.as_deref()).map_err(|e| {
-            report_error(&format!(
-                "run {} was admitted under {} as tenant {tenant}, which cannot be loaded now: {e}; \
-                 nothing was run",
-                record.id,
-                admitted.policy.display()
-            ))
-        })?,
-    };
-    if policy.hash != admitted.policy_hash {
-        say!(
-            "warning: {} changed since run {} was admitted; checking it again under the current rules",
-            admitted.policy.display(),
-            record.id
-        );
-    }
-    Ok(Some(policy))
-}
-
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
     if args.json {
         super::json_errors::want();
     }
-    let Loaded {
-        policy,
-        db,
-        record,
-        events,
-    } = match load_run(store, &args.run, &args.policy) {
-        Ok(loaded) => loaded,
+    let given = match args.policy.load() {
+        Ok(policy) => policy,
         Err(code) => return code,
     };
-    if record.status == "succeeded" {
-        say!("run {} already succeeded; nothing to resume", record.id);
-        return 0;
+    let runner = match Runner::open_existing(store, args.jobs.unwrap_or(0)) {
+        Ok(runner) => runner,
+        Err(e) => return report_run_error(&e),
+    };
+    let Continued { launch, warnings } = match runner.resume(&args.run, given) {
+        Ok(Resumption::Ready(continued)) => continued,
+        Ok(Resumption::AlreadySucceeded(record)) => {
+            say!("run {} already succeeded; nothing to resume", record.id);
+            return 0;
+        }
+        Err(e) => return report_run_error(&e),
+    };
+    for w in &warnings {
+        say!("warning: {w}");
     }
-    // Results the run already has: each executed element's own event, and
-    // every key a finished step lists (cache hits have no event of their own).
-    let keys: HashSet<CacheKey> = events
-        .iter()
-        .flat_map(|e| match e {
-            JournalEvent::ItemSucceeded { key, .. } => vec![key.as_str()],
-            JournalEvent::StepSucceeded { keys, .. } => keys.iter().map(String::as_str).collect(),
-            _ => Vec::new(),
-        })
-        .filter_map(CacheKey::from_hex)
-        .collect();
-    let manifest = record.manifest.clone();
     let launch = Launch {
-        store,
         jobs: args.jobs,
-        fail_fast: false,
-        refresh: false,
-        resume: Some((record, keys)),
-        replay_of: None,
         allow_changed: args.allow_changed,
+        ..launch
+    };
+    let shown = Shown {
         json: args.json,
         quiet: args.quiet,
-        policy,
         events: args.events.path,
-        opened: Some(db),
     };
-    launch.run(&manifest).await.1
+    start(&runner, launch, &shown).await.1
 }
 
 pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
     if args.json {
         super::json_errors::want();
     }
-    let Loaded {
-        policy,
-        db,
-        record,
-        events,
-    } = match load_run(store, &args.run, &args.policy) {
-        Ok(loaded) => loaded,
+    let given = match args.policy.load() {
+        Ok(policy) => policy,
         Err(code) => return code,
     };
-    let original: BTreeMap<String, String> = events
-        .into_iter()
-        .filter_map(|e| match e {
-            JournalEvent::StepSucceeded {
-                step, output_hash, ..
-            } => Some((step, output_hash)),
-            _ => None,
-        })
-        .collect();
+    let runner = match Runner::open_existing(store, args.jobs.unwrap_or(0)) {
+        Ok(runner) => runner,
+        Err(e) => return report_run_error(&e),
+    };
+    let replay = match runner.replay(&args.run, given) {
+        Ok(replay) => replay,
+        Err(e) => return report_run_error(&e),
+    };
+    for w in &replay.continued.warnings {
+        say!("warning: {w}");
+    }
+    let original_id = match &replay.continued.launch.continuation {
+        Continuation::Replay { of } => of.id.clone(),
+        _ => unreachable!("a replay's continuation is a replay"),
+    };
     let launch = Launch {
-        store,
         jobs: args.jobs,
-        fail_fast: false,
-        refresh: true,
-        resume: None,
-        replay_of: Some(record.clone()),
         allow_changed: args.allow_changed,
+        ..replay.continued.launch
+    };
+    let shown = Shown {
         json: args.json,
         quiet: args.quiet || args.json,
-        policy,
         events: args.events.path,
-        opened: Some(db),
     };
-    let (report, code) = launch.run(&record.manifest).await;
-    let Some(report) = report else { return code };
+    let (finished, code) = start(&runner, launch, &shown).await;
+    let Some(finished) = finished else {
+        return code;
+    };
     if !args.verify {
         return code;
     }
-    // (step, original hash, replayed hash) for every step whose output changed.
-    let mut mismatches: Vec<(&str, &str, &str)> = Vec::new();
-    let mut compared = 0;
-    for step in &report.steps {
-        let (Some(before), Some(after)) = (original.get(&step.name), &step.output_hash) else {
-            continue;
-        };
-        compared += 1;
-        if before != after {
-            mismatches.push((&step.name, before, after));
-        }
-    }
+    let verification = replay.original.verify(&finished.report);
     if args.json {
-        let list: Vec<Value> = mismatches
-            .iter()
-            .map(|(step, before, after)| json!({"step": step, "original": before, "replay": after}))
-            .collect();
         out!(
             "{}",
-            json!({"verified": compared, "nondeterministic": list})
+            json!({"verified": verification.compared, "nondeterministic": verification.mismatches})
         );
     } else {
-        let short = |hash: &str| hash.chars().take(12).collect::<String>();
-        for (step, before, after) in &mismatches {
+        for m in &verification.mismatches {
             say!(
-                "nondeterministic: step `{step}` produced different output (run {}: {}…, replay: {}…)",
-                record.id,
-                short(before),
-                short(after)
+                "nondeterministic: step `{}` produced different output (run {original_id}: {}…, replay: {}…)",
+                m.step,
+                short(&m.original),
+                short(&m.replay)
             );
         }
-        if mismatches.is_empty() {
+        if verification.mismatches.is_empty() {
             say!(
-                "verified: all {compared} steps that succeeded in run {} produced identical output",
-                record.id
+                "verified: all {} steps that succeeded in run {original_id} produced identical output",
+                verification.compared
             );
         }
     }
-    if !mismatches.is_empty() {
+    if !verification.mismatches.is_empty() {
         return EXIT_NONDETERMINISTIC;
     }
     code
@@ -481,7 +368,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
         return gc_runs(&db, &runs, &retention, dry_run, json);
     }
     if let RunsCommand::List { json, .. } = &command
-        && !exists(store)
+        && !store_exists(store)
     {
         // Listing an empty place is not an error, but creating a store
         // there would be.
@@ -510,12 +397,13 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
             };
             runs.retain(|r| {
                 pipeline.as_ref().is_none_or(|p| &r.pipeline == p)
-                    && status.is_none_or(|s| StatusFilter::of(r) == Some(s))
+                    && status.is_none_or(|s| StatusFilter::of(r, db) == s)
             });
             runs.sort_by(|a, b| b.id.cmp(&a.id));
             runs.truncate(limit.unwrap_or(usize::MAX));
             if json {
-                out!("{}", serde_json::to_string(&runs).unwrap_or_default());
+                let runs: Vec<Value> = runs.iter().map(|r| record_json(r, db)).collect();
+                out!("{}", Value::Array(runs));
                 return 0;
             }
             if runs.is_empty() {
@@ -537,7 +425,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                 "steps"
             );
             for r in runs {
-                let status = shown_run_status(&r.status);
+                let status = shown_run_status(&r, db);
                 let status = if r.replay_of.is_some() {
                     format!("{status} (replay)")
                 } else {
@@ -599,109 +487,12 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
     }
 }
 
-/// Per-step status from the journal: the last word on each step.
-///
-/// `attempts` counts attempts that ran in the sandbox (over every element
-/// and every resume), `duration_ms` runs from the step's first attempt
-/// starting (or, for a step that never ran, from its being queued) to its
-/// end, and `wait_ms` is the time between being queued and that first
-/// attempt: the same figures `cairn run` prints in its summary.
-struct StepView {
-    status: String,
-    detail: String,
-    duration_ms: Option<u64>,
-    wait_ms: Option<u64>,
-    attempts: u32,
-}
-
-fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
-    fn entry<'v>(views: &'v mut BTreeMap<String, StepView>, step: &str) -> &'v mut StepView {
-        views.entry(step.to_owned()).or_insert(StepView {
-            status: "pending".into(),
-            detail: String::new(),
-            duration_ms: None,
-            wait_ms: None,
-            attempts: 0,
-        })
-    }
-    let mut views = BTreeMap::new();
-    let mut scheduled: BTreeMap<String, u64> = BTreeMap::new();
-    let mut first_attempt: BTreeMap<String, u64> = BTreeMap::new();
-    // From the first attempt (or from being queued) to `end`; and the wait.
-    let timing =
-        |step: &str, end: u64, scheduled: &BTreeMap<String, u64>, first: &BTreeMap<String, u64>| {
-            let queued = scheduled.get(step).copied();
-            let ran = first.get(step).copied();
-            let from = ran.or(queued);
-            (
-                from.map(|f| end.saturating_sub(f)),
-                queued.map(|q| ran.map_or(0, |r| r.saturating_sub(q))),
-            )
-        };
-    for event in events {
-        match event {
-            JournalEvent::StepScheduled { at_ms, step } => {
-                scheduled.insert(step.clone(), *at_ms);
-                // A resumed run schedules the step again: time this try.
-                first_attempt.remove(step);
-                let v = entry(&mut views, step);
-                v.status = "queued".into();
-            }
-            JournalEvent::AttemptStarted { at_ms, step, .. } => {
-                first_attempt.entry(step.clone()).or_insert(*at_ms);
-                let v = entry(&mut views, step);
-                v.attempts += 1;
-                v.status = "running".into();
-            }
-            JournalEvent::StepSucceeded {
-                at_ms,
-                step,
-                source,
-                ..
-            } => {
-                let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
-                let v = entry(&mut views, step);
-                v.status = match source {
-                    crate::store::StepSource::Executed => "succeeded",
-                    crate::store::StepSource::Cached => "cached",
-                    crate::store::StepSource::Journal => "resumed",
-                }
-                .into();
-                v.detail = String::new();
-                (v.duration_ms, v.wait_ms) = (duration, wait);
-            }
-            JournalEvent::StepFailed {
-                at_ms,
-                step,
-                message,
-                ..
-            } => {
-                let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
-                let v = entry(&mut views, step);
-                v.status = "failed".into();
-                v.detail = message.clone();
-                (v.duration_ms, v.wait_ms) = (duration, wait);
-            }
-            JournalEvent::StepSkipped { step, reason, .. } => {
-                let v = entry(&mut views, step);
-                v.status = "skipped".into();
-                v.detail = reason.clone();
-            }
-            JournalEvent::StepCancelled { step, .. } => {
-                entry(&mut views, step).status = "cancelled".into()
-            }
-            _ => {}
-        }
-    }
-    views
-}
-
 /// The plan of a recorded run, if its manifest still loads.
 /// The plan of a recorded run (manifest, directory or bundle), if it still
 /// loads; used only to draw dependencies.
 async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
     let sandbox = open_sandbox(store).ok()?;
-    if super::pipeline::is_bundle(&record.manifest) {
+    if runner::is_bundle(&record.manifest) {
         let bundle = crate::bundle::Bundle::open(&record.manifest).ok()?;
         let manifest = bundle.manifest().ok()?;
         let shown = record.manifest.join(crate::bundle::MANIFEST);
@@ -724,12 +515,23 @@ async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
 
 /// A run's status as people read it: a record still `running` with no
 /// process behind it was interrupted.
-fn shown_run_status(status: &str) -> &str {
-    match status {
-        "running" => "interrupted",
-        LIVE => "running",
-        other => other,
+fn shown_run_status(record: &RunRecord, db: &dyn History) -> &'static str {
+    match record.status {
+        RunStatus::Running if db.is_live(&record.id) => "running",
+        RunStatus::Running => "interrupted",
+        other => other.as_str(),
     }
+}
+
+/// A run's record as `--json` prints it: as stored, except that a run being
+/// run now by another process says `live` (a stored `running` with no
+/// process behind it was interrupted).
+fn record_json(record: &RunRecord, db: &dyn History) -> Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if record.status == RunStatus::Running && db.is_live(&record.id) {
+        value["status"] = json!("live");
+    }
+    value
 }
 
 fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
@@ -757,13 +559,16 @@ fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
                 json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "wait_ms": v.wait_ms, "attempts": v.attempts, "after": after})
             })
             .collect();
-        out!("{}", json!({"run": record, "steps": steps}));
+        out!(
+            "{}",
+            json!({"run": record_json(&record, db), "steps": steps})
+        );
         return 0;
     }
-    let status = match record.status.as_str() {
-        "running" => "interrupted (resume with `cairn resume`)",
-        LIVE => "running now, in another process",
-        other => other,
+    let status = match record.status {
+        RunStatus::Running if db.is_live(&record.id) => "running now, in another process",
+        RunStatus::Running => "interrupted (resume with `cairn resume`)",
+        other => other.as_str(),
     };
     out!(
         "run {}  pipeline {}  {}",
@@ -848,7 +653,7 @@ fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
 /// and one cancelled by Ctrl-C or SIGTERM both can; `runs gc` keeps them
 /// unless told otherwise.
 fn resumable(run: &RunRecord) -> bool {
-    matches!(run.status.as_str(), "running" | "cancelled")
+    matches!(run.status, RunStatus::Running | RunStatus::Cancelled)
 }
 
 /// Which runs `cairn runs gc` forgets.
@@ -875,7 +680,7 @@ impl Retention {
             .now_ms
             .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
         for run in runs {
-            let interrupted = run.status == "running";
+            let interrupted = run.status == RunStatus::Running;
             let resumable = interrupted || resumable(run);
             let ended = if interrupted {
                 run.started_ms
@@ -1116,6 +921,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str, status: &str, started_ms: u64, finished_ms: Option<u64>) -> RunRecord {
+        let status = serde_json::from_value(json!(status)).expect("a run status word");
         RunRecord {
             id: RunId(id.into()),
             pipeline: "p".into(),
@@ -1123,10 +929,12 @@ mod tests {
             manifest_hash: "h".into(),
             started_ms,
             finished_ms,
-            status: status.into(),
+            status,
             steps: 1,
             replay_of: None,
             admission: None,
+            tenant: None,
+            bundle: None,
         }
     }
 

@@ -28,28 +28,9 @@ pub const MAX_LOG_LINE: usize = 16 << 10;
 /// Most log bytes kept per run; later lines are counted, not kept.
 pub const MAX_LOG_BYTES: usize = 1 << 20;
 
-/// Severity of a task log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Trace,
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Trace => "trace",
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-}
+/// Severity of a task log line (the shared vocabulary's [`LogLevel`]; the
+/// WIT binding's own `LogLevel` has this module's other name).
+pub use crate::model::LogLevel as Level;
 
 /// One line a task logged (through `cairn:task/host.log` or its stderr).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -52,6 +52,34 @@ impl ByteSize {
     pub fn bytes(self) -> u64 {
         self.0
     }
+
+    pub const fn kib(n: u64) -> Self {
+        Self(n << 10)
+    }
+
+    pub const fn mib(n: u64) -> Self {
+        Self(n << 20)
+    }
+
+    pub const fn gib(n: u64) -> Self {
+        Self(n << 30)
+    }
+}
+
+/// From a string (`"64MiB"`) or a plain number of bytes.
+impl<'de> serde::Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Spelled {
+            Bytes(u64),
+            Text(String),
+        }
+        match Spelled::deserialize(deserializer)? {
+            Spelled::Bytes(n) => Ok(ByteSize(n)),
+            Spelled::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl fmt::Display for ByteSize {

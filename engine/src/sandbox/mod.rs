@@ -149,8 +149,6 @@ pub enum LoadError {
 pub enum SandboxError {
     #[error("cannot set up the sandbox: {0}")]
     Setup(String),
-    #[error("too many tasks running at once in this process ({0}); lower the parallelism")]
-    Busy(String),
     #[error("cannot create the wasmtime engine: {0}")]
     Engine(String),
 }
@@ -229,6 +227,11 @@ pub struct Sandbox {
     loaded: Mutex<HashMap<blake3::Hash, Arc<LoadedComponent>>>,
     scratch_root: PathBuf,
     scratch_quota: ScratchQuota,
+    /// One permit per instance slot of the pooling allocator: an attempt
+    /// holds one from before it instantiates until it ends, so a full pool
+    /// makes the next attempt wait for a slot instead of failing it.
+    slots: tokio::sync::Semaphore,
+    max_slots: usize,
 }
 
 impl Sandbox {
@@ -238,6 +241,8 @@ impl Sandbox {
         artifacts: Arc<dyn ArtifactStore>,
     ) -> Result<Self, SandboxError> {
         let (scratch_root, scratch_quota) = (config.scratch_root.clone(), config.scratch_quota);
+        let config_slots = config.max_instances as usize;
+        let slots = tokio::sync::Semaphore::new(config_slots);
         let engine = Engine::new(&engine_config(config))
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -258,7 +263,14 @@ impl Sandbox {
             loaded: Mutex::new(HashMap::new()),
             scratch_root,
             scratch_quota,
+            slots,
+            max_slots: config_slots,
         })
+    }
+
+    /// Attempts running in this sandbox now (each holds an instance slot).
+    pub fn in_flight(&self) -> usize {
+        self.max_slots - self.slots.available_permits()
     }
 
     /// Load a component from a file.
@@ -436,6 +448,11 @@ impl Sandbox {
             grants: &grants,
             observer: None,
         };
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the sandbox never closes its slot semaphore");
         let mut run = self.prepare(loaded, &request, None)?;
         let call = async {
             let task = pre.instantiate_async(&mut run.store).await?;
@@ -456,6 +473,13 @@ impl Sandbox {
         loaded: &LoadedComponent,
         request: RunRequest<'_>,
     ) -> Result<Attempt, SandboxError> {
+        // Waiting for a slot is not the task's time: its deadline starts
+        // once it has one.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the sandbox never closes its slot semaphore");
         let stdout = match loaded.kind {
             ComponentKind::Task => log_pipe(request.grants),
             ComponentKind::Command => {

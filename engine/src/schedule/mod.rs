@@ -31,19 +31,19 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::model::{EngineFailure, StepFailureClass};
 use crate::plan::template::{Reference, Resolve, Source, lookup, truthy};
 use crate::plan::{Plan, Step, StepId};
 use crate::sandbox::ByteSize;
 use crate::sandbox::grants::Scratch;
 use crate::sandbox::{
-    Attempt, ComponentKind, FailureClass, LogLine, Observer, Progress, RunRequest, Sandbox,
-    SandboxError,
+    Attempt, ComponentKind, LogLine, Observer, Progress, RunRequest, Sandbox, SandboxError,
 };
 use crate::store::records::now_ms;
 use crate::store::{CacheKey, JournalEvent, LoggedLine, NewResult, ResultMeta, StepSource};
 
 mod ledger;
-pub use ledger::Ledger;
+pub use ledger::{JournalWriter, Ledger};
 
 /// The cache key of one unit of work: blake3 over the key-format version,
 /// the component, the canonical input bytes, the grants (with env and secret values),
@@ -163,9 +163,9 @@ impl Default for RunOptions {
 /// Why a step did not succeed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepFailure {
-    /// The sandbox's class, or `None` for a problem before the sandbox (an
-    /// input that could not be built from upstream outputs).
-    pub class: Option<FailureClass>,
+    /// The sandbox's class, or why no attempt could finish: an input that
+    /// could not be built from upstream outputs, or a failure of Cairn's own.
+    pub class: StepFailureClass,
     pub message: String,
 }
 
@@ -244,14 +244,8 @@ fn micros_list<S: serde::Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::
     s.collect_seq(ds.iter().map(|d| d.as_micros() as u64))
 }
 
-/// How the run as a whole ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunStatus {
-    Succeeded,
-    Failed,
-    Cancelled,
-}
+/// How the run as a whole ended (a report's status is never `running`).
+pub use crate::model::RunStatus;
 
 /// What happened to a run.
 #[derive(Debug, Clone, Serialize)]
@@ -913,7 +907,7 @@ impl<E: Executor> Run<E> {
         self.finish(
             id,
             StepStatus::Failed(StepFailure {
-                class: None,
+                class: StepFailureClass::Engine(EngineFailure::Input),
                 message,
             }),
         );
@@ -1024,7 +1018,7 @@ impl<E: Executor> Run<E> {
                 StepStatus::Failed(f) => JournalEvent::StepFailed {
                     at_ms,
                     step: step_name,
-                    class: Some(f.class.map_or("input", FailureClass::as_str).to_owned()),
+                    class: Some(f.class),
                     message: f.message.clone(),
                 },
                 StepStatus::Skipped { reason } => JournalEvent::StepSkipped {
@@ -1120,7 +1114,13 @@ impl<E: Executor> Run<E> {
                 if let Some(id) = step
                     && !self.reports[id].status.is_finished()
                 {
-                    self.fail_before_running(id, why);
+                    self.finish(
+                        id,
+                        StepStatus::Failed(StepFailure {
+                            class: StepFailureClass::Engine(EngineFailure::Engine),
+                            message: why,
+                        }),
+                    );
                 }
             }
         }
@@ -1131,7 +1131,7 @@ impl<E: Executor> Run<E> {
     fn not_durable(&mut self, id: StepId, error: &ledger::LedgerError) {
         let report = &mut self.reports[id];
         report.status = StepStatus::Failed(StepFailure {
-            class: None,
+            class: StepFailureClass::Engine(EngineFailure::Engine),
             message: format!(
                 "finished, but its result could not be made durable ({error}); \
                  free the store and resume the run"
@@ -1325,7 +1325,7 @@ async fn attempt_loop<E: Executor>(
         }
         let failure = match attempt {
             Err(e) => StepFailure {
-                class: None,
+                class: StepFailureClass::Engine(EngineFailure::Engine),
                 message: e.to_string(),
             },
             Ok(attempt) => {
@@ -1340,7 +1340,7 @@ async fn attempt_loop<E: Executor>(
                         return done;
                     }
                     Err(failure) => StepFailure {
-                        class: Some(failure.class()),
+                        class: failure.class().into(),
                         message: failure.to_string(),
                     },
                 }
@@ -1348,6 +1348,7 @@ async fn attempt_loop<E: Executor>(
         };
         let retry = failure
             .class
+            .attempt()
             .is_some_and(|class| step.retry.retries(class, done.attempts));
         let retry_in = retry.then(|| step.retry.delay(done.attempts, rand::random::<f64>()));
         observer.event(Event::AttemptFailed {
@@ -1440,7 +1441,7 @@ fn attempt_finished(
 ) -> JournalEvent {
     let (class, message) = match &outcome.result {
         Ok(_) => (None, None),
-        Err(f) => (Some(f.class().as_str().to_owned()), Some(f.to_string())),
+        Err(f) => (Some(f.class()), Some(f.to_string())),
     };
     JournalEvent::AttemptFinished {
         at_ms: now_ms(),
@@ -1456,7 +1457,7 @@ fn attempt_finished(
             .lines
             .iter()
             .map(|l| LoggedLine {
-                level: l.level.as_str().to_owned(),
+                level: l.level,
                 message: l.message.clone(),
             })
             .collect(),

@@ -204,6 +204,11 @@ impl SledStore {
         Self::open_waiting(dir, Duration::ZERO)
     }
 
+    /// Journals held open for appending: one per run in progress.
+    pub fn open_journals(&self) -> usize {
+        self.journals.open_count()
+    }
+
     fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
         let path = dir.join("db");
         let blobs = dir.join("blobs");
@@ -552,6 +557,10 @@ impl Store for SledStore {
         self.journals.read(run)
     }
 
+    fn close_run(&self, run: &RunId) -> Result<(), StoreError> {
+        self.journals.close(run)
+    }
+
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         let json = serde_json::to_vec(run).map_err(|e| StoreError::Unencodable {
             what: format!("run {}", run.id),
@@ -864,6 +873,7 @@ fn dir_size(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RunStatus;
 
     fn result(output: &[u8], created_ms: u64) -> NewResult {
         NewResult {
@@ -1114,10 +1124,12 @@ mod tests {
                     manifest_hash: "h".into(),
                     started_ms: 0,
                     finished_ms: None,
-                    status: "running".into(),
+                    status: RunStatus::Running,
                     steps: 1,
                     replay_of: None,
                     admission: None,
+                    tenant: None,
+                    bundle: None,
                 })
                 .unwrap();
         }
@@ -1143,10 +1155,12 @@ mod tests {
             manifest_hash: "h".into(),
             started_ms: 0,
             finished_ms: Some(1),
-            status: "succeeded".into(),
+            status: RunStatus::Succeeded,
             steps: 1,
             replay_of: None,
             admission: None,
+            tenant: None,
+            bundle: None,
         }
     }
 

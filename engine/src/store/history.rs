@@ -15,8 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use super::journal::Journals;
-use super::records::{JournalEvent, RunId, RunRecord};
-use super::{SledStore, Store, StoreError};
+use super::records::{JournalEvent, RunId, RunRecord, RunStatus};
+use super::{Store, StoreError};
 
 /// What the read-only commands need of the run history.
 pub trait History {
@@ -24,9 +24,15 @@ pub trait History {
     fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
     fn journal(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError>;
+    /// Is a run recorded as `running` being run now by a live process (as
+    /// opposed to interrupted)? Only a reader beside a running process can
+    /// tell; the store's own opener holds the lock, so nothing else runs.
+    fn is_live(&self, _run: &RunId) -> bool {
+        false
+    }
 }
 
-impl History for SledStore {
+impl<S: Store + ?Sized> History for S {
     fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
         Store::run(self, id)
     }
@@ -37,10 +43,6 @@ impl History for SledStore {
         Store::journal(self, run)
     }
 }
-
-/// Status of a run that a live process is running now (as opposed to
-/// `running` with no process behind it: interrupted).
-pub const LIVE: &str = "live";
 
 /// Marks a run as being run by this process, until dropped.
 pub struct ActiveRun {
@@ -117,29 +119,27 @@ impl JournalHistory {
                         manifest_hash: manifest_hash.clone(),
                         started_ms: *at_ms,
                         finished_ms: None,
-                        status: String::new(),
+                        status: RunStatus::Running,
                         steps: steps.unwrap_or(0),
                         replay_of: replay_of.clone(),
                         admission: None,
+                        tenant: None,
+                        bundle: None,
                     });
-                    record.status = "running".into();
+                    record.status = RunStatus::Running;
                     record.finished_ms = None;
                     record.manifest_hash = manifest_hash.clone();
                 }
                 JournalEvent::RunFinished { at_ms, status } => {
                     if let Some(record) = record.as_mut() {
-                        record.status = status.clone();
+                        record.status = *status;
                         record.finished_ms = Some(*at_ms);
                     }
                 }
                 _ => {}
             }
         }
-        let mut record = record?;
-        if record.status == "running" && is_live(&self.store, id) {
-            record.status = LIVE.into();
-        }
-        Some(record)
+        record
     }
 }
 
@@ -175,5 +175,9 @@ impl History for JournalHistory {
 
     fn journal(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError> {
         self.journals.read(run)
+    }
+
+    fn is_live(&self, run: &RunId) -> bool {
+        is_live(&self.store, run)
     }
 }

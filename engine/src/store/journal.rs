@@ -144,6 +144,23 @@ impl Journals {
             .map_err(|e| StoreError::io(&self.dir.join(&run.0), e))
     }
 
+    /// Sync the run's journal if it was written to, and let go of its open
+    /// file: a run that ended holds no file descriptor. A later append
+    /// (a resume) opens it again.
+    pub fn close(&self, run: &RunId) -> Result<(), StoreError> {
+        self.sync(run)?;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(run);
+        Ok(())
+    }
+
+    /// How many journals are open for appending now.
+    pub fn open_count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Make every journal written to since its last sync durable.
     pub fn sync_all(&self) -> Result<(), StoreError> {
         let dirty: Vec<RunId> = self

@@ -71,6 +71,11 @@ pub trait Store: Send + Sync {
     fn cache_gc(&self, older_than: Option<Duration>) -> Result<u64, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// A run has ended: make its journal durable and release what the
+    /// store holds open for it (a later append opens it again).
+    fn close_run(&self, _run: &RunId) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A fresh result to store.

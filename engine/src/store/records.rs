@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::{FailureClass, LogLevel, RunStatus, StepFailureClass};
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -114,9 +116,8 @@ pub enum JournalEvent {
         step: String,
         index: Option<usize>,
         attempt: u32,
-        /// `None` on success, else the failure class (or `input` for a
-        /// problem before the sandbox).
-        class: Option<String>,
+        /// `None` on success, else the failure class.
+        class: Option<FailureClass>,
         message: Option<String>,
         fuel: u64,
         duration_us: u64,
@@ -141,7 +142,7 @@ pub enum JournalEvent {
     StepFailed {
         at_ms: u64,
         step: String,
-        class: Option<String>,
+        class: Option<StepFailureClass>,
         message: String,
     },
     StepSkipped {
@@ -155,14 +156,14 @@ pub enum JournalEvent {
     },
     RunFinished {
         at_ms: u64,
-        status: String,
+        status: RunStatus,
     },
 }
 
 /// A task's log line as kept in the journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedLine {
-    pub level: String,
+    pub level: LogLevel,
     pub message: String,
 }
 
@@ -189,7 +190,7 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
     /// `running` until the run ends; a run still `running` with no process
     /// behind it was interrupted and can be resumed.
-    pub status: String,
+    pub status: RunStatus,
     pub steps: usize,
     /// The run this one replays, for `cairn replay`.
     pub replay_of: Option<RunId>,
@@ -197,6 +198,15 @@ pub struct RunRecord {
     /// one. Resume and replay re-admit under the same policy and tenant.
     #[serde(default)]
     pub admission: Option<Admission>,
+    /// The tenant the run belongs to (`None`: the single-user store's
+    /// runs, before tenants).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The bundle the run came from, by content hash (its id), when it came
+    /// from one; with it a host can resume the run from its own copy of the
+    /// bundle rather than from a path on the machine that started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 /// The policy and tenant a run was admitted under.

@@ -1,0 +1,262 @@
+//! `cairn serve` (the multi-tenant server) and `cairn token` (its client
+//! for managing tokens).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::{EXIT_ERROR, report_error};
+use crate::server::{Server, ServerConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The server's config (listen address, data directory, policy,
+    /// tenants and their quotas); without it, one `default` tenant.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where to listen (overrides the config). Loopback unless told
+    /// otherwise; put a reverse proxy in front for TLS. Port 0 picks a free
+    /// port (the address is printed on stderr).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// The data directory: every tenant's store and bundles, the token
+    /// table, the audit log (overrides the config; default: ./cairn-server).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// How long running attempts may go on after SIGTERM or Ctrl-C before
+    /// the server exits; what is still running stays resumable.
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = crate::sandbox::limits::parse_duration)]
+    grace: Duration,
+}
+
+pub async fn serve(args: ServeArgs) -> u8 {
+    let default_data = PathBuf::from("cairn-server");
+    let mut config = match &args.config {
+        Some(file) => match ServerConfig::load(file, default_data) {
+            Ok(config) => config,
+            Err(e) => return report_error(&e.to_string()),
+        },
+        None => ServerConfig::embedded(default_data),
+    };
+    if let Some(data) = &args.data {
+        config.data = data.clone();
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let started = match Server::open(&config) {
+        Ok(started) => started,
+        Err(e) => return report_error(&e.to_string()),
+    };
+    if started.admin_token.is_some() {
+        say!(
+            "created a server-wide admin token in {} (readable by you only); \
+             use it to create tenants' tokens with `cairn token create`",
+            started.server.data.join("admin-token").display()
+        );
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            return report_error(&format!(
+                "cannot listen on {}: {e}; is another server running there? (--listen ADDR)",
+                config.listen
+            ));
+        }
+    };
+    let addr = listener.local_addr().map_or(config.listen, |a| a);
+    if !addr.ip().is_loopback() {
+        say!(
+            "warning: listening on {addr}, not only loopback: the API is plain HTTP, \
+             put a TLS reverse proxy in front of it"
+        );
+    }
+    let resumed = started.server.resume_interrupted().await;
+    if resumed > 0 {
+        say!("resumed {resumed} interrupted run(s)");
+    }
+    say!(
+        "listening on http://{addr} (tenants: {}); stop with Ctrl-C or SIGTERM",
+        started
+            .server
+            .tenants
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let shutdown = async {
+        let signal = super::interrupted().await;
+        say!(
+            "{}: no new requests; stopping live runs (they stay resumable)",
+            signal.name()
+        );
+    };
+    match crate::server::serve(started.server, listener, shutdown, args.grace).await {
+        Ok(()) => 0,
+        Err(e) => report_error(&format!("the server stopped: {e}")),
+    }
+}
+
+/// Where the server is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The server's address, e.g. http://127.0.0.1:8650.
+    #[arg(long, value_name = "URL", env = "CAIRN_SERVER")]
+    server: String,
+    /// A token for it (an admin's, to manage tokens).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CAIRN_TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints it once, alone on stdout.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The tenant it is for (leave out, with a server-wide admin token,
+        /// for another server-wide admin token).
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// viewer (read), operator (also upload and run), admin (also
+        /// manage the tenant's tokens).
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// How long it is good for, e.g. 30d, 12h (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List tokens (ids, tenants, roles; never the tokens).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (from `cairn token list`).
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+}
+
+/// A request to the server; returns its JSON answer or the error to print.
+fn call(
+    server: &ServerArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let auth = format!("Bearer {}", server.token);
+    let sent = match (method, body) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        (_, body) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body.unwrap_or(json!({})).to_string()),
+    };
+    let mut response = sent.map_err(|e| {
+        format!(
+            "cannot reach the server at {}: {e}; is `cairn serve` running there? (--server URL or CAIRN_SERVER)",
+            server.server
+        )
+    })?;
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("the server's answer cannot be read: {e}"))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|_| format!("the server answered {status} with something that is not JSON"))?;
+    if status.is_success() {
+        return Ok(value);
+    }
+    let message = value["message"].as_str().unwrap_or("no message").to_owned();
+    Err(match status.as_u16() {
+        401 => format!("{message} (the token was refused: check CAIRN_TOKEN)"),
+        403 => format!("{message} (the token's role is too weak for this)"),
+        _ => message,
+    })
+}
+
+pub fn token(command: TokenCommand) -> u8 {
+    let result = match &command {
+        TokenCommand::Create {
+            server,
+            tenant,
+            role,
+            expires,
+        } => call(
+            server,
+            "POST",
+            "/v1/tokens",
+            Some(json!({"tenant": tenant, "role": role, "expires": expires})),
+        )
+        .map(|created| {
+            say!(
+                "token {} for {} ({}); it is shown only now:",
+                created["id"].as_str().unwrap_or("?"),
+                created["tenant"].as_str().unwrap_or("the whole server"),
+                created["role"].as_str().unwrap_or("?")
+            );
+            out!("{}", created["token"].as_str().unwrap_or_default());
+        }),
+        TokenCommand::List { server, json } => {
+            call(server, "GET", "/v1/tokens", None).map(|list| {
+                if *json {
+                    out!("{list}");
+                    return;
+                }
+                out!(
+                    "{:<12}  {:<16}  {:<8}  {:<8}",
+                    "id",
+                    "tenant",
+                    "role",
+                    "state"
+                );
+                for t in list.as_array().into_iter().flatten() {
+                    out!(
+                        "{:<12}  {:<16}  {:<8}  {:<8}",
+                        t["id"].as_str().unwrap_or("?"),
+                        t["tenant"].as_str().unwrap_or("(server)"),
+                        t["role"].as_str().unwrap_or("?"),
+                        if t["revoked"].as_bool() == Some(true) {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+            })
+        }
+        TokenCommand::Revoke { server, id } => {
+            call(server, "POST", &format!("/v1/tokens/{id}/revoke"), None)
+                .map(|_| say!("token {id} revoked"))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            super::print_error(&e);
+            EXIT_ERROR
+        }
+    }
+}

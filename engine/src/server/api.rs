@@ -1,0 +1,1053 @@
+//! The HTTP API: routes, their roles, JSON errors, the OpenAPI document.
+//!
+//! Every route but `/healthz` needs a bearer token; each names the least
+//! role it needs in its OpenAPI tag (`viewer`, `operator`, `admin`, or
+//! `server-admin`). Every error is JSON `{"error": kind, "message": text}`
+//! with a 4xx status for anything the client sent; bodies are read with a
+//! cap and parsed by hand, so no framework rejection answers in another
+//! shape. A tenant's data is reached only through the tenant its token
+//! names: an id of another tenant's run or bundle is simply not found.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{OpenApi, ToSchema};
+
+use super::auth::{Caller, Role, Scope};
+use super::{Server, StartError, Tenant};
+use crate::model::RunStatus;
+use crate::runner::describe::{StepView, step_views};
+use crate::runner::{Launch, Resumption, RunError};
+use crate::store::{JournalEvent, RunId, RunRecord};
+
+/// Largest JSON body of any route but the bundle upload.
+const MAX_JSON_BODY: usize = 64 << 10;
+
+/// An answer that is not a success.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer cairn_…); \
+             get one from the server's admin (`cairn token create`)",
+        )
+    }
+
+    fn forbidden(needed: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs a token with the {needed} role"),
+        )
+    }
+
+    fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn quota(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota", message)
+        }
+    }
+
+    fn internal(message: impl std::fmt::Display) -> Self {
+        tracing::error!("{message}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the server failed: {message}"),
+        )
+    }
+}
+
+/// The error body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `unauthorized`, `forbidden`, `not_found`, `bad_request`, `conflict`,
+    /// `too_large`, `invalid`, `quota` or `internal`.
+    pub error: String,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(ErrorBody {
+            error: self.kind.to_owned(),
+            message: self.message,
+        });
+        let mut response = (self.status, body).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+type Shared = State<Arc<Server>>;
+
+/// The caller behind the request's bearer token.
+fn caller(server: &Server, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(ApiError::unauthorized)?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(ApiError::unauthorized)?;
+    server
+        .tokens
+        .authenticate(token.trim(), (server.clock)())
+        .map_err(|_| ApiError::unauthorized())
+}
+
+/// The caller's tenant, if its role is at least `needed`.
+fn tenant_for(
+    server: &Server,
+    headers: &HeaderMap,
+    needed: Role,
+) -> Result<(Caller, Arc<Tenant>), ApiError> {
+    let caller = caller(server, headers)?;
+    let Scope::Tenant(name) = &caller.scope else {
+        return Err(ApiError::forbidden(
+            "tenant (a server-wide admin token manages tokens only)",
+        ));
+    };
+    if caller.role < needed {
+        return Err(ApiError::forbidden(needed.as_str()));
+    }
+    // A token outlives a tenant taken out of the config: then nothing.
+    let tenant = server
+        .tenants
+        .get(name)
+        .cloned()
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok((caller, tenant))
+}
+
+/// A JSON body, read with a cap and parsed into `T`.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a request body is at most {MAX_JSON_BODY} bytes"),
+            )
+        })?;
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("the body is not the JSON this route takes: {e}"),
+        )
+    })
+}
+
+/// A run id as given in a path: 16 hex digits exactly (no prefixes over
+/// the API: a prefix is a guess).
+fn run_id(text: &str) -> Result<RunId, ApiError> {
+    if text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(RunId(text.to_ascii_lowercase()))
+    } else {
+        Err(ApiError::not_found("run"))
+    }
+}
+
+fn find_run(tenant: &Tenant, text: &str) -> Result<RunRecord, ApiError> {
+    let id = run_id(text)?;
+    match tenant.runner.store().run(&id) {
+        Ok(Some(record)) if record.id == id => Ok(record),
+        Ok(_) => Err(ApiError::not_found("run")),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// A bundle id: 64 hex digits.
+fn bundle_id(text: &str) -> Result<String, ApiError> {
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(ApiError::not_found("bundle"))
+    }
+}
+
+/// The statuses and kinds a run error answers with.
+fn run_error(e: RunError) -> ApiError {
+    match &e {
+        RunError::Refused { denials, .. } => {
+            let reasons: Vec<String> = denials
+                .iter()
+                .map(|d| match &d.step {
+                    Some(step) => format!("step `{step}`: {}", d.message),
+                    None => d.message.clone(),
+                })
+                .collect();
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refused",
+                format!("{e}: {}", reasons.join("; ")),
+            )
+        }
+        RunError::Invalid { errors, .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("{e}: {errors}"),
+        ),
+        RunError::Manifest(_) | RunError::Bundle { .. } | RunError::Changed(_) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+        }
+        RunError::PolicyMismatch { .. } | RunError::PolicyUnavailable { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        RunError::UnknownRun { .. } | RunError::BadRunId(_) | RunError::NoRuns { .. } => {
+            ApiError::not_found("run")
+        }
+        _ => ApiError::internal(e),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// Is the server up? Answers without a token and says nothing else.
+#[utoipa::path(get, path = "/healthz", tag = "public",
+    responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "viewer",
+    responses((status = 200, description = "the OpenAPI document"), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn openapi(State(server): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    caller(&server, &headers)?;
+    Ok(Json(document()))
+}
+
+/// The OpenAPI document as JSON.
+pub fn document() -> Value {
+    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes")
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// The tenant the token is for; leave out for a server-wide admin token
+    /// (server-wide admins only). A tenant admin may name only its own.
+    pub tenant: Option<String>,
+    pub role: Role,
+    /// How long the token is good for, e.g. `30d`, `12h`; leave out for no expiry.
+    pub expires: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedToken {
+    pub id: String,
+    /// The token itself; shown only this once.
+    pub token: String,
+    pub tenant: Option<String>,
+    pub role: Role,
+    pub expires_ms: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub tenant: Option<String>,
+    pub role: Role,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked: bool,
+}
+
+/// The tenant an admin may manage tokens of: any (server-wide admin) or
+/// its own.
+fn token_admin(server: &Server, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = caller(server, headers)?;
+    if caller.role < Role::Admin {
+        return Err(ApiError::forbidden("admin"));
+    }
+    Ok(caller)
+}
+
+/// Create a token (printed once; only its keyed hash is kept).
+#[utoipa::path(post, path = "/v1/tokens", tag = "admin", request_body = NewToken,
+    responses((status = 201, body = CreatedToken), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_token(
+    State(server): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let caller = token_admin(&server, &headers)?;
+    let request: NewToken = json_body(body).await?;
+    let tenant = match (&caller.scope, request.tenant) {
+        (Scope::Server, tenant) => tenant,
+        (Scope::Tenant(own), None) => Some(own.clone()),
+        (Scope::Tenant(own), Some(named)) if &named == own => Some(named),
+        (Scope::Tenant(_), Some(_)) => return Err(ApiError::forbidden("server-wide admin")),
+    };
+    if let Some(name) = &tenant
+        && !server.tenants.contains_key(name)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "no tenant {name:?} on this server (tenants: {})",
+                server
+                    .tenants
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let now = (server.clock)();
+    let expires_ms = match request.expires.as_deref() {
+        None => None,
+        Some(text) => {
+            let age = crate::sandbox::limits::parse_age(text).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("expires: {e}"),
+                )
+            })?;
+            Some(now.saturating_add(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)))
+        }
+    };
+    let (entry, token) = server
+        .tokens
+        .create(tenant.clone(), request.role, expires_ms, now)
+        .map_err(ApiError::internal)?;
+    let audited = tenant
+        .as_ref()
+        .and_then(|t| server.tenants.get(t))
+        .map(|t| &**t);
+    server.audit(audited, &caller, "tokens.create", &entry.id, "created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            id: entry.id,
+            token,
+            tenant: entry.tenant,
+            role: entry.role,
+            expires_ms: entry.expires_ms,
+        }),
+    ))
+}
+
+/// The tokens an admin manages (never the tokens themselves).
+#[utoipa::path(get, path = "/v1/tokens", tag = "admin",
+    responses((status = 200, body = Vec<TokenView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_tokens(
+    State(server): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let caller = token_admin(&server, &headers)?;
+    let tenant = match &caller.scope {
+        Scope::Server => None,
+        Scope::Tenant(own) => Some(own.as_str()),
+    };
+    Ok(Json(
+        server
+            .tokens
+            .list(tenant)
+            .into_iter()
+            .map(|e| TokenView {
+                id: e.id,
+                tenant: e.tenant,
+                role: e.role,
+                created_ms: e.created_ms,
+                expires_ms: e.expires_ms,
+                revoked: e.revoked,
+            })
+            .collect(),
+    ))
+}
+
+/// Revoke a token at once.
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "admin",
+    params(("id" = String, Path, description = "the token's id")),
+    responses((status = 200, description = "revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn revoke_token(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = token_admin(&server, &headers)?;
+    let tenant = match &caller.scope {
+        Scope::Server => None,
+        Scope::Tenant(own) => Some(own.clone()),
+    };
+    let revoked = server
+        .tokens
+        .revoke(&id, tenant.as_deref())
+        .map_err(ApiError::internal)?;
+    let audited = tenant
+        .as_ref()
+        .and_then(|t| server.tenants.get(t))
+        .map(|t| &**t);
+    server.audit(
+        audited,
+        &caller,
+        "tokens.revoke",
+        &id,
+        if revoked { "revoked" } else { "not found" },
+    );
+    if !revoked {
+        return Err(ApiError::not_found("token"));
+    }
+    Ok(Json(json!({"id": id, "revoked": true})))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BundleView {
+    pub id: String,
+    pub pipeline: String,
+    pub size: u64,
+    pub steps: usize,
+    pub uploaded_ms: u64,
+}
+
+/// Upload a bundle (`cairn bundle pack`): verified, planned and checked
+/// against the tenant's policy before anything is stored; stored by its
+/// content hash.
+#[utoipa::path(post, path = "/v1/bundles", tag = "operator",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = BundleView), (status = 200, body = BundleView, description = "already stored"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload_bundle(
+    State(server): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<BundleView>), ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Operator)?;
+    let limit = tenant.quotas.upload.bytes();
+    let outcome = store_bundle(&server, &tenant, body, limit).await;
+    let (target, result) = match &outcome {
+        Ok((_, view)) => (view.id.clone(), "stored".to_owned()),
+        Err(e) => (
+            "-".to_owned(),
+            format!("refused ({}): {}", e.status.as_u16(), e.message),
+        ),
+    };
+    server.audit(Some(&tenant), &caller, "bundles.upload", &target, &result);
+    outcome.map(|(status, view)| (status, Json(view)))
+}
+
+async fn store_bundle(
+    server: &Server,
+    tenant: &Tenant,
+    body: Body,
+    limit: u64,
+) -> Result<(StatusCode, BundleView), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the upload is over this tenant's limit of {}",
+                tenant.quotas.upload
+            ),
+        )
+    };
+    // Read with the cap: a larger body is cut off there, never buffered.
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let bytes = axum::body::to_bytes(body, cap)
+        .await
+        .map_err(|_| too_large())?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request(
+            "the body is empty; send the bundle file's bytes (`cairn bundle pack`)",
+        ));
+    }
+    let bundle = crate::bundle::Bundle::read(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("the bundle is refused: {e}"),
+        )
+    })?;
+    let id = bundle.id.to_hex().to_string();
+    drop(bundle);
+    let dir = tenant.bundles_dir();
+    let meta_path = dir.join(format!("{id}.json"));
+    let _storing = tenant.storing.lock().await;
+    if let Some(view) = read_meta(&meta_path) {
+        return Ok((StatusCode::OK, view));
+    }
+    let used: u64 = list_bundles(tenant).iter().map(|b| b.size).sum();
+    if used.saturating_add(bytes.len() as u64) > tenant.quotas.bundle_storage.bytes() {
+        return Err(ApiError::quota(format!(
+            "storing it would pass this tenant's bundle storage quota of {} ({} used)",
+            tenant.quotas.bundle_storage,
+            crate::sandbox::ByteSize(used)
+        )));
+    }
+    // Planned and checked from a file no one else can name yet; kept only
+    // if the tenant's policy admits it.
+    let incoming = dir.join(format!(".incoming-{id}.cairn"));
+    let final_path = dir.join(format!("{id}.cairn"));
+    std::fs::write(&incoming, &bytes).map_err(ApiError::internal)?;
+    let checked = async {
+        let planned = crate::runner::plan(
+            &incoming,
+            &server.sandbox,
+            Some(&tenant.policy),
+            &tenant.audit,
+        )
+        .await?;
+        crate::runner::check(&planned, Some(&tenant.policy), &tenant.audit)?;
+        Ok::<_, RunError>(planned)
+    }
+    .await;
+    let planned = match checked {
+        Ok(planned) => planned,
+        Err(e) => {
+            let _ = std::fs::remove_file(&incoming);
+            return Err(run_error(e));
+        }
+    };
+    let view = BundleView {
+        id: id.clone(),
+        pipeline: planned.plan.name.clone(),
+        size: bytes.len() as u64,
+        steps: planned.plan.steps.len(),
+        uploaded_ms: (server.clock)(),
+    };
+    let stored = std::fs::rename(&incoming, &final_path).and_then(|()| {
+        std::fs::write(
+            &meta_path,
+            serde_json::to_vec(&view).expect("a bundle view serializes"),
+        )
+    });
+    if let Err(e) = stored {
+        let _ = std::fs::remove_file(&incoming);
+        let _ = std::fs::remove_file(&final_path);
+        return Err(ApiError::internal(e));
+    }
+    Ok((StatusCode::CREATED, view))
+}
+
+fn read_meta(path: &std::path::Path) -> Option<BundleView> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn list_bundles(tenant: &Tenant) -> Vec<BundleView> {
+    let Ok(entries) = std::fs::read_dir(tenant.bundles_dir()) else {
+        return Vec::new();
+    };
+    let mut views: Vec<BundleView> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json")))
+        .filter_map(|e| read_meta(&e.path()))
+        .collect();
+    views.sort_by(|a, b| b.uploaded_ms.cmp(&a.uploaded_ms).then(a.id.cmp(&b.id)));
+    views
+}
+
+/// The tenant's bundles, newest first.
+#[utoipa::path(get, path = "/v1/bundles", tag = "viewer",
+    responses((status = 200, body = Vec<BundleView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn bundles(
+    State(server): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Vec<BundleView>>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    Ok(Json(list_bundles(&tenant)))
+}
+
+/// One bundle.
+#[utoipa::path(get, path = "/v1/bundles/{id}", tag = "viewer",
+    params(("id" = String, Path, description = "the bundle id (64 hex digits)")),
+    responses((status = 200, body = BundleView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn bundle(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<BundleView>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let id = bundle_id(&id)?;
+    read_meta(&tenant.bundles_dir().join(format!("{id}.json")))
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("bundle"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRun {
+    /// The id of an uploaded bundle.
+    pub bundle: String,
+    /// Run every step even if its result is cached.
+    #[serde(default)]
+    pub refresh: bool,
+    /// Stop at the first failure of a required step.
+    #[serde(default)]
+    pub fail_fast: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunView {
+    pub id: String,
+    pub pipeline: String,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// Being run by this server now (a `running` run that is not live was
+    /// interrupted and is resumed when the server starts).
+    pub live: bool,
+    pub bundle: Option<String>,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub steps: usize,
+    pub replay_of: Option<String>,
+}
+
+fn run_view(tenant: &Tenant, record: &RunRecord) -> RunView {
+    RunView {
+        id: record.id.0.clone(),
+        pipeline: record.pipeline.clone(),
+        status: record.status.as_str().to_owned(),
+        live: tenant.is_live(&record.id),
+        bundle: record.bundle.clone(),
+        started_ms: record.started_ms,
+        finished_ms: record.finished_ms,
+        steps: record.steps,
+        replay_of: record.replay_of.as_ref().map(|r| r.0.clone()),
+    }
+}
+
+/// Start a run of an uploaded bundle. It is admitted under the tenant's
+/// policy and recorded before this answers; it executes when the tenant
+/// has a free slot.
+#[utoipa::path(post, path = "/v1/runs", tag = "operator", request_body = NewRun,
+    responses((status = 202, body = RunView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_run(
+    State(server): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Operator)?;
+    let request: NewRun = json_body(body).await?;
+    let id = bundle_id(&request.bundle)?;
+    let path = tenant.bundles_dir().join(format!("{id}.cairn"));
+    if !path.is_file() {
+        return Err(ApiError::not_found("bundle"));
+    }
+    let launch = Launch {
+        refresh: request.refresh,
+        fail_fast: request.fail_fast,
+        ..Launch::new(path)
+    };
+    let started = tenant.start(launch).await;
+    let outcome = match &started {
+        Ok(run) => format!("started run {run}"),
+        Err(e) => format!("refused: {e}"),
+    };
+    server.audit(Some(&tenant), &caller, "runs.start", &id, &outcome);
+    let run = started.map_err(|e| match e {
+        StartError::Queue { .. } => ApiError::quota(e.to_string()),
+        StartError::Run(e) => run_error(e),
+    })?;
+    let record = find_run(&tenant, &run.0)?;
+    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
+}
+
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RunFilter {
+    /// Only runs of this pipeline.
+    pub pipeline: Option<String>,
+    /// Only runs with this status (`running`, `succeeded`, `failed`, `cancelled`).
+    pub status: Option<String>,
+    /// Only runs started at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only runs older than this run id (the previous page's `next`).
+    pub before: Option<String>,
+    /// At most this many (default 50, at most 500).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunView>,
+    /// Pass as `before` for the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+/// The tenant's runs, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/runs", tag = "viewer", params(RunFilter),
+    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_runs(
+    State(server): Shared,
+    headers: HeaderMap,
+    query: Result<Query<RunFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RunPage>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let Query(filter) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let status: Option<RunStatus> = match &filter.status {
+        None => None,
+        Some(text) => Some(serde_json::from_value(json!(text)).map_err(|_| {
+            ApiError::bad_request(format!(
+                "status {text:?} is not one of running, succeeded, failed, cancelled"
+            ))
+        })?),
+    };
+    let limit = filter.limit.unwrap_or(50).clamp(1, 500);
+    let mut runs = tenant.runner.store().runs().map_err(ApiError::internal)?;
+    runs.retain(|r| {
+        filter.pipeline.as_ref().is_none_or(|p| &r.pipeline == p)
+            && status.is_none_or(|s| r.status == s)
+            && filter.since_ms.is_none_or(|t| r.started_ms >= t)
+            && filter
+                .before
+                .as_ref()
+                .is_none_or(|b| r.id.0.as_str() < b.as_str())
+    });
+    runs.sort_by(|a, b| b.id.cmp(&a.id));
+    let next = (runs.len() > limit).then(|| runs[limit - 1].id.0.clone());
+    runs.truncate(limit);
+    Ok(Json(RunPage {
+        runs: runs.iter().map(|r| run_view(&tenant, r)).collect(),
+        next,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunDetail {
+    pub run: RunView,
+    /// Each step's last word, by name.
+    pub steps: BTreeMap<String, StepView>,
+}
+
+/// One run and its steps.
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "viewer",
+    params(("id" = String, Path, description = "the run id (16 hex digits)")),
+    responses((status = 200, body = RunDetail), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show_run(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<RunDetail>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    let journal = tenant
+        .runner
+        .store()
+        .journal(&record.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(RunDetail {
+        run: run_view(&tenant, &record),
+        steps: step_views(&journal),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttemptLog {
+    pub step: String,
+    pub index: Option<usize>,
+    pub attempt: u32,
+    /// The failure class; `null` when the attempt succeeded.
+    pub class: Option<String>,
+    pub message: Option<String>,
+    pub lines: Vec<LogLineView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LogLineView {
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogFilter {
+    /// Only this step.
+    pub step: Option<String>,
+}
+
+/// The lines tasks logged, per attempt (masked as in the CLI).
+#[utoipa::path(get, path = "/v1/runs/{id}/logs", tag = "viewer",
+    params(("id" = String, Path, description = "the run id"), LogFilter),
+    responses((status = 200, body = Vec<AttemptLog>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_logs(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<LogFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<AttemptLog>>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let Query(filter) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let record = find_run(&tenant, &id)?;
+    let journal = tenant
+        .runner
+        .store()
+        .journal(&record.id)
+        .map_err(ApiError::internal)?;
+    let logs = journal
+        .into_iter()
+        .filter_map(|event| match event {
+            JournalEvent::AttemptFinished {
+                step,
+                index,
+                attempt,
+                class,
+                message,
+                logs,
+                ..
+            } if filter.step.as_ref().is_none_or(|s| s == &step) => Some(AttemptLog {
+                step,
+                index,
+                attempt,
+                class: class.map(|c| c.as_str().to_owned()),
+                message,
+                lines: logs
+                    .into_iter()
+                    .map(|l| LogLineView {
+                        level: l.level.as_str().to_owned(),
+                        message: l.message,
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok(Json(logs))
+}
+
+/// Stop a live run; it ends `cancelled` and can be resumed.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "operator",
+    params(("id" = String, Path, description = "the run id")),
+    responses((status = 202, body = RunView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_run(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Operator)?;
+    let record = find_run(&tenant, &id)?;
+    let cancelled = tenant.cancel(&record.id);
+    server.audit(
+        Some(&tenant),
+        &caller,
+        "runs.cancel",
+        &record.id.0,
+        if cancelled { "cancelling" } else { "not live" },
+    );
+    if !cancelled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run {} is not running ({})", record.id, record.status),
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
+}
+
+/// Go on with a cancelled, failed or interrupted run from its journal.
+#[utoipa::path(post, path = "/v1/runs/{id}/resume", tag = "operator",
+    params(("id" = String, Path, description = "the run id")),
+    responses((status = 202, body = RunView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume_run(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Operator)?;
+    let record = find_run(&tenant, &id)?;
+    let conflict = |why: String| ApiError::new(StatusCode::CONFLICT, "conflict", why);
+    if tenant.is_live(&record.id) {
+        return Err(conflict(format!("run {} is running", record.id)));
+    }
+    let launch = match tenant
+        .runner
+        .resume(&record.id.0, Some(tenant.policy.clone()))
+        .map_err(run_error)?
+    {
+        Resumption::AlreadySucceeded(_) => {
+            return Err(conflict(format!(
+                "run {} already succeeded; nothing to resume",
+                record.id
+            )));
+        }
+        Resumption::Ready(continued) => continued.launch,
+    };
+    let started = tenant.start(launch).await;
+    server.audit(
+        Some(&tenant),
+        &caller,
+        "runs.resume",
+        &record.id.0,
+        &match &started {
+            Ok(_) => "resumed".to_owned(),
+            Err(e) => format!("refused: {e}"),
+        },
+    );
+    started.map_err(|e| match e {
+        StartError::Queue { .. } => ApiError::quota(e.to_string()),
+        StartError::Run(e) => run_error(e),
+    })?;
+    let record = find_run(&tenant, &id)?;
+    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditView {
+    pub at_ms: u64,
+    pub run: Option<String>,
+    pub step: Option<String>,
+    /// `granted`, `denied` or `api`.
+    pub event: String,
+    /// The capability, or the API action.
+    pub capability: String,
+    pub detail: String,
+}
+
+/// The tenant's audit log: grants, denials and API actions.
+#[utoipa::path(get, path = "/v1/audit", tag = "admin",
+    responses((status = 200, body = Vec<AuditView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn audit(
+    State(server): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Vec<AuditView>>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Admin)?;
+    let (entries, _) = tenant.audit.read().map_err(ApiError::internal)?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|e| AuditView {
+                at_ms: e.at_ms,
+                run: e.run,
+                step: e.step,
+                event: e.event,
+                capability: e.capability,
+                detail: e.detail,
+            })
+            .collect(),
+    ))
+}
+
+/// A path no route serves.
+async fn unknown() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// A route asked with a method it does not take.
+async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /v1/openapi.json",
+    )
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
+        Each operation's tag is the least role it needs."),
+    paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
+        bundle, start_run, list_runs, show_run, run_logs, cancel_run, resume_run, audit),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// Every route, with the server as its state.
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
+        .route("/v1/bundles", post(upload_bundle).get(bundles))
+        .route("/v1/bundles/{id}", get(bundle))
+        .route("/v1/runs", post(start_run).get(list_runs))
+        .route("/v1/runs/{id}", get(show_run))
+        .route("/v1/runs/{id}/logs", get(run_logs))
+        .route("/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/v1/runs/{id}/resume", post(resume_run))
+        .route("/v1/audit", get(audit))
+        .fallback(unknown)
+        .method_not_allowed_fallback(wrong_method)
+        // Bodies are read with each route's own cap.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(server)
+}

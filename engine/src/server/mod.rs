@@ -1,0 +1,422 @@
+//! `cairn serve`: the run service over HTTP, for many tenants at once.
+//!
+//! One process, one wasmtime engine and sandbox (a process-wide cap on
+//! sandboxes in flight), and per tenant: its own store directory under
+//! `DATA/tenants/<name>/` (runs, journals, result cache, bundles, audit
+//! log), its policy, its quotas. A handler reaches a tenant's data only
+//! through the [`Tenant`] its caller's token names, so it cannot serve
+//! another tenant's runs, bundles, results or audit entries by mistake: they
+//! are in another store. Unknown and foreign ids answer the same 404.
+//!
+//! Must never: answer a route without a valid token (but `/healthz`, which
+//! says only that the server is up), panic or answer 500 on a client's
+//! bytes, buffer an upload past its tenant's cap, or let one tenant's queue
+//! hold up another's runs.
+//!
+//! Layout of the data directory: `admin-token` (0600, the first server-wide
+//! admin token, written once), `token-key` and `tokens.json` (0600; keyed
+//! hashes only), `policy.toml` (written when the config names no policy),
+//! `artifacts/` (compiled components, shared), `audit.jsonl` (server-wide
+//! actions), `tenants/<name>/` (a Cairn store, plus `bundles/`).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::policy::Policy;
+use crate::runner::{Launch, Resumption, RunError, Runner};
+use crate::sandbox::Sandbox;
+use crate::schedule::Silent;
+use crate::store::audit::{AuditEntry, AuditLog};
+use crate::store::records::now_ms;
+use crate::store::{RunId, SledStore, Store};
+
+pub use auth::{Caller, Role, Scope, Tokens};
+pub use config::{Quotas, ServerConfig};
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot create or read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tokens(#[from] auth::TokenError),
+    #[error("tenant {tenant}: {message}")]
+    Tenant { tenant: String, message: String },
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// One tenant's corner of the server.
+pub struct Tenant {
+    pub name: String,
+    pub dir: PathBuf,
+    pub runner: Runner,
+    pub policy: Policy,
+    pub quotas: Quotas,
+    pub audit: AuditLog,
+    /// One permit per run executing; the rest wait in line for one.
+    slots: Arc<Semaphore>,
+    /// Runs waiting for a slot.
+    waiting: Arc<AtomicU32>,
+    /// Runs of this process not yet ended, by id: how to cancel each.
+    live: Arc<Mutex<HashMap<RunId, watch::Sender<bool>>>>,
+    /// Held while a bundle is checked against the storage quota and stored.
+    pub(crate) storing: tokio::sync::Mutex<()>,
+}
+
+impl Tenant {
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.dir.join("bundles")
+    }
+
+    /// Is this run being run by this process now?
+    pub fn is_live(&self, run: &RunId) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(run)
+    }
+
+    /// Ask a live run to stop; `false` if it is not live.
+    pub fn cancel(&self, run: &RunId) -> bool {
+        match self.live.lock().unwrap_or_else(|e| e.into_inner()).get(run) {
+            Some(stop) => {
+                let _ = stop.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs waiting for a slot, and runs executing.
+    pub fn load(&self) -> (u32, u32) {
+        let executing = self.quotas.runs_in_flight - self.slots.available_permits() as u32;
+        (self.waiting.load(Ordering::Relaxed), executing)
+    }
+
+    /// Admit and record `launch`, then run it in the background once the
+    /// tenant has a free slot. Returns the run's id as soon as it is
+    /// recorded, or [`StartError::Queue`] when the tenant's queue is full.
+    pub async fn start(self: &Arc<Self>, launch: Launch) -> Result<RunId, StartError> {
+        // Counted before admission, so a burst cannot pass the cap
+        // between the check and the increment.
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued(self.waiting.clone());
+        if waiting >= self.quotas.queued_runs {
+            return Err(StartError::Queue {
+                limit: self.quotas.queued_runs,
+            });
+        }
+        let launch = Launch {
+            policy: Some(self.policy.clone()),
+            tenant: Some(self.name.clone()),
+            ..launch
+        };
+        let started = self.runner.admit(launch).await?.record()?;
+        let id = started.record().id.clone();
+        let (stop, stopped) = watch::channel(false);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), stop);
+        let tenant = self.clone();
+        let run = id.clone();
+        tokio::spawn(async move {
+            let cancel = {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                }
+            };
+            let slot = tokio::select! {
+                slot = tenant.slots.clone().acquire_owned() => slot.ok(),
+                () = cancel => None,
+            };
+            drop(queued);
+            let finished = match slot {
+                Some(_slot) => {
+                    let mut stopped = stopped;
+                    let cancel = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    Some(started.execute(Arc::new(Silent), cancel).await)
+                }
+                // Cancelled while waiting: ends as cancelled, resumable.
+                None => Some(
+                    started
+                        .execute(Arc::new(Silent), std::future::ready(()))
+                        .await,
+                ),
+            };
+            if let Some(finished) = finished {
+                for w in &finished.warnings {
+                    tracing::warn!("tenant {}: run {run}: {w}", tenant.name);
+                }
+            }
+            tenant
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&run);
+        });
+        Ok(id)
+    }
+}
+
+/// Decrements the waiting count when the run leaves the queue (or never
+/// got in).
+struct Queued(Arc<AtomicU32>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a run was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the tenant's queue is full ({limit} runs waiting); try again when some have started")]
+    Queue { limit: u32 },
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// The server's state, shared by every request.
+pub struct Server {
+    pub data: PathBuf,
+    pub tokens: Tokens,
+    pub tenants: BTreeMap<String, Arc<Tenant>>,
+    /// Server-wide actions (token management by the server's admins).
+    pub audit: AuditLog,
+    pub sandbox: Arc<Sandbox>,
+    /// The time, in ms since the epoch (a test may set it).
+    pub clock: fn() -> u64,
+}
+
+/// A running server: its state and the address it listens on.
+pub struct Started {
+    pub server: Arc<Server>,
+    /// The first admin token, when this start created the data directory.
+    pub admin_token: Option<String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Server {
+    /// Open (or create) the data directory and every tenant's store.
+    pub fn open(config: &ServerConfig) -> Result<Started, ServerError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let data = std::path::absolute(&config.data).map_err(io(&config.data))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data)
+            .map_err(io(&data))?;
+        let clock: fn() -> u64 = now_ms;
+        let (tokens, first) = Tokens::open(&data, clock())?;
+        if let Some(token) = &first {
+            auth::write_private(&data.join("admin-token"), format!("{token}\n").as_bytes())?;
+        }
+        let policy_file = match &config.policy {
+            Some(file) => file.clone(),
+            None => {
+                let file = data.join("policy.toml");
+                if !file.exists() {
+                    std::fs::write(&file, config::DEFAULT_POLICY).map_err(io(&file))?;
+                }
+                file
+            }
+        };
+        let sections = tenant_sections(&policy_file)?;
+        let sandbox = Arc::new(crate::runner::open_sandbox(&data, 0)?);
+        let mut tenants = BTreeMap::new();
+        for (name, quotas) in &config.tenants {
+            let fail = |message: String| ServerError::Tenant {
+                tenant: name.clone(),
+                message,
+            };
+            let selected = sections.iter().any(|s| s == name).then_some(name.as_str());
+            let policy = Policy::load(&policy_file, selected).map_err(fail)?;
+            let dir = data.join("tenants").join(name);
+            std::fs::create_dir_all(dir.join("bundles")).map_err(io(&dir))?;
+            let db: Arc<dyn Store> =
+                Arc::new(SledStore::open(&dir).map_err(|e| fail(e.to_string()))?);
+            let tenant = Tenant {
+                name: name.clone(),
+                runner: Runner::new(&dir, db, sandbox.clone()),
+                audit: AuditLog::new(&dir),
+                dir,
+                policy,
+                quotas: *quotas,
+                slots: Arc::new(Semaphore::new(quotas.runs_in_flight.max(1) as usize)),
+                waiting: Arc::new(AtomicU32::new(0)),
+                live: Arc::new(Mutex::new(HashMap::new())),
+                storing: tokio::sync::Mutex::new(()),
+            };
+            tenants.insert(name.clone(), Arc::new(tenant));
+        }
+        let server = Arc::new(Server {
+            audit: AuditLog::new(&data),
+            data,
+            tokens,
+            tenants,
+            sandbox,
+            clock,
+        });
+        Ok(Started {
+            server,
+            admin_token: first,
+        })
+    }
+
+    /// Go on with every run that was running when the server stopped (a
+    /// crash, a kill): each resumes from its journal, re-running nothing
+    /// that finished. Returns how many were resumed.
+    pub async fn resume_interrupted(&self) -> usize {
+        let mut resumed = 0;
+        for tenant in self.tenants.values() {
+            let runs = match tenant.runner.store().runs() {
+                Ok(runs) => runs,
+                Err(e) => {
+                    tracing::error!("tenant {}: cannot list runs: {e}", tenant.name);
+                    continue;
+                }
+            };
+            for run in runs
+                .iter()
+                .filter(|r| r.status == crate::model::RunStatus::Running)
+            {
+                let launch = match tenant.runner.resume(&run.id.0, Some(tenant.policy.clone())) {
+                    Ok(Resumption::Ready(continued)) => continued.launch,
+                    Ok(Resumption::AlreadySucceeded(_)) => continue,
+                    Err(e) => {
+                        tracing::error!(
+                            "tenant {}: cannot resume run {}: {e}",
+                            tenant.name,
+                            run.id
+                        );
+                        continue;
+                    }
+                };
+                match tenant.start(launch).await {
+                    Ok(_) => resumed += 1,
+                    Err(e) => {
+                        tracing::error!("tenant {}: cannot resume run {}: {e}", tenant.name, run.id)
+                    }
+                }
+            }
+        }
+        resumed
+    }
+
+    /// Ask every live run to stop (they end cancelled, resumable).
+    pub fn cancel_all(&self) {
+        for tenant in self.tenants.values() {
+            for stop in tenant
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                let _ = stop.send(true);
+            }
+        }
+    }
+
+    /// Runs of any tenant still live in this process.
+    pub fn live_runs(&self) -> usize {
+        self.tenants
+            .values()
+            .map(|t| t.live.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Record an API action in the tenant's audit log (the server's for
+    /// server-wide actions).
+    pub fn audit(
+        &self,
+        tenant: Option<&Tenant>,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        outcome: &str,
+    ) {
+        let entry = AuditEntry {
+            at_ms: (self.clock)(),
+            run: None,
+            tenant: tenant.map_or("-".to_owned(), |t| t.name.clone()),
+            step: None,
+            event: "api".into(),
+            capability: action.to_owned(),
+            detail: format!(
+                "token {} ({}) target {target}: {outcome}",
+                caller.token_id,
+                caller.role.as_str()
+            ),
+        };
+        let log = tenant.map_or(&self.audit, |t| &t.audit);
+        if let Err(e) = log.append(std::slice::from_ref(&entry)) {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+}
+
+/// The `[tenants.NAME]` sections a policy file has.
+fn tenant_sections(file: &Path) -> Result<Vec<String>, ServerError> {
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ServerError::Tenant {
+            tenant: "-".into(),
+            message: format!("{}: {}", file.display(), e.message()),
+        })?;
+    Ok(table
+        .get("tenants")
+        .and_then(|t| t.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
+/// Serve `server` on `listener` until `shutdown` completes; then stop
+/// accepting, cancel live runs (they stay resumable) and wait up to
+/// `grace` for them to record their end.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+) -> Result<(), std::io::Error> {
+    let app = api::router(server.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    server.cancel_all();
+    let deadline = tokio::time::Instant::now() + grace;
+    while server.live_runs() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

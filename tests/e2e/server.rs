@@ -1,0 +1,562 @@
+//! `cairn serve` through the real binary on loopback: auth on every route
+//! of its OpenAPI document, tenant isolation, hostile uploads, quotas, and
+//! `cairn token` as its client.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Pipeline, endless_pipeline};
+
+const CONFIG: &str = r#"
+policy = "policy.toml"
+[tenants.a]
+[tenants.b]
+[tenants.small]
+upload = "1KiB"
+[tenants.signed]
+[tenants.tight]
+runs_in_flight = 1
+queued_runs = 1
+"#;
+
+const POLICY: &str = r#"
+[default]
+max_memory = "1GiB"
+max_timeout = "10m"
+allow_scratch = true
+[tenants.signed]
+require_signed = true
+trusted_keys = []
+"#;
+
+/// A `cairn serve` on a free loopback port with its own data directory.
+struct Served {
+    child: Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub admin: String,
+}
+
+impl Served {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.toml"), CONFIG).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        Self::start_in(dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("server.toml"))
+            .env("CAIRN_ARTIFACT_CACHE", "off")
+            .env_remove("CAIRN_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cairn serve starts");
+        let stderr = child.stderr.take().unwrap();
+        let (lines, seen) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Wait for the line that says it listens (a safety deadline only).
+        let url = loop {
+            let line = seen
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the server says where it listens");
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        let admin = std::fs::read_to_string(dir.path().join("data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            url,
+            dir,
+            admin,
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let url = format!("{}{path}", self.url);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let response = match method {
+            "GET" => {
+                let mut request = agent.get(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
+            _ => {
+                let mut request = agent.post(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.send(body.unwrap_or_default())
+            }
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path} answered {status} with non-JSON ({e}): {text}")
+        });
+        (status, value)
+    }
+
+    fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call("GET", path, Some(token), None)
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(
+            "POST",
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+    }
+
+    fn token(&self, tenant: &str, role: &str) -> String {
+        let (status, created) = self.post(
+            "/v1/tokens",
+            &self.admin,
+            json!({"tenant": tenant, "role": role}),
+        );
+        assert_eq!(status, 201, "{created}");
+        created["token"].as_str().unwrap().to_owned()
+    }
+
+    fn upload(&self, token: &str, bytes: Vec<u8>) -> (u16, Value) {
+        self.call("POST", "/v1/bundles", Some(token), Some(bytes))
+    }
+
+    /// Wait until the run has ended (the server records the end).
+    fn finished(&self, token: &str, run: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, shown) = self.get(&format!("/v1/runs/{run}"), token);
+            assert_eq!(status, 200, "{shown}");
+            if shown["run"]["status"] != "running" && shown["run"]["live"] == false {
+                return shown;
+            }
+            assert!(Instant::now() < deadline, "run {run} did not end: {shown}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Files stored for a tenant's bundles.
+    fn stored_bundles(&self, tenant: &str) -> Vec<String> {
+        std::fs::read_dir(
+            self.dir
+                .path()
+                .join("data/tenants")
+                .join(tenant)
+                .join("bundles"),
+        )
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chain_bundle(name: &str) -> Vec<u8> {
+    let p = Pipeline::new(&format!(
+        "name = \"{name}\"\n\
+         [steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ n = 1 }}\n\
+         [steps.b]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ from = \"${{a.n}}\" }}\n",
+    ));
+    cairn::bundle::pack(p.dir.path()).unwrap()
+}
+
+#[test]
+fn health_needs_no_token_and_every_other_route_refuses_bad_tokens_and_weak_roles() {
+    let s = Served::start();
+    let (status, health) = s.call("GET", "/healthz", None, None);
+    assert_eq!((status, health), (200, json!({"status": "ok"})));
+
+    let viewer = s.token("a", "viewer");
+    let operator = s.token("a", "operator");
+    let admin = s.token("a", "admin");
+    let (_, revoked) = s.post(
+        "/v1/tokens",
+        &s.admin,
+        json!({"tenant": "a", "role": "admin"}),
+    );
+    let (status, _) = s.post(
+        &format!("/v1/tokens/{}/revoke", revoked["id"].as_str().unwrap()),
+        &s.admin,
+        json!({}),
+    );
+    assert_eq!(status, 200);
+    let revoked = revoked["token"].as_str().unwrap().to_owned();
+    let (status, expired) = s.post(
+        "/v1/tokens",
+        &s.admin,
+        json!({"tenant": "a", "role": "admin", "expires": "0s"}),
+    );
+    assert_eq!(status, 201, "{expired}");
+    let expired = expired["token"].as_str().unwrap().to_owned();
+    let tokens_before = s.get("/v1/tokens", &s.admin).1.as_array().unwrap().len();
+
+    let (status, doc) = s.get("/v1/openapi.json", &viewer);
+    assert_eq!(status, 200, "{doc}");
+    let mut walked = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace(
+                "/v1/bundles/{id}",
+                &format!("/v1/bundles/{}", "ab".repeat(32)),
+            )
+            .replace("{id}", "0123456789abcdef");
+        for (method, operation) in methods.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let role = operation["tags"][0].as_str().unwrap();
+            walked += 1;
+            let garbage = format!("cairn_{}", "0".repeat(64));
+            for (who, token) in [
+                ("no token", None),
+                ("a malformed token", Some("not-a-token")),
+                ("an unknown token", Some(garbage.as_str())),
+                ("a revoked token", Some(revoked.as_str())),
+                ("an expired token", Some(expired.as_str())),
+            ] {
+                let (status, body) = s.call(&method, &concrete, token, Some(b"{}".to_vec()));
+                if role == "public" {
+                    assert_eq!(status, 200, "{method} {path} with {who}: {body}");
+                } else {
+                    assert_eq!(status, 401, "{method} {path} with {who}: {body}");
+                    assert_eq!(body["error"], "unauthorized", "{body}");
+                }
+            }
+            let weaker = match role {
+                "operator" => Some(&viewer),
+                "admin" => Some(&operator),
+                _ => None,
+            };
+            if let Some(weak) = weaker {
+                let (status, body) = s.call(&method, &concrete, Some(weak), Some(b"{}".to_vec()));
+                assert_eq!(status, 403, "{method} {path} with a weaker role: {body}");
+                assert_eq!(body["error"], "forbidden", "{body}");
+            }
+            // A server-wide admin token reads no tenant's data.
+            if role == "viewer" || role == "operator" {
+                let (status, body) =
+                    s.call(&method, &concrete, Some(&s.admin), Some(b"{}".to_vec()));
+                if !path.starts_with("/v1/openapi") {
+                    assert_eq!(status, 403, "{method} {path} with the server admin: {body}");
+                }
+            }
+        }
+    }
+    assert!(walked >= 15, "only {walked} operations in the document");
+
+    // Nothing changed: no runs, no bundles, no new tokens.
+    assert_eq!(s.get("/v1/runs", &admin).1["runs"], json!([]));
+    assert_eq!(s.get("/v1/bundles", &admin).1, json!([]));
+    assert_eq!(
+        s.get("/v1/tokens", &s.admin).1.as_array().unwrap().len(),
+        tokens_before
+    );
+    // Unknown routes and methods are JSON too.
+    assert_eq!(s.get("/v1/nope", &viewer).0, 404);
+    assert_eq!(s.call("POST", "/healthz", None, None).0, 405);
+}
+
+#[test]
+fn tenants_cannot_see_each_others_runs_and_the_same_pipeline_runs_for_both() {
+    let s = Served::start();
+    let a = s.token("a", "operator");
+    let b = s.token("b", "admin");
+    let bundle = chain_bundle("shared");
+
+    let (status, uploaded) = s.upload(&a, bundle.clone());
+    assert_eq!(status, 201, "{uploaded}");
+    let bundle_id = uploaded["id"].as_str().unwrap().to_owned();
+    let (status, started) = s.post("/v1/runs", &a, json!({"bundle": bundle_id}));
+    assert_eq!(status, 202, "{started}");
+    let run = started["id"].as_str().unwrap().to_owned();
+    let shown = s.finished(&a, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    assert_eq!(shown["steps"]["b"]["status"], "succeeded", "{shown}");
+
+    // B, even with A's ids: nothing to read, list, cancel or run.
+    let not_found = |(status, body): (u16, Value)| {
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"], "not_found", "{body}");
+    };
+    not_found(s.get(&format!("/v1/runs/{run}"), &b));
+    not_found(s.get(&format!("/v1/runs/{run}/logs"), &b));
+    not_found(s.post(&format!("/v1/runs/{run}/cancel"), &b, json!({})));
+    not_found(s.post(&format!("/v1/runs/{run}/resume"), &b, json!({})));
+    not_found(s.get(&format!("/v1/bundles/{bundle_id}"), &b));
+    not_found(s.post("/v1/runs", &b, json!({"bundle": bundle_id})));
+    // The same answer as an id that never existed.
+    not_found(s.get("/v1/runs/0000000000000000", &b));
+    assert_eq!(s.get("/v1/runs", &b).1["runs"], json!([]));
+    assert_eq!(s.get("/v1/bundles", &b).1, json!([]));
+    let audit = s.get("/v1/audit", &b).1;
+    assert!(
+        !audit.to_string().contains(&run),
+        "B's audit log names A's run: {audit}"
+    );
+
+    // The same pipeline run by B executes for B: no cache hit across tenants.
+    let (status, _) = s.upload(&b, bundle);
+    assert_eq!(status, 201);
+    let (_, started) = s.post("/v1/runs", &b, json!({"bundle": bundle_id}));
+    let theirs = started["id"].as_str().unwrap().to_owned();
+    let shown = s.finished(&b, &theirs);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    for step in ["a", "b"] {
+        assert_eq!(
+            shown["steps"][step]["status"], "succeeded",
+            "step {step} came from another tenant's cache: {shown}"
+        );
+    }
+    // A's runs are A's only.
+    let listed = s.get("/v1/runs", &a).1;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["runs"][0]["id"], run.as_str());
+}
+
+#[test]
+fn hostile_uploads_get_a_clear_4xx_and_nothing_is_stored() {
+    let s = Served::start();
+    let a = s.token("a", "operator");
+    let valid = chain_bundle("hostile");
+
+    let refused = |tenant_token: &str, bytes: Vec<u8>, want: u16, needle: &str| {
+        let (status, body) = s.upload(tenant_token, bytes);
+        assert_eq!(status, want, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{needle:?} not in {body}"
+        );
+    };
+    refused(&a, Vec::new(), 400, "empty");
+    refused(
+        &a,
+        b"this is not a bundle at all".to_vec(),
+        422,
+        "not a readable archive",
+    );
+    refused(&a, valid[..valid.len() / 2].to_vec(), 422, "refused");
+    // A zstd bomb: a small file that unpacks past the cap.
+    let bomb = {
+        let encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        let mut archive = tar::Builder::new(encoder);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(300 << 20);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let zeros = std::io::Read::take(std::io::repeat(0), 300 << 20);
+        archive
+            .append_data(&mut header, "cairn.lock", zeros)
+            .unwrap();
+        archive.into_inner().unwrap().finish().unwrap()
+    };
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    refused(&a, bomb, 422, "decompression bomb");
+
+    // A pipeline asking for more than the tenant's policy allows.
+    let greedy = Pipeline::new(
+        "name = \"greedy\"\n[steps.peek]\ncomponent = \"{wasm:echo}\"\ngrants = { read = [\"/etc\"] }\n",
+    );
+    refused(
+        &a,
+        cairn::bundle::pack(greedy.dir.path()).unwrap(),
+        422,
+        "allow_read",
+    );
+
+    // Unsigned, where the tenant's policy requires signatures.
+    let signed = s.token("signed", "operator");
+    refused(&signed, valid.clone(), 422, "unsigned");
+
+    // Over the tenant's upload cap: cut off, not buffered.
+    let small = s.token("small", "operator");
+    refused(&small, valid.clone(), 413, "limit");
+
+    for tenant in ["a", "signed", "small"] {
+        assert_eq!(s.stored_bundles(tenant), Vec::<String>::new(), "{tenant}");
+    }
+    // And a good one is stored, once, by its hash.
+    let (status, first) = s.upload(&a, valid.clone());
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = s.upload(&a, valid);
+    assert_eq!((status, &again["id"]), (200, &first["id"]));
+    assert_eq!(
+        s.stored_bundles("a").len(),
+        2,
+        "the bundle and its description"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_and_cancel_leaves_runs_resumable() {
+    let s = Served::start();
+    let t = s.token("tight", "operator");
+    let slow = endless_pipeline("");
+    let (status, uploaded) = s.upload(&t, cairn::bundle::pack(slow.dir.path()).unwrap());
+    assert_eq!(status, 201, "{uploaded}");
+    let bundle = uploaded["id"].as_str().unwrap().to_owned();
+    let mut runs = Vec::new();
+    // One runs, one waits for the tenant's single slot; the third is over.
+    for _ in 0..2 {
+        let (status, started) = s.post("/v1/runs", &t, json!({"bundle": bundle}));
+        assert_eq!(status, 202, "{started}");
+        runs.push(started["id"].as_str().unwrap().to_owned());
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut over = agent
+        .post(&format!("{}/v1/runs", s.url))
+        .header("Authorization", &format!("Bearer {t}"))
+        .send(json!({"bundle": bundle}).to_string())
+        .unwrap();
+    assert_eq!(over.status().as_u16(), 429);
+    assert_eq!(over.headers()["retry-after"], "1");
+    let body: Value = serde_json::from_str(&over.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["error"], "quota", "{body}");
+
+    // Other tenants are not held up by this one's queue.
+    let other = s.token("a", "operator");
+    let (_, uploaded) = s.upload(&other, chain_bundle("beside"));
+    let (status, started) = s.post("/v1/runs", &other, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    let shown = s.finished(&other, started["id"].as_str().unwrap());
+    assert_eq!(shown["run"]["status"], "succeeded");
+
+    for run in &runs {
+        let (status, body) = s.post(&format!("/v1/runs/{run}/cancel"), &t, json!({}));
+        assert_eq!(status, 202, "{body}");
+    }
+    for run in &runs {
+        let shown = s.finished(&t, run);
+        assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    }
+    // A finished run cannot be cancelled again.
+    let (status, body) = s.post(&format!("/v1/runs/{}/cancel", runs[0]), &t, json!({}));
+    assert_eq!(status, 409, "{body}");
+    // The audit log has each action with the token and its outcome.
+    let admin = s.token("tight", "admin");
+    let audit = s.get("/v1/audit", &admin).1.to_string();
+    for action in ["bundles.upload", "runs.start", "runs.cancel"] {
+        assert!(audit.contains(action), "{action} not audited: {audit}");
+    }
+}
+
+#[test]
+fn cairn_token_creates_lists_and_revokes_through_the_server() {
+    let s = Served::start();
+    let cairn = |args: &[&str], token: &str| {
+        crate::support::Run::from(
+            Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args(args)
+                .env("CAIRN_SERVER", &s.url)
+                .env("CAIRN_TOKEN", token)
+                .output()
+                .unwrap(),
+        )
+    };
+    let created = cairn(
+        &[
+            "token",
+            "create",
+            "--tenant",
+            "a",
+            "--role",
+            "viewer",
+            "--expires",
+            "30d",
+        ],
+        &s.admin,
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let token = created.stdout.trim().to_owned();
+    assert!(
+        token.starts_with("cairn_") && !token.contains('\n'),
+        "{:?}",
+        created.stdout
+    );
+    assert_eq!(s.get("/v1/runs", &token).0, 200);
+
+    let listed = cairn(&["token", "list", "--json"], &s.admin);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let list: Value = serde_json::from_str(&listed.stdout).unwrap();
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "a")
+        .expect("the new token is listed");
+    assert!(!listed.stdout.contains(&token[6..]), "a token in a listing");
+    let id = mine["id"].as_str().unwrap();
+    let revoked = cairn(&["token", "revoke", id], &s.admin);
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    assert_eq!(s.get("/v1/runs", &token).0, 401);
+
+    // A viewer cannot make tokens; the error says why.
+    let weak = cairn(
+        &["token", "create", "--tenant", "a", "--role", "admin"],
+        &token,
+    );
+    weak.assert_clean_error(1, "token was refused");
+    let viewer = s.token("a", "viewer");
+    let weak = cairn(
+        &["token", "create", "--tenant", "a", "--role", "admin"],
+        &viewer,
+    );
+    weak.assert_clean_error(1, "role is too weak");
+    // No server there: a clear error.
+    let gone = crate::support::Run::from(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "token",
+                "list",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "x",
+            ])
+            .output()
+            .unwrap(),
+    );
+    gone.assert_clean_error(1, "cannot reach the server");
+}
