@@ -171,6 +171,15 @@ impl Served {
         }
     }
 
+    /// `kill -9` the server, then start it again on the same data.
+    fn kill_and_restart(mut self) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Self::start_in(dir)
+    }
+
     /// Files stored for a tenant's bundles.
     fn stored_bundles(&self, tenant: &str) -> Vec<String> {
         std::fs::read_dir(
@@ -312,6 +321,9 @@ fn tenants_cannot_see_each_others_runs_and_the_same_pipeline_runs_for_both() {
     let shown = s.finished(&a, &run);
     assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
     assert_eq!(shown["steps"]["b"]["status"], "succeeded", "{shown}");
+    let (status, output) = s.get(&format!("/v1/runs/{run}/output"), &a);
+    assert_eq!(status, 200, "{output}");
+    assert!(output.to_string().contains("\"from\":1"), "{output}");
 
     // B, even with A's ids: nothing to read, list, cancel or run.
     let not_found = |(status, body): (u16, Value)| {
@@ -320,6 +332,8 @@ fn tenants_cannot_see_each_others_runs_and_the_same_pipeline_runs_for_both() {
     };
     not_found(s.get(&format!("/v1/runs/{run}"), &b));
     not_found(s.get(&format!("/v1/runs/{run}/logs"), &b));
+    not_found(s.get(&format!("/v1/runs/{run}/output"), &b));
+    not_found(s.get(&format!("/v1/runs/{run}/events"), &b));
     not_found(s.post(&format!("/v1/runs/{run}/cancel"), &b, json!({})));
     not_found(s.post(&format!("/v1/runs/{run}/resume"), &b, json!({})));
     not_found(s.get(&format!("/v1/bundles/{bundle_id}"), &b));
@@ -559,4 +573,154 @@ fn cairn_token_creates_lists_and_revokes_through_the_server() {
             .unwrap(),
     );
     gone.assert_clean_error(1, "cannot reach the server");
+}
+
+/// A chain of `n` steps, each burning a few milliseconds and depending on
+/// the one before.
+fn burn_chain(n: usize, rounds: u64) -> Vec<u8> {
+    let mut manifest = String::from("name = \"burn-chain\"\n");
+    for i in 0..n {
+        let seed = if i == 0 {
+            "1".to_owned()
+        } else {
+            format!("\"${{s{}.value}}\"", i - 1)
+        };
+        manifest.push_str(&format!(
+            "[steps.s{i}]\ncomponent = \"{{wasm:burn}}\"\ninput = {{ rounds = {rounds}, seed = {seed} }}\n"
+        ));
+    }
+    let p = Pipeline::new(&manifest);
+    cairn::bundle::pack(p.dir.path()).unwrap()
+}
+
+#[test]
+fn a_server_killed_mid_run_resumes_it_on_start_and_reruns_nothing_that_finished() {
+    let s = Served::start();
+    let a = s.token("a", "operator");
+    // ~5 ms a step: the kill lands well before the end.
+    let bundle = burn_chain(200, 2_000_000);
+    let (status, uploaded) = s.upload(&a, bundle.clone());
+    assert_eq!(status, 201, "{uploaded}");
+    let (_, started) = s.post("/v1/runs", &a, json!({"bundle": uploaded["id"]}));
+    let run = started["id"].as_str().unwrap().to_owned();
+    // Wait until part of the chain is done, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done_before = loop {
+        let shown = s.get(&format!("/v1/runs/{run}"), &a).1;
+        let done = shown["steps"].as_object().map_or(0, |steps| {
+            steps
+                .values()
+                .filter(|v| v["status"] == "succeeded")
+                .count()
+        });
+        if done >= 20 {
+            break done;
+        }
+        assert!(
+            shown["run"]["status"] == "running",
+            "ended too soon: {shown}"
+        );
+        assert!(Instant::now() < deadline, "the chain does not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let admin = s.admin.clone();
+    let s = s.kill_and_restart();
+    assert_eq!(s.admin, admin, "the admin token is not made again");
+    let shown = s.finished(&a, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    let steps = shown["steps"].as_object().unwrap();
+    assert_eq!(steps.len(), 200);
+    let resumed = steps.values().filter(|v| v["status"] == "resumed").count();
+    assert!(
+        resumed >= done_before && resumed < 200,
+        "{resumed} steps came from the journal; {done_before} were done before the kill"
+    );
+    let attempts: u64 = steps
+        .values()
+        .map(|v| v["attempts"].as_u64().unwrap())
+        .sum();
+    // A chain has one step in flight: at most one attempt is repeated.
+    assert!(
+        (200..=201).contains(&attempts),
+        "{attempts} attempts for 200 steps ({done_before} were done before the kill)"
+    );
+
+    // The outputs equal an uninterrupted run's (in another tenant, so
+    // nothing comes from this one's cache).
+    let b = s.token("b", "operator");
+    let (_, uploaded) = s.upload(&b, bundle);
+    let (_, again) = s.post("/v1/runs", &b, json!({"bundle": uploaded["id"]}));
+    let clean = s.finished(&b, again["id"].as_str().unwrap());
+    for (name, view) in steps {
+        assert_eq!(
+            view["output_hash"], clean["steps"][name]["output_hash"],
+            "step {name} differs from an uninterrupted run"
+        );
+    }
+}
+
+/// `(id, event name, data)` of each event in a Server-Sent Events body.
+fn sse(text: &str) -> Vec<(u64, String, Value)> {
+    text.split("\n\n")
+        .filter(|block| block.contains("data:"))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                    .unwrap_or_default()
+            };
+            (
+                field("id:").parse().unwrap(),
+                field("event:"),
+                serde_json::from_str(&field("data:")).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_runs_event_stream_follows_it_live_and_resumes_after_last_event_id() {
+    let s = Served::start();
+    let a = s.token("a", "viewer");
+    let op = s.token("a", "operator");
+    let (_, uploaded) = s.upload(&op, burn_chain(30, 1_000_000));
+    let (_, started) = s.post("/v1/runs", &op, json!({"bundle": uploaded["id"]}));
+    let run = started["id"].as_str().unwrap().to_owned();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let events = |last: Option<u64>| {
+        let mut request = agent
+            .get(&format!("{}/v1/runs/{run}/events", s.url))
+            .header("Authorization", &format!("Bearer {a}"));
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", &last.to_string());
+        }
+        let mut response = request.call().unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        sse(&response.body_mut().read_to_string().unwrap())
+    };
+    // Connected while the run goes: the stream ends with its end.
+    let live = events(None);
+    let ids: Vec<u64> = live.iter().map(|e| e.0).collect();
+    assert_eq!(
+        ids,
+        (0..live.len() as u64).collect::<Vec<_>>(),
+        "ids in order"
+    );
+    assert_eq!(live[0].1, "run-started");
+    assert_eq!(live.last().unwrap().1, "run-finished");
+    assert_eq!(live.last().unwrap().2["status"], "succeeded");
+    let succeeded = live.iter().filter(|e| e.1 == "step-succeeded").count();
+    assert_eq!(succeeded, 30);
+
+    let rest = events(Some(9));
+    assert_eq!(rest.first().map(|e| e.0), Some(10));
+    assert_eq!(rest.len(), live.len() - 10);
+    assert_eq!(rest[0].2, live[10].2);
+    // Another tenant's token: the same 404 as for no such run.
+    let b = s.token("b", "viewer");
+    assert_eq!(s.get(&format!("/v1/runs/{run}/events"), &b).0, 404);
 }

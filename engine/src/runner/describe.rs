@@ -21,6 +21,8 @@ pub struct StepView {
     pub duration_ms: Option<u64>,
     pub wait_ms: Option<u64>,
     pub attempts: u32,
+    /// blake3 of a succeeded step's output.
+    pub output_hash: Option<String>,
 }
 
 pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
@@ -31,6 +33,7 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
             duration_ms: None,
             wait_ms: None,
             attempts: 0,
+            output_hash: None,
         })
     }
     let mut views = BTreeMap::new();
@@ -66,6 +69,7 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
                 at_ms,
                 step,
                 source,
+                output_hash,
                 ..
             } => {
                 let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
@@ -77,6 +81,7 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
                 }
                 .into();
                 v.detail = String::new();
+                v.output_hash = Some(output_hash.clone());
                 (v.duration_ms, v.wait_ms) = (duration, wait);
             }
             JournalEvent::StepFailed {

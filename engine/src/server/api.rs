@@ -878,6 +878,127 @@ pub async fn run_logs(
     Ok(Json(logs))
 }
 
+/// The pipeline's output, once the run has succeeded.
+#[utoipa::path(get, path = "/v1/runs/{id}/output", tag = "viewer",
+    params(("id" = String, Path, description = "the run id")),
+    responses((status = 200, description = "the pipeline's output (JSON)"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_output(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    if record.status != RunStatus::Succeeded {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run {} has no output: it is {}", record.id, record.status),
+        ));
+    }
+    let bytes = std::fs::read(tenant.output_path(&record.id)).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "run {} kept no output (it ran elsewhere, or has none)",
+                record.id
+            ),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// How often a live run's event stream looks for new journal events.
+const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A run's events as Server-Sent Events: every journal event, in order,
+/// each with its index as the event id and its kind (`step-succeeded`, …)
+/// as the event name; the stream ends after `run-finished` (or at once for
+/// an ended run, once its journal is sent). Only durable events are sent,
+/// so nothing is reported that a crash could take back. Reconnect with
+/// `Last-Event-ID` to go on after the last event seen.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "viewer",
+    params(("id" = String, Path, description = "the run id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "the last event id seen")),
+    responses((status = 200, description = "text/event-stream of journal events"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_events(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    let next = match headers.get("last-event-id") {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(|last| last + 1)
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not an event id"))?,
+    };
+    struct Cursor {
+        tenant: Arc<Tenant>,
+        run: RunId,
+        next: usize,
+        pending: std::collections::VecDeque<(usize, JournalEvent)>,
+        done: bool,
+    }
+    let cursor = Cursor {
+        tenant,
+        run: record.id,
+        next,
+        pending: Default::default(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(cursor, |mut c| async move {
+        loop {
+            if let Some((index, event)) = c.pending.pop_front() {
+                let data = serde_json::to_string(&event).expect("journal events serialize");
+                let kind = serde_json::to_value(&event)
+                    .ok()
+                    .and_then(|v| v["event"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "event".into());
+                let sse = Event::default()
+                    .id(index.to_string())
+                    .event(kind)
+                    .data(data);
+                return Some((Ok::<_, std::convert::Infallible>(sse), c));
+            }
+            if c.done {
+                return None;
+            }
+            let live = c.tenant.is_live(&c.run);
+            let journal = match c.tenant.runner.store().journal(&c.run) {
+                Ok(journal) => journal,
+                Err(e) => {
+                    tracing::error!("run {}: cannot read its journal: {e}", c.run);
+                    return None;
+                }
+            };
+            let ended = matches!(journal.last(), Some(JournalEvent::RunFinished { .. }));
+            let from = c.next.min(journal.len());
+            c.pending.extend(journal.into_iter().enumerate().skip(from));
+            c.next = c.next.max(from + c.pending.len());
+            if ended || !live {
+                // What is in the journal is all there will be (until a resume).
+                c.done = true;
+            } else if c.pending.is_empty() {
+                tokio::time::sleep(EVENT_POLL).await;
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 /// Stop a live run; it ends `cancelled` and can be resumed.
 #[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "operator",
     params(("id" = String, Path, description = "the run id")),
@@ -1025,7 +1146,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, start_run, list_runs, show_run, run_logs, cancel_run, resume_run, audit),
+        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, audit),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1042,6 +1163,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs", post(start_run).get(list_runs))
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/logs", get(run_logs))
+        .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/runs/{id}/output", get(run_output))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/resume", post(resume_run))
         .route("/v1/audit", get(audit))

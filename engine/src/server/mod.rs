@@ -86,6 +86,21 @@ impl Tenant {
         self.dir.join("bundles")
     }
 
+    /// Where a finished run's pipeline output is kept.
+    pub fn output_path(&self, run: &RunId) -> PathBuf {
+        self.dir.join("outputs").join(format!("{}.json", run.0))
+    }
+
+    fn keep_output(&self, run: &RunId, output: &serde_json::Value) -> std::io::Result<()> {
+        let path = self.output_path(run);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(output)?)?;
+        std::fs::rename(&tmp, &path)
+    }
+
     /// Is this run being run by this process now?
     pub fn is_live(&self, run: &RunId) -> bool {
         self.live
@@ -168,6 +183,14 @@ impl Tenant {
             if let Some(finished) = finished {
                 for w in &finished.warnings {
                     tracing::warn!("tenant {}: run {run}: {w}", tenant.name);
+                }
+                if let Some(output) = &finished.report.output
+                    && let Err(e) = tenant.keep_output(&run, output)
+                {
+                    tracing::warn!(
+                        "tenant {}: run {run}: cannot keep its output: {e}",
+                        tenant.name
+                    );
                 }
             }
             tenant
