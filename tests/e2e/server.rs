@@ -724,3 +724,54 @@ fn a_runs_event_stream_follows_it_live_and_resumes_after_last_event_id() {
     let b = s.token("b", "viewer");
     assert_eq!(s.get(&format!("/v1/runs/{run}/events"), &b).0, 404);
 }
+
+#[test]
+fn cairn_run_against_the_server_gives_the_output_and_exit_code_of_a_local_run() {
+    let s = Served::start();
+    let operator = s.token("a", "operator");
+    let remote = |args: &[&str], token: &str| {
+        crate::support::Run::from(
+            Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args(args)
+                .env("CAIRN_SERVER", &s.url)
+                .env("CAIRN_TOKEN", token)
+                .env("CAIRN_ARTIFACT_CACHE", "off")
+                .output()
+                .unwrap(),
+        )
+    };
+    let local = crate::support::Cairn::new();
+    let orders = crate::support::example("orders");
+    let here = local.run(&["run", &orders]);
+    assert_eq!(here.code, 0, "{}", here.stderr);
+    let there = remote(&["run", &orders], &operator);
+    assert_eq!(there.code, 0, "{}", there.stderr);
+    assert_eq!(there.stdout, here.stdout, "the same output");
+    assert!(there.stderr.contains("done   report"), "{}", there.stderr);
+
+    let failing = Pipeline::new(
+        "name = \"starved\"\n[steps.spin]\ncomponent = \"{wasm:burn}\"\ninput = { rounds = 100_000_000 }\nfuel = 1_000\n",
+    );
+    let here = local.run(&["run", failing.path()]);
+    let there = remote(&["run", failing.path()], &operator);
+    assert_eq!(
+        (here.code, there.code),
+        (3, 3),
+        "{}\n{}",
+        here.stderr,
+        there.stderr
+    );
+    assert!(there.stderr.contains("fuel"), "{}", there.stderr);
+
+    // Without a token, or with a weak one, the error says what to do.
+    let viewer = s.token("a", "viewer");
+    remote(&["run", &orders], &viewer).assert_clean_error(1, "role is too weak");
+    let no_token = crate::support::Run::from(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["run", &orders, "--server", &s.url])
+            .env_remove("CAIRN_TOKEN")
+            .output()
+            .unwrap(),
+    );
+    no_token.assert_clean_error(1, "CAIRN_TOKEN");
+}

@@ -49,6 +49,7 @@ macro_rules! out_part {
 mod bundle;
 mod events;
 mod pipeline;
+mod remote;
 mod runs;
 mod scaffold;
 mod serve;

@@ -50,6 +50,21 @@ pub struct RunArgs {
 
     #[command(flatten)]
     policy: PolicyArgs,
+
+    /// Run it on a Cairn server instead (`cairn serve`): the pipeline is
+    /// packed, uploaded and run there, its progress and output shown here.
+    #[arg(long, value_name = "URL", env = "CAIRN_SERVER",
+          conflicts_with_all = ["policy", "path", "jobs", "fail_fast"])]
+    server: Option<String>,
+
+    /// The token for --server (an operator's of the tenant).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CAIRN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// `--events FILE`, shared by run, resume and replay.
@@ -323,6 +338,18 @@ fn dot(plan: &Plan) -> String {
 pub async fn run(args: RunArgs, store: &Path) -> u8 {
     if args.json {
         super::json_errors::want();
+    }
+    if let Some(url) = args.server {
+        let Some(token) = args.token else {
+            return super::report_error(
+                "--server needs a token: set CAIRN_TOKEN (or --token) to an operator token of your tenant \
+                 (`cairn token create --role operator`)",
+            );
+        };
+        let remote = super::remote::Remote { url, token };
+        return tokio::task::block_in_place(|| {
+            super::remote::run(&remote, &args.manifest, args.json, args.quiet, args.refresh)
+        });
     }
     let policy = match args.policy.load() {
         Ok(p) => p,
