@@ -206,6 +206,7 @@ fn pipelines(c: &mut Criterion) {
     let fan_plan = Arc::new(runtime.block_on(plan(&fan, &sandbox)));
     let executor = Arc::new(SandboxExecutor {
         sandbox: sandbox.clone(),
+        share: None,
     });
     group.bench_function("run-echo/10k-fan-out", |b| {
         b.iter(|| runtime.block_on(run(fan_plan.clone(), executor.clone(), 2)))

@@ -209,6 +209,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
         plan,
         Arc::new(cairn::schedule::SandboxExecutor {
             sandbox: Arc::new(sandbox),
+            share: None,
         }),
         RunOptions {
             jobs: 1,
@@ -268,6 +269,7 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
         plan,
         Arc::new(cairn::schedule::SandboxExecutor {
             sandbox: Arc::new(sandbox),
+            share: None,
         }),
         RunOptions {
             jobs: 2,

@@ -20,6 +20,11 @@ upload = "1KiB"
 [tenants.tight]
 runs_in_flight = 1
 queued_runs = 1
+[tenants.big]
+runs_in_flight = 2
+sandboxes_in_flight = 2
+[tenants.tiny]
+runs_in_flight = 1
 "#;
 
 const POLICY: &str = r#"
@@ -774,4 +779,82 @@ fn cairn_run_against_the_server_gives_the_output_and_exit_code_of_a_local_run() 
             .unwrap(),
     );
     no_token.assert_clean_error(1, "CAIRN_TOKEN");
+}
+
+#[test]
+fn the_in_flight_quota_holds_under_50_concurrent_requests_and_a_small_tenant_is_not_starved() {
+    let s = Served::start();
+    let big = s.token("big", "operator");
+    let tiny = s.token("tiny", "operator");
+    let one_step = Pipeline::new(
+        "name = \"chunk\"\n[steps.work]\ncomponent = \"{wasm:burn}\"\ninput = { rounds = 20_000_000 }\n",
+    );
+    let bytes = cairn::bundle::pack(one_step.dir.path()).unwrap();
+    let big_bundle = s.upload(&big, bytes.clone()).1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tiny_bundle = s.upload(&tiny, bytes).1["id"].as_str().unwrap().to_owned();
+
+    let started: Vec<(bool, String)> = std::thread::scope(|scope| {
+        let requests: Vec<_> = (0..50)
+            .map(|i| {
+                let (token, bundle, is_tiny) = if i % 25 == 24 {
+                    (&tiny, &tiny_bundle, true)
+                } else {
+                    (&big, &big_bundle, false)
+                };
+                let s = &s;
+                scope.spawn(move || {
+                    let (status, body) = s.post("/v1/runs", token, json!({"bundle": bundle}));
+                    assert_eq!(status, 202, "{body}");
+                    (is_tiny, body["id"].as_str().unwrap().to_owned())
+                })
+            })
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(started.iter().filter(|(t, _)| *t).count(), 2);
+
+    // The small tenant's runs end while the big one's queue is still long.
+    let big_admin = s.token("big", "viewer");
+    let mut max_runs = 0;
+    let mut max_sandboxes = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let usage = s.get("/v1/quota", &big_admin).1["usage"].clone();
+        max_runs = max_runs.max(usage["runs_in_flight"].as_u64().unwrap());
+        max_sandboxes = max_sandboxes.max(usage["sandboxes_in_flight"].as_u64().unwrap());
+        let tiny_done = started.iter().filter(|(t, _)| *t).all(|(_, run)| {
+            s.get(&format!("/v1/runs/{run}"), &tiny).1["run"]["status"] == "succeeded"
+        });
+        if tiny_done {
+            assert!(
+                usage["queued_runs"].as_u64().unwrap() > 0,
+                "the small tenant finished only after the big one's queue drained: {usage}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the small tenant's runs never finished"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (is_tiny, run) in &started {
+        let token = if *is_tiny { &tiny } else { &big };
+        assert_eq!(s.finished(token, run)["run"]["status"], "succeeded");
+        let usage = s.get("/v1/quota", &big_admin).1["usage"].clone();
+        max_runs = max_runs.max(usage["runs_in_flight"].as_u64().unwrap());
+        max_sandboxes = max_sandboxes.max(usage["sandboxes_in_flight"].as_u64().unwrap());
+    }
+    assert!(
+        max_runs <= 2,
+        "{max_runs} runs executed at once over a quota of 2"
+    );
+    assert!(
+        max_sandboxes <= 2,
+        "{max_sandboxes} sandboxes at once over a quota of 2"
+    );
+    assert!(max_runs >= 1, "the usage was never seen");
 }

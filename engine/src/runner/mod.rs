@@ -488,6 +488,9 @@ pub struct Runner {
     audit: Arc<AuditLog>,
     /// Writes every run's journal and results, one thread for them all.
     writer: Arc<JournalWriter>,
+    /// The share of the sandbox this runner's attempts may hold at once.
+    share: Option<Arc<tokio::sync::Semaphore>>,
+    share_size: usize,
 }
 
 impl Runner {
@@ -498,7 +501,24 @@ impl Runner {
             db,
             sandbox,
             audit: Arc::new(AuditLog::new(store_dir)),
+            share: None,
+            share_size: 0,
         }
+    }
+
+    /// The same runner, with its attempts limited to `slots` sandboxes in
+    /// flight at once across all its runs (a tenant's quota).
+    pub fn with_sandbox_share(mut self, slots: usize) -> Self {
+        self.share_size = slots.max(1);
+        self.share = Some(Arc::new(tokio::sync::Semaphore::new(self.share_size)));
+        self
+    }
+
+    /// Attempts of this runner's runs in the sandbox now (with a share).
+    pub fn sandboxes_in_flight(&self) -> Option<usize> {
+        self.share
+            .as_ref()
+            .map(|s| self.share_size - s.available_permits())
     }
 
     /// Open the store at `store_dir` (creating it) and a sandbox with room
@@ -823,6 +843,7 @@ impl Started {
         ));
         let executor = Arc::new(SandboxExecutor {
             sandbox: runner.sandbox.clone(),
+            share: runner.share.clone(),
         });
         let report = schedule::run(
             plan,

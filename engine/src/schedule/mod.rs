@@ -117,6 +117,9 @@ pub trait Executor: Send + Sync + 'static {
 /// Executes steps in the process's sandbox.
 pub struct SandboxExecutor {
     pub sandbox: Arc<Sandbox>,
+    /// A share of the sandbox this run's attempts draw on (a tenant's
+    /// sandboxes-in-flight quota); `None`: only the sandbox's own cap.
+    pub share: Option<Arc<Semaphore>>,
 }
 
 impl Executor for SandboxExecutor {
@@ -126,6 +129,17 @@ impl Executor for SandboxExecutor {
         input: &[u8],
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
+        // Waiting for the share is not the attempt's time, as with the
+        // sandbox's own slots.
+        let _share = match &self.share {
+            Some(share) => Some(
+                share
+                    .acquire()
+                    .await
+                    .expect("a sandbox share is never closed"),
+            ),
+            None => None,
+        };
         let request = RunRequest {
             input,
             args: &step.args,

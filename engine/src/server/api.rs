@@ -1114,6 +1114,59 @@ pub async fn audit(
     ))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct QuotaView {
+    pub runs_in_flight: u32,
+    pub sandboxes_in_flight: u32,
+    pub queued_runs: u32,
+    pub upload_bytes: u64,
+    pub bundle_storage_bytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UsageView {
+    /// Runs executing now.
+    pub runs_in_flight: u32,
+    /// Runs waiting for a slot.
+    pub queued_runs: u32,
+    /// Attempts in the sandbox now.
+    pub sandboxes_in_flight: usize,
+    pub bundle_storage_bytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Quota {
+    pub tenant: String,
+    pub quotas: QuotaView,
+    pub usage: UsageView,
+}
+
+/// The tenant's quotas and how much of each is in use now.
+#[utoipa::path(get, path = "/v1/quota", tag = "viewer",
+    responses((status = 200, body = Quota), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn quota(State(server): Shared, headers: HeaderMap) -> Result<Json<Quota>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let q = tenant.quotas;
+    let (waiting, executing) = tenant.load();
+    Ok(Json(Quota {
+        tenant: tenant.name.clone(),
+        quotas: QuotaView {
+            runs_in_flight: q.runs_in_flight,
+            sandboxes_in_flight: q.sandboxes_in_flight,
+            queued_runs: q.queued_runs,
+            upload_bytes: q.upload.bytes(),
+            bundle_storage_bytes: q.bundle_storage.bytes(),
+        },
+        usage: UsageView {
+            runs_in_flight: executing,
+            queued_runs: waiting,
+            sandboxes_in_flight: tenant.runner.sandboxes_in_flight().unwrap_or(0),
+            bundle_storage_bytes: list_bundles(&tenant).iter().map(|b| b.size).sum(),
+        },
+    }))
+}
+
 /// A path no route serves.
 async fn unknown() -> ApiError {
     ApiError::not_found("route")
@@ -1146,7 +1199,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, audit),
+        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, audit, quota),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1168,6 +1221,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/resume", post(resume_run))
         .route("/v1/audit", get(audit))
+        .route("/v1/quota", get(quota))
         .fallback(unknown)
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read with each route's own cap.

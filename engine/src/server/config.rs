@@ -10,6 +10,7 @@
 //!                               # else [default]
 //! [tenants.acme]
 //! runs_in_flight = 4            # runs executing at once
+//! sandboxes_in_flight = 8       # their attempts in the sandbox at once
 //! queued_runs = 100             # runs waiting for a slot; more get 429
 //! upload = "64MiB"              # largest bundle upload
 //! bundle_storage = "1GiB"       # all of the tenant's bundles together
@@ -51,6 +52,8 @@ allow_random = false
 #[serde(deny_unknown_fields, default)]
 pub struct Quotas {
     pub runs_in_flight: u32,
+    /// Attempts of the tenant's runs in the sandbox at once.
+    pub sandboxes_in_flight: u32,
     pub queued_runs: u32,
     pub upload: ByteSize,
     pub bundle_storage: ByteSize,
@@ -60,6 +63,7 @@ impl Default for Quotas {
     fn default() -> Self {
         Self {
             runs_in_flight: 4,
+            sandboxes_in_flight: 8,
             queued_runs: 100,
             upload: ByteSize::mib(64),
             bundle_storage: ByteSize::gib(1),

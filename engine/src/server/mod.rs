@@ -122,7 +122,11 @@ impl Tenant {
 
     /// Runs waiting for a slot, and runs executing.
     pub fn load(&self) -> (u32, u32) {
-        let executing = self.quotas.runs_in_flight - self.slots.available_permits() as u32;
+        let executing = self
+            .quotas
+            .runs_in_flight
+            .max(1)
+            .saturating_sub(self.slots.available_permits() as u32);
         (self.waiting.load(Ordering::Relaxed), executing)
     }
 
@@ -289,7 +293,8 @@ impl Server {
                 Arc::new(SledStore::open(&dir).map_err(|e| fail(e.to_string()))?);
             let tenant = Tenant {
                 name: name.clone(),
-                runner: Runner::new(&dir, db, sandbox.clone()),
+                runner: Runner::new(&dir, db, sandbox.clone())
+                    .with_sandbox_share(quotas.sandboxes_in_flight as usize),
                 audit: AuditLog::new(&dir),
                 dir,
                 policy,
