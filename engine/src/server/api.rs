@@ -911,7 +911,8 @@ pub async fn run_output(
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-/// How often a live run's event stream looks for new journal events.
+/// How long a live run's event stream waits for progress before it looks
+/// at the journal anyway.
 const EVENT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A run's events as Server-Sent Events: every journal event, in order,
@@ -974,7 +975,15 @@ pub async fn run_events(
             if c.done {
                 return None;
             }
-            let live = c.tenant.is_live(&c.run);
+            // Armed before the journal is read, so a step that finishes
+            // between the read and the wait still wakes this stream.
+            let changes = c.tenant.changes(&c.run);
+            let notified = changes.as_ref().map(|n| n.notified());
+            let mut notified = notified.map(Box::pin);
+            if let Some(n) = notified.as_mut() {
+                n.as_mut().enable();
+            }
+            let live = changes.is_some();
             let journal = match c.tenant.runner.store().journal(&c.run) {
                 Ok(journal) => journal,
                 Err(e) => {
@@ -990,7 +999,11 @@ pub async fn run_events(
                 // What is in the journal is all there will be (until a resume).
                 c.done = true;
             } else if c.pending.is_empty() {
-                tokio::time::sleep(EVENT_POLL).await;
+                // Woken by progress; the timeout also picks up events
+                // that are written without a step finishing (a step's start).
+                if let Some(n) = notified {
+                    let _ = tokio::time::timeout(EVENT_POLL, n).await;
+                }
             }
         }
     });

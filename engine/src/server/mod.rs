@@ -28,12 +28,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::policy::Policy;
 use crate::runner::{Launch, Resumption, RunError, Runner};
 use crate::sandbox::Sandbox;
-use crate::schedule::Silent;
+use crate::schedule::{Event, RunObserver, Silent};
 use crate::store::audit::{AuditEntry, AuditLog};
 use crate::store::records::now_ms;
 use crate::store::{RunId, SledStore, Store};
@@ -75,8 +75,8 @@ pub struct Tenant {
     slots: Arc<Semaphore>,
     /// Runs waiting for a slot.
     waiting: Arc<AtomicU32>,
-    /// Runs of this process not yet ended, by id: how to cancel each.
-    live: Arc<Mutex<HashMap<RunId, watch::Sender<bool>>>>,
+    /// Runs of this process not yet ended, by id.
+    live: Arc<Mutex<HashMap<RunId, LiveRun>>>,
     /// Held while a bundle is checked against the storage quota and stored.
     pub(crate) storing: tokio::sync::Mutex<()>,
 }
@@ -112,12 +112,21 @@ impl Tenant {
     /// Ask a live run to stop; `false` if it is not live.
     pub fn cancel(&self, run: &RunId) -> bool {
         match self.live.lock().unwrap_or_else(|e| e.into_inner()).get(run) {
-            Some(stop) => {
-                let _ = stop.send(true);
+            Some(live) => {
+                let _ = live.stop.send(true);
                 true
             }
             None => false,
         }
+    }
+
+    /// What wakes when the run (if live) makes progress.
+    pub fn changes(&self, run: &RunId) -> Option<Arc<Notify>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run)
+            .map(|live| live.changed.clone())
     }
 
     /// Runs waiting for a slot, and runs executing.
@@ -151,10 +160,14 @@ impl Tenant {
         let started = self.runner.admit(launch).await?.record()?;
         let id = started.record().id.clone();
         let (stop, stopped) = watch::channel(false);
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), stop);
+        let changed = Arc::new(Notify::new());
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id.clone(),
+            LiveRun {
+                stop,
+                changed: changed.clone(),
+            },
+        );
         let tenant = self.clone();
         let run = id.clone();
         tokio::spawn(async move {
@@ -175,7 +188,11 @@ impl Tenant {
                     let cancel = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     };
-                    Some(started.execute(Arc::new(Silent), cancel).await)
+                    Some(
+                        started
+                            .execute(Arc::new(Changes(changed.clone())), cancel)
+                            .await,
+                    )
                 }
                 // Cancelled while waiting: ends as cancelled, resumable.
                 None => Some(
@@ -202,8 +219,29 @@ impl Tenant {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run);
+            changed.notify_waiters();
         });
         Ok(id)
+    }
+}
+
+/// A run this process is running.
+struct LiveRun {
+    /// Set to stop it.
+    stop: watch::Sender<bool>,
+    /// Woken when a step of it has finished durably, and when it ends.
+    changed: Arc<Notify>,
+}
+
+/// Wakes a run's event streams when a step finishes (steps are announced
+/// only once durable, so the journal has it by then).
+struct Changes(Arc<Notify>);
+
+impl RunObserver for Changes {
+    fn event(&self, event: Event<'_>) {
+        if matches!(event, Event::StepFinished { .. }) {
+            self.0.notify_waiters();
+        }
     }
 }
 
@@ -363,13 +401,13 @@ impl Server {
     /// Ask every live run to stop (they end cancelled, resumable).
     pub fn cancel_all(&self) {
         for tenant in self.tenants.values() {
-            for stop in tenant
+            for live in tenant
                 .live
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
             {
-                let _ = stop.send(true);
+                let _ = live.stop.send(true);
             }
         }
     }
@@ -437,7 +475,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: std::time::Duration,
 ) -> Result<(), std::io::Error> {
+    use axum::serve::ListenerExt;
     let app = api::router(server.clone());
+    // Small answers go out at once: with Nagle's algorithm against the
+    // client's delayed ACK, each would wait ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
