@@ -858,3 +858,44 @@ fn the_in_flight_quota_holds_under_50_concurrent_requests_and_a_small_tenant_is_
     );
     assert!(max_runs >= 1, "the usage was never seen");
 }
+
+#[test]
+fn sigterm_stops_the_server_and_leaves_its_runs_resumable() {
+    let s = Served::start();
+    let t = s.token("a", "operator");
+    let slow = endless_pipeline("");
+    let (_, uploaded) = s.upload(&t, cairn::bundle::pack(slow.dir.path()).unwrap());
+    let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    let run = started["id"].as_str().unwrap().to_owned();
+    // Wait until its step is running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.get(&format!("/v1/runs/{run}"), &t).1["steps"]["slow"]["status"] != "running" {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut s = s;
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = s.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "the server exits cleanly on SIGTERM");
+
+    let s = {
+        let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+        drop(s);
+        Served::start_in(dir)
+    };
+    let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
+    assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    let (status, resumed) = s.post(&format!("/v1/runs/{run}/resume"), &t, json!({}));
+    assert_eq!(status, 202, "{resumed}");
+    let (status, _) = s.post(&format!("/v1/runs/{run}/cancel"), &t, json!({}));
+    assert_eq!(status, 202);
+    assert_eq!(s.finished(&t, &run)["run"]["status"], "cancelled");
+}

@@ -25,8 +25,8 @@ pub struct ServeArgs {
     /// table, the audit log (overrides the config; default: ./cairn-server).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// How long running attempts may go on after SIGTERM or Ctrl-C before
-    /// the server exits; what is still running stays resumable.
+    /// How long the server waits after SIGTERM or Ctrl-C for the runs it
+    /// stops to record their end; every stopped run stays resumable.
     #[arg(long, value_name = "DURATION", default_value = "10s",
           value_parser = crate::sandbox::limits::parse_duration)]
     grace: Duration,

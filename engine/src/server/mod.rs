@@ -467,8 +467,9 @@ fn tenant_sections(file: &Path) -> Result<Vec<String>, ServerError> {
 }
 
 /// Serve `server` on `listener` until `shutdown` completes; then stop
-/// accepting, cancel live runs (they stay resumable) and wait up to
-/// `grace` for them to record their end.
+/// accepting, cancel live runs at once (they stay resumable: their running
+/// attempts are stopped, not waited for) and wait up to `grace` for them to
+/// record their end.
 pub async fn serve(
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
@@ -484,6 +485,14 @@ pub async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
+    // Cancelled as soon as the signal comes, not once connections drain:
+    // a client following a live run's events holds its connection open
+    // until the run ends.
+    let stopping = server.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel_all();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
