@@ -168,6 +168,10 @@ impl Tenant {
                 changed: changed.clone(),
             },
         );
+        // Taken here when free, so the run has left the queue by the time
+        // this answers: the next request sees an exact count.
+        let free = self.slots.clone().try_acquire_owned().ok();
+        let queued = free.is_none().then_some(queued);
         let tenant = self.clone();
         let run = id.clone();
         tokio::spawn(async move {
@@ -177,9 +181,12 @@ impl Tenant {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 }
             };
-            let slot = tokio::select! {
-                slot = tenant.slots.clone().acquire_owned() => slot.ok(),
-                () = cancel => None,
+            let slot = match free {
+                Some(slot) => Some(slot),
+                None => tokio::select! {
+                    slot = tenant.slots.clone().acquire_owned() => slot.ok(),
+                    () = cancel => None,
+                },
             };
             drop(queued);
             let finished = match slot {
