@@ -899,3 +899,68 @@ fn sigterm_stops_the_server_and_leaves_its_runs_resumable() {
     assert_eq!(status, 202);
     assert_eq!(s.finished(&t, &run)["run"]["status"], "cancelled");
 }
+
+#[test]
+fn malformed_requests_get_a_json_4xx_never_a_500() {
+    let s = Served::start();
+    let op = s.token("a", "operator");
+    let raw = |method: &str, path: &str, body: &[u8]| {
+        s.call(method, path, Some(&op), Some(body.to_vec()))
+    };
+    for (method, path, body, want) in [
+        ("POST", "/v1/runs", &b"{not json"[..], 422),
+        ("POST", "/v1/runs", br#"{"bundle": 7}"#, 422),
+        (
+            "POST",
+            "/v1/runs",
+            br#"{"bundle": "x", "surprise": true}"#,
+            422,
+        ),
+        (
+            "POST",
+            "/v1/runs",
+            br#"{"bundle": "../../etc/passwd"}"#,
+            404,
+        ),
+        ("POST", "/v1/runs", &[0xff, 0xfe, 0x00][..], 422),
+        ("GET", "/v1/runs?limit=lots", b"", 400),
+        ("GET", "/v1/runs?status=exploded", b"", 400),
+        ("GET", "/v1/runs/..%2F..%2Fetc", b"", 404),
+        ("GET", "/v1/runs/zzzzzzzzzzzzzzzz", b"", 404),
+        ("GET", "/v1/bundles/not-a-hash", b"", 404),
+    ] {
+        let (status, answer) = raw(method, path, body);
+        assert_eq!(status, want, "{method} {path}: {answer}");
+        assert!(
+            answer["error"].is_string() && answer["message"].is_string(),
+            "{answer}"
+        );
+    }
+    for body in [
+        json!({"tenant": "a", "role": "emperor"}),
+        json!({"tenant": "nobody", "role": "viewer"}),
+        json!({"tenant": "a", "role": "viewer", "expires": "soonish"}),
+    ] {
+        let (status, answer) = s.post("/v1/tokens", &s.admin, body.clone());
+        assert_eq!(status, 422, "{body}: {answer}");
+    }
+    // A JSON body over the cap is cut off.
+    // (Read to the end, up to a bound, so the client sees the answer.)
+    let huge = format!("{{\"bundle\": \"{}\"}}", "a".repeat(4 << 20));
+    let (status, answer) = raw("POST", "/v1/runs", huge.as_bytes());
+    assert_eq!(status, 413, "{answer}");
+    // Last-Event-ID that is not an id.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("{}/v1/runs/0123456789abcdef/events", s.url))
+        .header("Authorization", &format!("Bearer {op}"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    let _ = response.body_mut().read_to_string();
+    // The server is still up.
+    assert_eq!(s.call("GET", "/healthz", None, None).0, 200);
+}

@@ -163,16 +163,51 @@ fn tenant_for(
     Ok((caller, tenant))
 }
 
+/// How much of a body past its cap is read and thrown away, so a client
+/// still sending sees the 413 rather than a reset connection; a body larger
+/// still is cut off.
+const DRAIN: usize = 16 << 20;
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    Broken(String),
+}
+
+/// A request body, at most `cap` bytes of it kept.
+async fn read_capped(body: Body, cap: usize) -> Result<Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut over = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if over == 0 && kept.len() + chunk.len() <= cap {
+            kept.extend_from_slice(&chunk);
+        } else {
+            over += chunk.len();
+            if over > DRAIN {
+                break;
+            }
+        }
+    }
+    if over > 0 {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(kept))
+}
+
 /// A JSON body, read with a cap and parsed into `T`.
 async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_JSON_BODY)
+    let bytes = read_capped(body, MAX_JSON_BODY)
         .await
-        .map_err(|_| {
-            ApiError::new(
+        .map_err(|e| match e {
+            BodyError::TooLarge => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 format!("a request body is at most {MAX_JSON_BODY} bytes"),
-            )
+            ),
+            BodyError::Broken(why) => ApiError::bad_request(format!("the body broke off: {why}")),
         })?;
     let bytes = if bytes.is_empty() {
         Bytes::from_static(b"{}")
@@ -508,11 +543,13 @@ async fn store_bundle(
             ),
         )
     };
-    // Read with the cap: a larger body is cut off there, never buffered.
+    // Read with the cap: what is past it is not kept (and past a bound not
+    // even read).
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let bytes = axum::body::to_bytes(body, cap)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = read_capped(body, cap).await.map_err(|e| match e {
+        BodyError::TooLarge => too_large(),
+        BodyError::Broken(why) => ApiError::bad_request(format!("the upload broke off: {why}")),
+    })?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty; send the bundle file's bytes (`cairn bundle pack`)",
