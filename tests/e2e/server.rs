@@ -54,7 +54,13 @@ impl Served {
     }
 
     fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_in_with(dir, &[])
+    }
+
+    /// With these environment variables set for the server process.
+    fn start_in_with(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
             .arg("--config")
@@ -963,4 +969,56 @@ fn malformed_requests_get_a_json_4xx_never_a_500() {
     let _ = response.body_mut().read_to_string();
     // The server is still up.
     assert_eq!(s.call("GET", "/healthz", None, None).0, 200);
+}
+
+#[test]
+fn each_tenant_gets_its_own_secrets_and_never_the_servers_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        "policy = \"policy.toml\"\n[tenants.a]\n[tenants.b]\n[tenants.none]\n\
+         [secrets]\na = \"a.toml\"\nb = \"b.toml\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[default]\nmax_memory = \"1GiB\"\nallow_secrets = [\"WAREHOUSE\"]\n",
+    )
+    .unwrap();
+    for (tenant, value) in [("a", "value-of-a-7f3e"), ("b", "value-of-b-91c2")] {
+        let file = dir.path().join(format!("{tenant}.toml"));
+        std::fs::write(&file, format!("WAREHOUSE = \"{value}\"\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let s = Served::start_in_with(dir, &[("WAREHOUSE", "the-servers-own-value")]);
+    let p = Pipeline::new(
+        "name = \"peek\"\n[steps.read]\ncomponent = \"{wasm:hostile}\"\n\
+         input = { attack = \"read-env\", name = \"WAREHOUSE\" }\n\
+         grants = { secrets = [\"WAREHOUSE\"] }\n",
+    );
+    let bundle = cairn::bundle::pack(p.dir.path()).unwrap();
+    for (tenant, value) in [("a", "value-of-a-7f3e"), ("b", "value-of-b-91c2")] {
+        let t = s.token(tenant, "operator");
+        let (status, uploaded) = s.upload(&t, bundle.clone());
+        assert_eq!(status, 201, "{uploaded}");
+        let (_, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
+        let run = started["id"].as_str().unwrap();
+        assert_eq!(s.finished(&t, run)["run"]["status"], "succeeded");
+        let (_, output) = s.get(&format!("/v1/runs/{run}/output"), &t);
+        assert!(output.to_string().contains(value), "{tenant} got {output}");
+        assert!(!output.to_string().contains("servers-own"), "{output}");
+    }
+    // A tenant with no secrets file is refused, although the server's
+    // environment has the name.
+    let t = s.token("none", "operator");
+    let (status, refused) = s.upload(&t, bundle);
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("not one of tenant none's secrets"),
+        "{refused}"
+    );
 }

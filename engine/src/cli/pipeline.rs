@@ -173,7 +173,8 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
         Err(e) => return super::report_error(&e),
     };
     let audit = AuditLog::new(store);
-    let planned = match runner::plan(&args.manifest, &sandbox, policy.as_ref(), &audit).await {
+    let planned = match runner::plan(&args.manifest, &sandbox, policy.as_ref(), &audit, None).await
+    {
         Ok(planned) => planned,
         Err(e) => return report_run_error(&e),
     };
@@ -227,7 +228,7 @@ pub async fn graph(args: GraphArgs, store: &Path) -> u8 {
         Err(e) => return super::report_error(&e),
     };
     let audit = AuditLog::new(store);
-    let plan = match runner::plan(&args.manifest, &sandbox, None, &audit).await {
+    let plan = match runner::plan(&args.manifest, &sandbox, None, &audit, None).await {
         Ok(planned) => planned.plan,
         Err(e) => return report_run_error(&e),
     };

@@ -504,6 +504,7 @@ async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
         let sources = crate::plan::Sources::Bundle {
             bundle: &bundle,
             grants_base: &grants_base,
+            secrets: None,
         };
         return Plan::build_from(&shown, manifest, &sandbox, sources)
             .await

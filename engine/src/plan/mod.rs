@@ -221,7 +221,19 @@ pub enum Sources<'a> {
     Bundle {
         bundle: &'a Bundle,
         grants_base: &'a Path,
+        /// Whose secrets the steps are granted from (a tenant's name and
+        /// values); `None`: the engine's environment.
+        secrets: Option<(&'a str, &'a std::collections::BTreeMap<String, String>)>,
     },
+}
+
+impl Sources<'_> {
+    fn secrets(&self) -> Option<(&str, &std::collections::BTreeMap<String, String>)> {
+        match self {
+            Sources::Dir(_) => None,
+            Sources::Bundle { secrets, .. } => *secrets,
+        }
+    }
 }
 
 impl Sources<'_> {
@@ -518,10 +530,11 @@ fn draft_step(
         }),
         None => RetryPolicy::default(),
     };
-    let grants = grants(&spec.grants, sources.grants_base()).unwrap_or_else(|e| {
-        errors.step(name, format!("grants: {e}"));
-        Grants::default()
-    });
+    let grants =
+        grants(&spec.grants, sources.grants_base(), sources.secrets()).unwrap_or_else(|e| {
+            errors.step(name, format!("grants: {e}"));
+            Grants::default()
+        });
 
     let is_command = component
         .as_ref()
@@ -930,7 +943,11 @@ fn confined_path(base: &Path, relative: &str) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
+fn grants(
+    spec: &GrantSpec,
+    base: &Path,
+    secrets: Option<(&str, &std::collections::BTreeMap<String, String>)>,
+) -> Result<Grants, String> {
     let mut grants = Grants::default();
     for dir in &spec.read {
         grants
@@ -948,7 +965,11 @@ fn grants(spec: &GrantSpec, base: &Path) -> Result<Grants, String> {
         grants.allow_env(var).map_err(|e| e.to_string())?;
     }
     for name in &spec.secrets {
-        grants.allow_secret(name).map_err(|e| e.to_string())?;
+        match secrets {
+            Some((owner, values)) => grants.allow_secret_in(name, owner, values),
+            None => grants.allow_secret(name),
+        }
+        .map_err(|e| e.to_string())?;
     }
     grants.wall_clock = spec.clock;
     grants.random = spec.random;

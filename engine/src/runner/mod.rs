@@ -243,6 +243,7 @@ pub async fn plan(
     sandbox: &Sandbox,
     policy: Option<&Policy>,
     audit: &AuditLog,
+    secrets: Option<&Secrets>,
 ) -> Result<Planned, RunError> {
     let screen = |manifest: &Manifest| match policy {
         Some(policy) => refuse(
@@ -266,6 +267,7 @@ pub async fn plan(
         let sources = Sources::Bundle {
             bundle: &bundle,
             grants_base: &grants_base,
+            secrets: secrets.map(|s| (s.owner.as_str(), &s.values)),
         };
         let plan = Plan::build_from(&shown, manifest, sandbox, sources)
             .await
@@ -349,6 +351,25 @@ fn refuse(
     })
 }
 
+/// A tenant's secrets: what its steps' `secrets` grants are given, instead
+/// of the engine's environment. Only bundles are planned with them.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// Whose they are, for messages.
+    pub owner: String,
+    pub values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: a value never reaches a log line.
+        f.debug_struct("Secrets")
+            .field("owner", &self.owner)
+            .field("names", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// What kind of run a [`Launch`] starts.
 #[derive(Debug, Clone)]
 pub enum Continuation {
@@ -391,6 +412,8 @@ pub struct Launch {
     pub allow_changed: bool,
     /// The tenant the run belongs to; `None`: the policy's tenant, if any.
     pub tenant: Option<String>,
+    /// Where secrets grants come from; `None`: the engine's environment.
+    pub secrets: Option<Arc<Secrets>>,
 }
 
 impl Launch {
@@ -405,6 +428,7 @@ impl Launch {
             continuation: Continuation::Fresh,
             allow_changed: false,
             tenant: None,
+            secrets: None,
         }
     }
 }
@@ -630,6 +654,7 @@ impl Runner {
             &self.sandbox,
             launch.policy.as_ref(),
             &self.audit,
+            launch.secrets.as_deref(),
         )
         .await?;
         let mut warnings = Vec::new();

@@ -171,6 +171,28 @@ impl Grants {
         self.allow_secret_from(name, |name| std::env::var(name))
     }
 
+    /// Grant a secret from a tenant's own secrets instead of the engine's
+    /// environment (a host's tenants never share the server's).
+    pub fn allow_secret_in(
+        &mut self,
+        name: &str,
+        owner: &str,
+        secrets: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), GrantError> {
+        self.allow_secret_from(name, |name| {
+            secrets.get(name).cloned().ok_or(std::env::VarError::NotPresent)
+        })
+        .map_err(|e| match e {
+            GrantError::Secret { name, reason } if reason.contains("environment variable not found") => {
+                GrantError::Secret {
+                    reason: format!("it is not one of {owner}'s secrets; the host gives a tenant's secrets to the server"),
+                    name,
+                }
+            }
+            other => other,
+        })
+    }
+
     /// [`Self::allow_secret`] with the environment given as a lookup.
     fn allow_secret_from(
         &mut self,

@@ -14,6 +14,11 @@
 //! queued_runs = 100             # runs waiting for a slot; more get 429
 //! upload = "64MiB"              # largest bundle upload
 //! bundle_storage = "1GiB"       # all of the tenant's bundles together
+//!
+//! [secrets]                     # each tenant's secrets file (mode 0600):
+//! acme = "acme-secrets.toml"    # NAME = "value" lines; a step granted
+//!                               # `secrets = ["NAME"]` gets the value.
+//!                               # Never the server's environment.
 //! ```
 //!
 //! With no file, the server hosts one tenant, `default`, and holds it to a
@@ -79,6 +84,8 @@ struct File {
     policy: Option<PathBuf>,
     #[serde(default)]
     tenants: BTreeMap<String, Quotas>,
+    #[serde(default)]
+    secrets: BTreeMap<String, PathBuf>,
 }
 
 /// The server's settings, validated.
@@ -89,9 +96,30 @@ pub struct ServerConfig {
     /// `None`: the policy written into the data directory.
     pub policy: Option<PathBuf>,
     pub tenants: BTreeMap<String, Quotas>,
+    /// Each tenant's secrets file (`NAME = "value"` lines, TOML), by tenant.
+    pub secrets: BTreeMap<String, PathBuf>,
 }
 
-/// Why the config cannot be used.
+/// Read a tenant's secrets file: a TOML table of names to string values.
+/// It must not be readable by group or others.
+pub fn load_secrets(file: &Path) -> Result<BTreeMap<String, String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} can be read by others; `chmod 600` it (it holds secrets)",
+            file.display()
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "{}: {} (expected NAME = \"value\" lines)",
+            file.display(),
+            e.message()
+        )
+    })
+}
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
@@ -114,6 +142,7 @@ impl ServerConfig {
             data,
             policy: None,
             tenants: BTreeMap::from([("default".to_owned(), Quotas::default())]),
+            secrets: BTreeMap::new(),
         }
     }
 
@@ -135,6 +164,15 @@ impl ServerConfig {
         config.policy = file.policy.map(|p| base.join(p));
         if !file.tenants.is_empty() {
             config.tenants = file.tenants;
+        }
+        for (tenant, secrets) in file.secrets {
+            if !config.tenants.contains_key(&tenant) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("[secrets]: {tenant} is not a tenant of this server"),
+                });
+            }
+            config.secrets.insert(tenant, base.join(secrets));
         }
         for name in config.tenants.keys() {
             if !valid_tenant(name) {

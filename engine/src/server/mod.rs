@@ -71,6 +71,9 @@ pub struct Tenant {
     pub policy: Policy,
     pub quotas: Quotas,
     pub audit: AuditLog,
+    /// What the tenant's steps' secrets grants are given (never the
+    /// server's environment).
+    pub secrets: Arc<crate::runner::Secrets>,
     /// One permit per run executing; the rest wait in line for one.
     slots: Arc<Semaphore>,
     /// Runs waiting for a slot.
@@ -155,6 +158,7 @@ impl Tenant {
         let launch = Launch {
             policy: Some(self.policy.clone()),
             tenant: Some(self.name.clone()),
+            secrets: Some(self.secrets.clone()),
             ..launch
         };
         let started = self.runner.admit(launch).await?.record()?;
@@ -336,7 +340,15 @@ impl Server {
             std::fs::create_dir_all(dir.join("bundles")).map_err(io(&dir))?;
             let db: Arc<dyn Store> =
                 Arc::new(SledStore::open(&dir).map_err(|e| fail(e.to_string()))?);
+            let secrets = match config.secrets.get(name) {
+                Some(file) => config::load_secrets(file).map_err(fail)?,
+                None => Default::default(),
+            };
             let tenant = Tenant {
+                secrets: Arc::new(crate::runner::Secrets {
+                    owner: format!("tenant {name}"),
+                    values: secrets,
+                }),
                 name: name.clone(),
                 runner: Runner::new(&dir, db, sandbox.clone())
                     .with_sandbox_share(quotas.sandboxes_in_flight as usize),
