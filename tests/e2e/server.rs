@@ -983,7 +983,7 @@ fn each_tenant_gets_its_own_secrets_and_never_the_servers_environment() {
     .unwrap();
     std::fs::write(
         dir.path().join("policy.toml"),
-        "[default]\nmax_memory = \"1GiB\"\nallow_secrets = [\"WAREHOUSE\"]\n",
+        "[default]\nmax_memory = \"1GiB\"\nallow_secrets = [\"WAREHOUSE\"]\nallow_env = [\"WAREHOUSE\"]\n",
     )
     .unwrap();
     for (tenant, value) in [("a", "value-of-a-7f3e"), ("b", "value-of-b-91c2")] {
@@ -1019,6 +1019,22 @@ fn each_tenant_gets_its_own_secrets_and_never_the_servers_environment() {
             .as_str()
             .unwrap()
             .contains("not one of tenant none's secrets"),
+        "{refused}"
+    );
+    // Nor any of the server's environment variables, whatever the policy.
+    let env = Pipeline::new(
+        "name = \"env\"\n[steps.read]\ncomponent = \"{wasm:hostile}\"\n\
+         input = { attack = \"read-env\", name = \"WAREHOUSE\" }\n\
+         grants = { env = [\"WAREHOUSE\"] }\n",
+    );
+    let a = s.token("a", "operator");
+    let (status, refused) = s.upload(&a, cairn::bundle::pack(env.dir.path()).unwrap());
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("no host environment variables"),
         "{refused}"
     );
 }

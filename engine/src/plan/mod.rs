@@ -962,6 +962,13 @@ fn grants(
             .map_err(|e| e.to_string())?,
     }
     for var in &spec.env {
+        // A hosted tenant's step would get the server's own variables.
+        if let Some((owner, _)) = secrets {
+            return Err(format!(
+                "env {var:?}: {owner}'s steps get no host environment variables; \
+                 pass the value in the step's input, or as a secret"
+            ));
+        }
         grants.allow_env(var).map_err(|e| e.to_string())?;
     }
     for name in &spec.secrets {
