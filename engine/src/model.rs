@@ -34,11 +34,6 @@ impl RunStatus {
             Self::Cancelled => "cancelled",
         }
     }
-
-    /// Has the run ended?
-    pub fn is_final(self) -> bool {
-        self != Self::Running
-    }
 }
 
 impl fmt::Display for RunStatus {

@@ -41,7 +41,7 @@ impl Remote {
     }
 
     /// Send a request; its JSON answer, or the server's error said plainly.
-    fn call(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Value, Failed> {
+    pub fn call(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Value, Failed> {
         let agent = Self::agent(Some(Duration::from_secs(600)));
         let auth = format!("Bearer {}", self.token);
         let sent = match method {

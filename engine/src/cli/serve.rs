@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::remote::Remote;
 use super::{EXIT_ERROR, report_error};
 use crate::server::{Server, ServerConfig};
 
@@ -151,6 +152,15 @@ pub enum TokenCommand {
     },
 }
 
+impl ServerArgs {
+    fn remote(&self) -> Remote {
+        Remote {
+            url: self.server.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
 /// A request to the server; returns its JSON answer or the error to print.
 fn call(
     server: &ServerArgs,
@@ -158,43 +168,8 @@ fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, String> {
-    let url = format!("{}{path}", server.server.trim_end_matches('/'));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into();
-    let auth = format!("Bearer {}", server.token);
-    let sent = match (method, body) {
-        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-        (_, body) => agent
-            .post(&url)
-            .header("Authorization", &auth)
-            .header("Content-Type", "application/json")
-            .send(body.unwrap_or(json!({})).to_string()),
-    };
-    let mut response = sent.map_err(|e| {
-        format!(
-            "cannot reach the server at {}: {e}; is `cairn serve` running there? (--server URL or CAIRN_SERVER)",
-            server.server
-        )
-    })?;
-    let status = response.status();
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("the server's answer cannot be read: {e}"))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|_| format!("the server answered {status} with something that is not JSON"))?;
-    if status.is_success() {
-        return Ok(value);
-    }
-    let message = value["message"].as_str().unwrap_or("no message").to_owned();
-    Err(match status.as_u16() {
-        401 => format!("{message} (the token was refused: check CAIRN_TOKEN)"),
-        403 => format!("{message} (the token's role is too weak for this)"),
-        _ => message,
-    })
+    let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
+    server.remote().call(method, path, body)
 }
 
 pub fn token(command: TokenCommand) -> u8 {

@@ -567,10 +567,6 @@ impl Runner {
         &self.db
     }
 
-    pub fn sandbox(&self) -> &Arc<Sandbox> {
-        &self.sandbox
-    }
-
     /// A run by id, unique id prefix, or `last` (the newest run).
     pub fn find(&self, text: &str) -> Result<RunRecord, RunError> {
         find_run(&*self.db, text, &self.store_dir)
@@ -780,10 +776,6 @@ impl Admitted {
     /// Is this a resumed run?
     pub fn resumed(&self) -> bool {
         self.resumed
-    }
-
-    pub fn record_so_far(&self) -> &RunRecord {
-        &self.record
     }
 
     /// What the caller should show before the run starts (they are not

@@ -242,6 +242,23 @@ fn find_run(tenant: &Tenant, text: &str) -> Result<RunRecord, ApiError> {
     }
 }
 
+/// A run's journal.
+fn journal(tenant: &Tenant, record: &RunRecord) -> Result<Vec<JournalEvent>, ApiError> {
+    tenant
+        .runner
+        .store()
+        .journal(&record.id)
+        .map_err(ApiError::internal)
+}
+
+/// The answer for a run that could not be started.
+fn start_error(e: StartError) -> ApiError {
+    match e {
+        StartError::Queue { .. } => ApiError::quota(e.to_string()),
+        StartError::Run(e) => run_error(e),
+    }
+}
+
 /// A bundle id: 64 hex digits.
 fn bundle_id(text: &str) -> Result<String, ApiError> {
     if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -743,10 +760,7 @@ pub async fn start_run(
         Err(e) => format!("refused: {e}"),
     };
     server.audit(Some(&tenant), &caller, "runs.start", &id, &outcome);
-    let run = started.map_err(|e| match e {
-        StartError::Queue { .. } => ApiError::quota(e.to_string()),
-        StartError::Run(e) => run_error(e),
-    })?;
+    let run = started.map_err(start_error)?;
     let record = find_run(&tenant, &run.0)?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
 }
@@ -831,11 +845,7 @@ pub async fn show_run(
 ) -> Result<Json<RunDetail>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = tenant
-        .runner
-        .store()
-        .journal(&record.id)
-        .map_err(ApiError::internal)?;
+    let journal = journal(&tenant, &record)?;
     Ok(Json(RunDetail {
         run: run_view(&tenant, &record),
         steps: step_views(&journal),
@@ -880,11 +890,7 @@ pub async fn run_logs(
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let Query(filter) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let record = find_run(&tenant, &id)?;
-    let journal = tenant
-        .runner
-        .store()
-        .journal(&record.id)
-        .map_err(ApiError::internal)?;
+    let journal = journal(&tenant, &record)?;
     let logs = journal
         .into_iter()
         .filter_map(|event| match event {
@@ -1120,10 +1126,7 @@ pub async fn resume_run(
             Err(e) => format!("refused: {e}"),
         },
     );
-    started.map_err(|e| match e {
-        StartError::Queue { .. } => ApiError::quota(e.to_string()),
-        StartError::Run(e) => run_error(e),
-    })?;
+    started.map_err(start_error)?;
     let record = find_run(&tenant, &id)?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
 }

@@ -199,31 +199,27 @@ impl Tenant {
                     let cancel = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     };
-                    Some(
-                        started
-                            .execute(Arc::new(Changes(changed.clone())), cancel)
-                            .await,
-                    )
+                    started
+                        .execute(Arc::new(Changes(changed.clone())), cancel)
+                        .await
                 }
                 // Cancelled while waiting: ends as cancelled, resumable.
-                None => Some(
+                None => {
                     started
                         .execute(Arc::new(Silent), std::future::ready(()))
-                        .await,
-                ),
+                        .await
+                }
             };
-            if let Some(finished) = finished {
-                for w in &finished.warnings {
-                    tracing::warn!("tenant {}: run {run}: {w}", tenant.name);
-                }
-                if let Some(output) = &finished.report.output
-                    && let Err(e) = tenant.keep_output(&run, output)
-                {
-                    tracing::warn!(
-                        "tenant {}: run {run}: cannot keep its output: {e}",
-                        tenant.name
-                    );
-                }
+            for w in &finished.warnings {
+                tracing::warn!("tenant {}: run {run}: {w}", tenant.name);
+            }
+            if let Some(output) = &finished.report.output
+                && let Err(e) = tenant.keep_output(&run, output)
+            {
+                tracing::warn!(
+                    "tenant {}: run {run}: cannot keep its output: {e}",
+                    tenant.name
+                );
             }
             tenant
                 .live
