@@ -305,3 +305,93 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
     assert_eq!(status("c"), StepStatus::Succeeded, "a's input was released");
     assert_eq!(report.status, RunStatus::Failed);
 }
+
+/// Holds the first attempt it is given until released, then fails it
+/// with a timeout (which the steps retry); every later attempt succeeds.
+#[derive(Default)]
+struct HoldsTheFirst {
+    calls: std::sync::atomic::AtomicUsize,
+    started: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Executor for HoldsTheFirst {
+    async fn execute(
+        &self,
+        _: &Step,
+        input: &[u8],
+        _: Option<Arc<dyn Observer>>,
+    ) -> Result<Attempt, SandboxError> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let result = if call == 0 {
+            self.started.notify_one();
+            self.release.notified().await;
+            Err(cairn::sandbox::Failure::Timeout {
+                limit: std::time::Duration::from_secs(1),
+            })
+        } else {
+            Ok(input.to_vec())
+        };
+        Ok(Attempt {
+            result,
+            fuel_used: 0,
+            duration: std::time::Duration::ZERO,
+            peak_memory: 0,
+            log: TaskLog::default(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_draining_run_lets_the_running_attempt_finish_and_starts_nothing_more() {
+    // A retry an hour later: the drain, not the clock, ends its wait.
+    let retry = "retry = { attempts = 3, backoff = \"fixed\", delay = \"1h\", max_delay = \"1h\", jitter = false, on = [\"timeout\"] }";
+    let p = Pipeline::new(&format!(
+        "name = \"drain\"\n\
+         [steps.a]\ncomponent = \"{{wasm:echo}}\"\n{retry}\n\
+         [steps.b]\ncomponent = \"{{wasm:echo}}\"\n{retry}\n\
+         [steps.c]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"a\"]\n"
+    ));
+    let artifacts = tempfile::tempdir().unwrap();
+    let (_sandbox, plan) = planned(&p, artifacts.path()).await;
+    let executor = Arc::new(HoldsTheFirst::default());
+    let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+    // One slot: while the first attempt holds it, the other root step waits.
+    let options = RunOptions {
+        jobs: 1,
+        ..RunOptions::default()
+    };
+    let run = tokio::spawn(schedule::run_draining(
+        plan,
+        executor.clone(),
+        options,
+        Arc::new(Silent),
+        None,
+        async {
+            let _ = drained.await;
+        },
+        std::future::pending(),
+    ));
+    executor.started.notified().await;
+    drain.send(()).unwrap();
+    executor.release.notify_one();
+    let report = run.await.unwrap();
+
+    assert_eq!(report.status, RunStatus::Cancelled, "{report:?}");
+    assert_eq!(
+        executor.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the running attempt finished; no retry, no other step started"
+    );
+    let held = report.steps.iter().find(|s| s.attempts == 1);
+    assert!(held.is_some(), "the held attempt is counted: {report:?}");
+    for step in &report.steps {
+        assert_eq!(
+            step.status,
+            StepStatus::Cancelled,
+            "{}: {:?}",
+            step.name,
+            step.status
+        );
+    }
+}

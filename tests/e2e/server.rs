@@ -25,6 +25,7 @@ runs_in_flight = 2
 sandboxes_in_flight = 2
 [tenants.tiny]
 runs_in_flight = 1
+[tenants.wobbly]
 "#;
 
 const POLICY: &str = r#"
@@ -35,6 +36,9 @@ allow_scratch = true
 [tenants.signed]
 require_signed = true
 trusted_keys = []
+[tenants.wobbly]
+allow_clock = true
+allow_random = true
 "#;
 
 /// A `cairn serve` on a free loopback port with its own data directory.
@@ -59,9 +63,23 @@ impl Served {
 
     /// With these environment variables set for the server process.
     fn start_in_with(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        Self::start_in_with_args(dir, env, &[], false)
+    }
+
+    /// With these environment variables and extra `cairn serve` arguments;
+    /// with `hang_up`, its stderr is closed once it listens (a log reader
+    /// that went away).
+    fn start_in_with_args(
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        args: &[&str],
+        hang_up: bool,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .envs(env.iter().copied())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--data")
             .arg(dir.path().join("data"))
             .arg("--config")
             .arg(dir.path().join("server.toml"))
@@ -75,9 +93,10 @@ impl Served {
         let stderr = child.stderr.take().unwrap();
         let (lines, seen) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Read to the end even once no one listens, unless hanging up.
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { return };
-                if lines.send(line).is_err() {
+                if lines.send(line).is_err() && hang_up {
                     return;
                 }
             }
@@ -143,6 +162,40 @@ impl Served {
 
     fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call("GET", path, Some(token), None)
+    }
+
+    /// `cairn ARGS` against this server with `token`.
+    fn cli(&self, args: &[&str], token: &str) -> crate::support::Run {
+        crate::support::Run::from(
+            Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args(args)
+                .env("CAIRN_SERVER", &self.url)
+                .env("CAIRN_TOKEN", token)
+                .env("CAIRN_ARTIFACT_CACHE", "off")
+                .env_remove("CAIRN_LOG")
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// Send SIGTERM and wait for the server to exit; its exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap().code()
+    }
+
+    /// Stop this server (it must have exited) and start one on its data.
+    fn restart(mut self) -> Self {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Self::start_in(dir)
     }
 
     fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -865,45 +918,345 @@ fn the_in_flight_quota_holds_under_50_concurrent_requests_and_a_small_tenant_is_
     assert!(max_runs >= 1, "the usage was never seen");
 }
 
+/// Wait until `step` of `run` is running (its attempt has started).
+fn wait_running(s: &Served, token: &str, run: &str, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.get(&format!("/v1/runs/{run}"), token).1["steps"][step]["status"] != "running" {
+        assert!(Instant::now() < deadline, "step {step} never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
-fn sigterm_stops_the_server_and_leaves_its_runs_resumable() {
-    let s = Served::start();
+fn sigterm_past_the_grace_period_cancels_what_still_runs_and_leaves_it_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.toml"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    // Its stderr is closed once it listens: the server must not die of
+    // SIGPIPE when it later reports what it cancels.
+    let mut s = Served::start_in_with_args(dir, &[], &["--grace", "300ms"], true);
     let t = s.token("a", "operator");
     let slow = endless_pipeline("");
     let (_, uploaded) = s.upload(&t, cairn::bundle::pack(slow.dir.path()).unwrap());
     let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
     assert_eq!(status, 202, "{started}");
     let run = started["id"].as_str().unwrap().to_owned();
-    // Wait until its step is running.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.get(&format!("/v1/runs/{run}"), &t).1["steps"]["slow"]["status"] != "running" {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut s = s;
-    let pid = s.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+    wait_running(&s, &t, &run, "slow");
+    assert_eq!(
+        s.terminate(),
+        Some(0),
+        "the server exits cleanly on SIGTERM"
     );
-    let exit = s.child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "the server exits cleanly on SIGTERM");
 
-    let s = {
-        let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-        drop(s);
-        Served::start_in(dir)
-    };
+    let s = s.restart();
     let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
     assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    assert_eq!(shown["steps"]["slow"]["status"], "cancelled", "{shown}");
     let (status, resumed) = s.post(&format!("/v1/runs/{run}/resume"), &t, json!({}));
     assert_eq!(status, 202, "{resumed}");
     let (status, _) = s.post(&format!("/v1/runs/{run}/cancel"), &t, json!({}));
     assert_eq!(status, 202);
     assert_eq!(s.finished(&t, &run)["run"]["status"], "cancelled");
+}
+
+#[test]
+fn sigterm_lets_running_attempts_finish_starts_nothing_more_and_resume_reruns_nothing() {
+    let mut s = Served::start();
+    let t = s.token("a", "operator");
+    // `first` computes for about a second; `second` waits for it.
+    let p = Pipeline::new(
+        "name = \"drain\"\n\
+         [steps.first]\ncomponent = \"{wasm:burn}\"\ninput = { rounds = 500_000_000 }\n\
+         fuel = 100_000_000_000\ntimeout = \"5m\"\n\
+         [steps.second]\ncomponent = \"{wasm:echo}\"\ninput = { after = \"${first.value}\" }\n",
+    );
+    let (_, uploaded) = s.upload(&t, cairn::bundle::pack(p.dir.path()).unwrap());
+    let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    let run = started["id"].as_str().unwrap().to_owned();
+    wait_running(&s, &t, &run, "first");
+    // The default grace period (30 s) is far longer than `first` takes.
+    assert_eq!(
+        s.terminate(),
+        Some(0),
+        "the server exits cleanly on SIGTERM"
+    );
+
+    let s = s.restart();
+    let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
+    assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    let first = &shown["steps"]["first"];
+    assert_eq!(
+        first["status"], "succeeded",
+        "the running attempt finished: {shown}"
+    );
+    assert_eq!(first["attempts"], 1, "{shown}");
+    assert_eq!(
+        shown["steps"]["second"]["attempts"], 0,
+        "nothing new started after SIGTERM: {shown}"
+    );
+
+    let (status, _) = s.post(&format!("/v1/runs/{run}/resume"), &t, json!({}));
+    assert_eq!(status, 202);
+    let shown = s.finished(&t, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    assert_eq!(shown["steps"]["first"]["status"], "resumed", "{shown}");
+    assert_eq!(
+        shown["steps"]["first"]["attempts"], 1,
+        "first never ran again: {shown}"
+    );
+    assert_eq!(shown["steps"]["second"]["status"], "succeeded", "{shown}");
+}
+
+/// A value with the fields that differ between two runs of the same
+/// pipeline (ids, times, durations) taken out.
+fn without_run_specifics(mut value: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for key in ["eventTime", "runId", "duration_ms", "wait_ms"] {
+                    map.remove(key);
+                }
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut value);
+    value
+}
+
+#[test]
+fn the_cli_shows_a_servers_runs_logs_lineage_and_audit_as_it_shows_local_ones() {
+    let s = Served::start();
+    let operator = s.token("a", "operator");
+    let viewer = s.token("a", "viewer");
+    let admin = s.token("a", "admin");
+    let local = crate::support::Cairn::new();
+    let orders = crate::support::example("orders");
+    assert_eq!(local.run(&["run", &orders]).code, 0);
+    let there = s.cli(&["run", &orders], &operator);
+    assert_eq!(there.code, 0, "{}", there.stderr);
+
+    // runs list: the run, in the same table.
+    let listed = s.cli(&["runs", "list"], &viewer);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let here = local.run(&["runs", "list"]);
+    assert_eq!(
+        listed.stdout.lines().next(),
+        here.stdout.lines().next(),
+        "the same columns"
+    );
+    assert!(
+        listed.stdout.contains("orders") && listed.stdout.contains("succeeded"),
+        "{}",
+        listed.stdout
+    );
+    let runs: Value =
+        serde_json::from_str(&s.cli(&["runs", "list", "--json"], &viewer).stdout).unwrap();
+    let id = runs[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    let none = s.cli(&["runs", "list", "--status", "interrupted"], &viewer);
+    assert!(none.stdout.contains("no matching runs"), "{}", none.stdout);
+
+    // runs show: the same steps, statuses, attempts and dependencies.
+    let shown = s.cli(&["runs", "show", &id[..6], "--json"], &viewer);
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let here = local.run(&["runs", "show", "last", "--json"]);
+    assert_eq!(
+        without_run_specifics(shown.json()["steps"].clone()),
+        without_run_specifics(here.json()["steps"].clone()),
+    );
+    let text = s.cli(&["runs", "show", "last"], &viewer);
+    let here = local.run(&["runs", "show", "last"]);
+    let deps = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("  "))
+            .map(|l| l.split("attempts").nth(1).unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(deps(&text.stdout), deps(&here.stdout), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("← "),
+        "dependencies are drawn: {}",
+        text.stdout
+    );
+
+    // runs logs and lineage: exactly what the local store gives.
+    let logs = s.cli(&["runs", "logs", &id], &viewer);
+    assert_eq!(logs.code, 0, "{}", logs.stderr);
+    // Attempts of parallel steps finish in either order.
+    let attempts = |out: &str| {
+        let mut blocks: Vec<String> = out.split("== ").map(str::to_owned).collect();
+        blocks.sort();
+        blocks
+    };
+    assert_eq!(
+        attempts(&logs.stdout),
+        attempts(&local.run(&["runs", "logs", "last"]).stdout)
+    );
+    assert!(logs.stdout.contains("== "), "{}", logs.stdout);
+    let lineage = s.cli(&["lineage", &id], &viewer);
+    assert_eq!(lineage.code, 0, "{}", lineage.stderr);
+    let remote_lineage: Value = serde_json::from_str(&lineage.stdout).unwrap();
+    let local_lineage: Value =
+        serde_json::from_str(&local.run(&["lineage", "last"]).stdout).unwrap();
+    assert!(!remote_lineage.as_array().unwrap().is_empty());
+    // Parallel steps finish in either order: compare by step.
+    let by_step = |events: Value| {
+        let mut events = without_run_specifics(events).as_array().unwrap().clone();
+        events.sort_by_key(|e| e["job"]["name"].as_str().unwrap().to_owned());
+        events
+    };
+    assert_eq!(
+        by_step(remote_lineage),
+        by_step(local_lineage),
+        "the same components, inputs and outputs"
+    );
+
+    // audit: API actions, for the tenant's admins only.
+    let audit = s.cli(&["audit", "--run", &id], &admin);
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    assert!(
+        audit.stdout.contains("runs.start") && audit.stdout.contains(&id),
+        "{}",
+        audit.stdout
+    );
+    let all = s.cli(&["audit", "--json"], &admin);
+    let entries: Value = serde_json::from_str(&all.stdout).unwrap();
+    assert!(
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["capability"] == "runs.start" && e["tenant"] == "a"),
+        "{entries}"
+    );
+    s.cli(&["audit"], &viewer)
+        .assert_clean_error(1, "role is too weak");
+
+    // Client errors say what to do.
+    s.cli(&["runs", "show", "ffffffffffffffff"], &viewer)
+        .assert_clean_error(1, "no such run");
+    s.cli(&["runs", "show", "zz"], &viewer)
+        .assert_clean_error(1, "not a run id");
+    s.cli(&["runs", "list"], "cairn_nonsense")
+        .assert_clean_error(1, "token was refused");
+    let no_token = crate::support::Run::from(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["runs", "list", "--server", &s.url])
+            .env_remove("CAIRN_TOKEN")
+            .output()
+            .unwrap(),
+    );
+    no_token.assert_clean_error(1, "CAIRN_TOKEN");
+    let gone = crate::support::Run::from(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args([
+                "runs",
+                "list",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                "x",
+            ])
+            .output()
+            .unwrap(),
+    );
+    gone.assert_clean_error(1, "cannot reach the server");
+}
+
+#[test]
+fn cancel_resume_replay_and_bundle_push_work_through_the_cli_against_the_server() {
+    let s = Served::start();
+    // `tight` runs one run at a time, so a second waits in the queue.
+    let t = s.token("tight", "operator");
+    let viewer = s.token("tight", "viewer");
+    let slow = endless_pipeline("");
+    let pushed = s.cli(&["bundle", "push", slow.path(), "--json"], &t);
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    let endless = pushed.json()["id"].as_str().unwrap().to_owned();
+    assert!(
+        s.stored_bundles("tight")
+            .contains(&format!("{endless}.cairn"))
+    );
+    let orders = crate::support::example("orders");
+    let pushed = s.cli(&["bundle", "push", &orders], &t);
+    assert_eq!(pushed.code, 0, "{}", pushed.stderr);
+    let orders_bundle = pushed.stdout.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(orders_bundle.len(), 64, "{}", pushed.stdout);
+
+    let (_, busy) = s.post("/v1/runs", &t, json!({"bundle": endless}));
+    let busy = busy["id"].as_str().unwrap().to_owned();
+    let (status, waiting) = s.post("/v1/runs", &t, json!({"bundle": orders_bundle}));
+    assert_eq!(status, 202, "{waiting}");
+    let waiting = waiting["id"].as_str().unwrap().to_owned();
+    s.cli(&["cancel", &waiting], &viewer)
+        .assert_clean_error(1, "role is too weak");
+    for run in [&waiting, &busy] {
+        let cancelled = s.cli(&["cancel", run], &t);
+        assert_eq!(cancelled.code, 0, "{}", cancelled.stderr);
+        assert_eq!(s.finished(&t, run)["run"]["status"], "cancelled");
+    }
+    s.cli(&["cancel", &busy], &t)
+        .assert_clean_error(1, "not running");
+    // Locally there is nothing to cancel this way; the error says how.
+    crate::support::Cairn::new()
+        .run(&["cancel", &busy])
+        .assert_clean_error(1, "Ctrl-C");
+
+    // resume: the queued run goes on and gives what a local run gives.
+    let resumed = s.cli(&["resume", &waiting], &t);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let local = crate::support::Cairn::new();
+    assert_eq!(resumed.stdout, local.run(&["run", &orders]).stdout);
+    let again = s.cli(&["resume", &waiting], &t);
+    again.assert_clean_error(1, "already succeeded");
+    // --policy is the server's business, not the client's.
+    s.cli(&["resume", &busy, "--policy", "x.toml"], &t)
+        .assert_clean_error(1, "--policy");
+
+    // replay --verify: identical outputs verify, with exit 0.
+    let replayed = s.cli(&["replay", &waiting, "--verify"], &t);
+    assert_eq!(replayed.code, 0, "{}", replayed.stderr);
+    assert!(
+        replayed.stderr.contains("verified: all"),
+        "{}",
+        replayed.stderr
+    );
+    assert_eq!(replayed.stdout, resumed.stdout);
+    let list = s.cli(&["runs", "list"], &viewer);
+    assert!(list.stdout.contains("(replay)"), "{}", list.stdout);
+
+    // A step that reads the clock and randomness differs: exit 4, named.
+    let w = s.token("wobbly", "operator");
+    let p = Pipeline::new(
+        "name = \"wobbly\"\n[steps.steady]\ncomponent = \"{wasm:clock_random}\"\n\
+         [steps.wobbly]\ncomponent = \"{wasm:clock_random}\"\ngrants = { clock = true, random = true }\n",
+    );
+    let first = s.cli(&["run", p.path(), "--json"], &w);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let id = first.json()["run_id"].as_str().unwrap().to_owned();
+    let replay = s.cli(&["replay", &id, "--verify", "--json"], &w);
+    assert_eq!(replay.code, 4, "{}", replay.stderr);
+    let verdict: Value = serde_json::from_str(replay.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(verdict["verified"], 2, "{verdict}");
+    assert_eq!(verdict["nondeterministic"].as_array().unwrap().len(), 1);
+    assert_eq!(verdict["nondeterministic"][0]["step"], "wobbly");
+    // The same verdict through the API, for the replay run.
+    let replay_id = s.get("/v1/runs?limit=1", &w).1["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, v) = s.get(&format!("/v1/runs/{replay_id}/verification"), &w);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["original"].as_str(), v["compared"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    let (status, _) = s.get(&format!("/v1/runs/{id}/verification"), &w);
+    assert_eq!(status, 409, "the original is not a replay");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `cairn bundle pack|inspect|verify`.
+//! `cairn bundle pack|inspect|verify|sign|push`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,18 @@ pub enum BundleCommand {
     },
     /// Check every member of a bundle against its lock, and every signature.
     Verify { bundle: PathBuf },
+    /// Upload a pipeline (a bundle, or a manifest or directory, packed
+    /// first) to a server, where it is verified and checked against the
+    /// tenant's policy before it is stored; prints its bundle id.
+    Push {
+        /// The bundle, pipeline manifest, or directory holding `pipeline.toml`.
+        pipeline: PathBuf,
+        /// Print the server's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: super::remote::RemoteArgs,
+    },
     /// Add an ed25519 signature over the bundle id (the file is rewritten;
     /// its id does not change).
     Sign {
@@ -149,6 +161,17 @@ pub async fn execute(command: BundleCommand) -> u8 {
             0
         }
         BundleCommand::Inspect { bundle, json } => inspect(&bundle, json).await,
+        BundleCommand::Push {
+            pipeline,
+            json,
+            remote,
+        } => match remote.connect() {
+            Ok(Some(server)) => super::remote::push(&server, &pipeline, json),
+            Ok(None) => report_error(
+                "cairn bundle push needs a server: --server URL (or CAIRN_SERVER) and a token in CAIRN_TOKEN",
+            ),
+            Err(code) => code,
+        },
     }
 }
 

@@ -148,6 +148,10 @@ enum Command {
     /// output with the original and report differences as nondeterminism.
     Replay(runs::ReplayArgs),
 
+    /// Stop a run on a server (`--server URL`); it ends cancelled and can
+    /// be resumed.
+    Cancel(runs::CancelArgs),
+
     /// Inspect recorded runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -198,11 +202,15 @@ pub fn main() -> ExitCode {
     };
     // Commands that run tasks keep SIGPIPE ignored (Rust's default): a
     // reader that goes away must not kill a run midway, leaving it
-    // interrupted. Listing commands end quietly on a closed pipe, like other
-    // Unix tools.
+    // interrupted, nor a server with every tenant's runs in it. Listing
+    // commands end quietly on a closed pipe, like other Unix tools.
     if !matches!(
         cli.command,
-        Command::Run(_) | Command::Resume(_) | Command::Replay(_) | Command::Task(_)
+        Command::Run(_)
+            | Command::Resume(_)
+            | Command::Replay(_)
+            | Command::Task(_)
+            | Command::Serve(_)
     ) {
         restore_sigpipe();
     }
@@ -221,6 +229,7 @@ pub fn main() -> ExitCode {
             Command::Graph(args) => pipeline::graph(args, &cli.store).await,
             Command::Resume(args) => runs::resume(args, &cli.store).await,
             Command::Replay(args) => runs::replay(args, &cli.store).await,
+            Command::Cancel(args) => runs::cancel(args),
             Command::Runs(command) => runs::runs(command, &cli.store),
             Command::Cache(command) => runs::cache(command, &cli.store),
             Command::Lineage(args) => runs::lineage(args, &cli.store),

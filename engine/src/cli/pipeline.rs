@@ -120,6 +120,11 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
+    /// Was a policy named on the command line?
+    pub fn given(&self) -> bool {
+        self.policy.is_some() || self.tenant.is_some()
+    }
+
     pub fn load(&self) -> Result<Option<Policy>, u8> {
         match &self.policy {
             None => Ok(None),
@@ -348,9 +353,7 @@ pub async fn run(args: RunArgs, store: &Path) -> u8 {
             );
         };
         let remote = super::remote::Remote { url, token };
-        return tokio::task::block_in_place(|| {
-            super::remote::run(&remote, &args.manifest, args.json, args.quiet, args.refresh)
-        });
+        return super::remote::run(&remote, &args.manifest, args.json, args.quiet, args.refresh);
     }
     let policy = match args.policy.load() {
         Ok(p) => p,

@@ -9,17 +9,18 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::pipeline::{EventsArg, PolicyArgs, Shown, report_run_error, start};
+use super::remote::{self, RemoteArgs};
 use super::{open_sandbox, report_error};
-use crate::manifest::Manifest;
 use crate::model::RunStatus;
 use crate::plan::Plan;
-use crate::runner::describe::step_views;
+use crate::runner::describe::{StepView, step_views};
 use crate::runner::{
-    self, Continuation, Continued, Launch, Resumption, RunError, Runner, short, store_exists,
+    self, Continuation, Continued, Launch, Resumption, RunError, Runner, Verification, short,
+    store_exists,
 };
 use crate::sandbox::limits::{parse_age, parse_duration};
 use crate::store::history::{History, JournalHistory};
-use crate::store::{CacheKey, JournalEvent, RunId, RunRecord, SledStore, Store, StoreError};
+use crate::store::{JournalEvent, RunId, RunRecord, SledStore, Store, StoreError};
 
 /// Exit code: `cairn replay --verify` found steps whose output changed.
 pub const EXIT_NONDETERMINISTIC: u8 = 4;
@@ -28,6 +29,8 @@ pub const EXIT_NONDETERMINISTIC: u8 = 4;
 pub struct ResumeArgs {
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The run to continue (an id or a unique prefix, from `cairn runs list`).
     run: String,
     /// Go on although the pipeline (manifest or bundle) is not the one the
@@ -52,6 +55,8 @@ pub struct ResumeArgs {
 pub struct ReplayArgs {
     #[command(flatten)]
     policy: PolicyArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The run to replay.
     run: String,
     /// Go on although the pipeline (manifest or bundle) is not the one the
@@ -94,6 +99,8 @@ pub enum RunsCommand {
         /// Print the run records as one JSON array.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show one run: its steps in dependency order with status and duration.
     Show {
@@ -101,6 +108,8 @@ pub enum RunsCommand {
         /// Print the run record and every step's status as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print the log lines tasks wrote, per attempt.
     Logs {
@@ -108,6 +117,8 @@ pub enum RunsCommand {
         /// Only this step.
         #[arg(long, value_name = "STEP")]
         step: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Forget runs that ended more than a duration ago: their records and
     /// journals, with the task logs in them. The results they produced stay
@@ -179,6 +190,8 @@ pub enum CacheCommand {
 pub struct LineageArgs {
     /// The run whose outputs to trace.
     run: String,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Is there a store at `store` at all? Commands that only read must not
@@ -225,9 +238,43 @@ fn journal(db: &dyn History, run: &RunId) -> Result<Vec<JournalEvent>, u8> {
     db.journal(run).map_err(|e| report_error(&e.to_string()))
 }
 
+/// Options of `resume` and `replay` that only a local run has, given with
+/// --server: refused (the first one named), not ignored.
+fn local_only(
+    policy: &PolicyArgs,
+    jobs: Option<u32>,
+    allow_changed: bool,
+    events: &EventsArg,
+) -> Result<(), u8> {
+    let given = [
+        (policy.given(), "--policy"),
+        (jobs.is_some(), "--jobs"),
+        (allow_changed, "--allow-changed"),
+        (events.path.is_some(), "--events"),
+    ];
+    match given.iter().find(|(given, _)| *given) {
+        Some((_, option)) => Err(report_error(&format!(
+            "{option} applies to runs in a local store; with --server the server decides it \
+             (the tenant's policy, the server's concurrency)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
     if args.json {
         super::json_errors::want();
+    }
+    match args.remote.connect() {
+        Ok(None) => {}
+        Ok(Some(server)) => {
+            if let Err(code) = local_only(&args.policy, args.jobs, args.allow_changed, &args.events)
+            {
+                return code;
+            }
+            return remote::resume(&server, &args.run, args.json, args.quiet);
+        }
+        Err(code) => return code,
     }
     let given = match args.policy.load() {
         Ok(policy) => policy,
@@ -264,6 +311,17 @@ pub async fn resume(args: ResumeArgs, store: &Path) -> u8 {
 pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
     if args.json {
         super::json_errors::want();
+    }
+    match args.remote.connect() {
+        Ok(None) => {}
+        Ok(Some(server)) => {
+            if let Err(code) = local_only(&args.policy, args.jobs, args.allow_changed, &args.events)
+            {
+                return code;
+            }
+            return remote::replay(&server, &args.run, args.verify, args.json, args.quiet);
+        }
+        Err(code) => return code,
     }
     let given = match args.policy.load() {
         Ok(policy) => policy,
@@ -302,7 +360,17 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         return code;
     }
     let verification = replay.original.verify(&finished.report);
-    if args.json {
+    report_verification(&verification, &original_id.0, args.json).unwrap_or(code)
+}
+
+/// Print how a replay compared with run `original`; `Some(exit code)` when
+/// outputs differed.
+pub(super) fn report_verification(
+    verification: &Verification,
+    original: &str,
+    json: bool,
+) -> Option<u8> {
+    if json {
         out!(
             "{}",
             json!({"verified": verification.compared, "nondeterministic": verification.mismatches})
@@ -310,7 +378,7 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
     } else {
         for m in &verification.mismatches {
             say!(
-                "nondeterministic: step `{}` produced different output (run {original_id}: {}…, replay: {}…)",
+                "nondeterministic: step `{}` produced different output (run {original}: {}…, replay: {}…)",
                 m.step,
                 short(&m.original),
                 short(&m.replay)
@@ -318,15 +386,12 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         }
         if verification.mismatches.is_empty() {
             say!(
-                "verified: all {} steps that succeeded in run {original_id} produced identical output",
+                "verified: all {} steps that succeeded in run {original} produced identical output",
                 verification.compared
             );
         }
     }
-    if !verification.mismatches.is_empty() {
-        return EXIT_NONDETERMINISTIC;
-    }
-    code
+    (!verification.mismatches.is_empty()).then_some(EXIT_NONDETERMINISTIC)
 }
 
 fn time(ms: u64) -> String {
@@ -334,17 +399,38 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn span(record: &RunRecord) -> String {
-    match record.finished_ms {
-        Some(end) => format!(
-            "{:.2}s",
-            end.saturating_sub(record.started_ms) as f64 / 1000.0
-        ),
+fn span(started_ms: u64, finished_ms: Option<u64>) -> String {
+    match finished_ms {
+        Some(end) => format!("{:.2}s", end.saturating_sub(started_ms) as f64 / 1000.0),
         None => "-".into(),
     }
 }
 
 pub fn runs(command: RunsCommand, store: &Path) -> u8 {
+    let remote = match &command {
+        RunsCommand::List { remote, .. }
+        | RunsCommand::Show { remote, .. }
+        | RunsCommand::Logs { remote, .. } => remote.connect(),
+        RunsCommand::Gc { .. } => Ok(None),
+    };
+    match remote {
+        Ok(None) => {}
+        Err(code) => return code,
+        Ok(Some(server)) => {
+            return match command {
+                RunsCommand::List {
+                    pipeline,
+                    status,
+                    limit,
+                    json,
+                    ..
+                } => remote::list(&server, pipeline, status, limit, json),
+                RunsCommand::Show { run, json, .. } => remote::show(&server, &run, json),
+                RunsCommand::Logs { run, step, .. } => remote::logs(&server, &run, step),
+                RunsCommand::Gc { .. } => unreachable!("gc has no --server"),
+            };
+        }
+    }
     if let RunsCommand::Gc {
         older_than,
         include_interrupted,
@@ -390,6 +476,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
             status,
             limit,
             json,
+            ..
         } => {
             let mut runs = match db.runs() {
                 Ok(runs) => runs,
@@ -406,45 +493,24 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                 out!("{}", Value::Array(runs));
                 return 0;
             }
-            if runs.is_empty() {
-                let filtered = pipeline.is_some() || status.is_some();
-                out!(
-                    "no {}runs in {}",
-                    if filtered { "matching " } else { "" },
-                    store.display()
-                );
-                return 0;
-            }
-            out!(
-                "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
-                "run",
-                "pipeline",
-                "status",
-                "started",
-                "duration",
-                "steps"
-            );
-            for r in runs {
-                let status = shown_run_status(&r, db);
-                let status = if r.replay_of.is_some() {
-                    format!("{status} (replay)")
-                } else {
-                    status.to_owned()
-                };
-                out!(
-                    "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
-                    r.id,
-                    r.pipeline,
-                    status,
-                    time(r.started_ms),
-                    span(&r),
-                    r.steps
-                );
-            }
+            let rows: Vec<RunRow> = runs
+                .iter()
+                .map(|r| RunRow {
+                    id: r.id.0.clone(),
+                    pipeline: r.pipeline.clone(),
+                    status: shown_run_status(r, db).to_owned(),
+                    started_ms: r.started_ms,
+                    finished_ms: r.finished_ms,
+                    steps: r.steps,
+                    replay: r.replay_of.is_some(),
+                })
+                .collect();
+            let filtered = pipeline.is_some() || status.is_some();
+            print_runs(&rows, filtered, &store.display().to_string());
             0
         }
-        RunsCommand::Show { run, json } => show(db, &run, json, store),
-        RunsCommand::Logs { run, step } => {
+        RunsCommand::Show { run, json, .. } => show(db, &run, json, store),
+        RunsCommand::Logs { run, step, .. } => {
             let record = match find_run(db, &run, store) {
                 Ok(r) => r,
                 Err(code) => return code,
@@ -467,51 +533,96 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                     if step.as_ref().is_some_and(|s| s != &name) {
                         continue;
                     }
-                    let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
-                    let outcome = class.map(|c| format!(" ({c})")).unwrap_or_default();
-                    out!("== {name}{at} attempt {attempt}{outcome}");
-                    for line in logs {
-                        out!("{}: {}", line.level, line.message);
-                    }
+                    let class = class.map(|c| c.to_string());
+                    let lines = logs.iter().map(|l| (l.level.as_str(), l.message.as_str()));
+                    print_attempt(&name, index, attempt, class.as_deref(), lines);
                     printed = true;
                 }
             }
             if !printed {
-                say!(
-                    "no attempts recorded{}",
-                    step.map(|s| format!(" for step {s}")).unwrap_or_default()
-                );
+                say_no_attempts(step.as_deref());
             }
             0
         }
     }
 }
 
-/// The plan of a recorded run, if its manifest still loads.
-/// The plan of a recorded run (manifest, directory or bundle), if it still
-/// loads; used only to draw dependencies.
+/// A run as `cairn runs list` shows it, from the local store or a server.
+pub(super) struct RunRow {
+    pub id: String,
+    pub pipeline: String,
+    /// As people read it: `running`, `interrupted`, `succeeded`, ...
+    pub status: String,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub steps: usize,
+    pub replay: bool,
+}
+
+/// The `cairn runs list` table; `place` names where the runs were looked for.
+pub(super) fn print_runs(rows: &[RunRow], filtered: bool, place: &str) {
+    if rows.is_empty() {
+        out!(
+            "no {}runs in {place}",
+            if filtered { "matching " } else { "" },
+        );
+        return;
+    }
+    out!(
+        "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
+        "run",
+        "pipeline",
+        "status",
+        "started",
+        "duration",
+        "steps"
+    );
+    for r in rows {
+        let status = if r.replay {
+            format!("{} (replay)", r.status)
+        } else {
+            r.status.clone()
+        };
+        out!(
+            "{:<16}  {:<16}  {:<10}  {:<20}  {:>8}  {:>5}",
+            r.id,
+            r.pipeline,
+            status,
+            time(r.started_ms),
+            span(r.started_ms, r.finished_ms),
+            r.steps
+        );
+    }
+}
+
+/// One attempt's log lines, as `cairn runs logs` prints them.
+pub(super) fn print_attempt<'l>(
+    step: &str,
+    index: Option<usize>,
+    attempt: u32,
+    class: Option<&str>,
+    lines: impl Iterator<Item = (&'l str, &'l str)>,
+) {
+    let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
+    let outcome = class.map(|c| format!(" ({c})")).unwrap_or_default();
+    out!("== {step}{at} attempt {attempt}{outcome}");
+    for (level, message) in lines {
+        out!("{level}: {message}");
+    }
+}
+
+pub(super) fn say_no_attempts(step: Option<&str>) {
+    say!(
+        "no attempts recorded{}",
+        step.map(|s| format!(" for step {s}")).unwrap_or_default()
+    );
+}
+
+/// The plan of a recorded run, if its source still loads; used only to
+/// draw dependencies.
 async fn replan(record: &RunRecord, store: &Path) -> Option<Plan> {
     let sandbox = open_sandbox(store).ok()?;
-    if runner::is_bundle(&record.manifest) {
-        let bundle = crate::bundle::Bundle::open(&record.manifest).ok()?;
-        let manifest = bundle.manifest().ok()?;
-        let shown = record.manifest.join(crate::bundle::MANIFEST);
-        let grants_base = record
-            .manifest
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_default();
-        let sources = crate::plan::Sources::Bundle {
-            bundle: &bundle,
-            grants_base: &grants_base,
-            secrets: None,
-        };
-        return Plan::build_from(&shown, manifest, &sandbox, sources)
-            .await
-            .ok();
-    }
-    let (path, manifest) = Manifest::load(&record.manifest).ok()?;
-    Plan::build(&path, manifest, &sandbox).await.ok()
+    runner::replan(record, &sandbox).await
 }
 
 /// A run's status as people read it: a record still `running` with no
@@ -548,18 +659,18 @@ fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
     let plan = tokio::task::block_in_place(|| {
         tokio::runtime::Handle::current().block_on(replan(&record, store))
     });
-    if json {
-        let steps: Vec<Value> = views
+    let order: Option<Vec<(String, Vec<String>)>> = plan.as_ref().map(|plan| {
+        plan.order
             .iter()
-            .map(|(name, v)| {
-                let after: Vec<&str> = plan
-                    .as_ref()
-                    .and_then(|p| p.step(name))
-                    .map(|s| s.deps.iter().map(|&d| plan.as_ref().map_or("", |p| p.steps[d].name.as_str())).collect())
-                    .unwrap_or_default();
-                json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "wait_ms": v.wait_ms, "attempts": v.attempts, "after": after})
+            .map(|&id| {
+                let step = &plan.steps[id];
+                let deps = step.deps.iter().map(|&d| plan.steps[d].name.clone());
+                (step.name.clone(), deps.collect())
             })
-            .collect();
+            .collect()
+    });
+    if json {
+        let steps = steps_json(&views, order.as_deref());
         out!(
             "{}",
             json!({"run": record_json(&record, db), "steps": steps})
@@ -571,35 +682,67 @@ fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
         RunStatus::Running => "interrupted (resume with `cairn resume`)",
         other => other.as_str(),
     };
+    let header = ShowHeader {
+        id: &record.id.0,
+        pipeline: &record.pipeline,
+        status,
+        started_ms: record.started_ms,
+        finished_ms: record.finished_ms,
+        source: format!("manifest {}", record.manifest.display()),
+    };
+    print_show(&header, &views, order);
+    0
+}
+
+/// Each step as `cairn runs show --json` lists it.
+pub(super) fn steps_json(
+    views: &std::collections::BTreeMap<String, StepView>,
+    order: Option<&[(String, Vec<String>)]>,
+) -> Vec<Value> {
+    views
+        .iter()
+        .map(|(name, v)| {
+            let after = order
+                .and_then(|o| o.iter().find(|(n, _)| n == name))
+                .map(|(_, deps)| deps.clone())
+                .unwrap_or_default();
+            json!({"name": name, "status": v.status, "detail": v.detail, "duration_ms": v.duration_ms, "wait_ms": v.wait_ms, "attempts": v.attempts, "after": after})
+        })
+        .collect()
+}
+
+/// The first lines of `cairn runs show`.
+pub(super) struct ShowHeader<'a> {
+    pub id: &'a str,
+    pub pipeline: &'a str,
+    pub status: &'a str,
+    pub started_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Where the pipeline came from (`manifest PATH`, `bundle HASH`).
+    pub source: String,
+}
+
+/// `cairn runs show`: the run, then its steps in dependency order (in name
+/// order, without dependencies, when `order` is unknown).
+pub(super) fn print_show(
+    header: &ShowHeader<'_>,
+    views: &std::collections::BTreeMap<String, StepView>,
+    order: Option<Vec<(String, Vec<String>)>>,
+) {
     out!(
         "run {}  pipeline {}  {}",
-        record.id,
-        record.pipeline,
-        status
+        header.id,
+        header.pipeline,
+        header.status
     );
     out!(
-        "started {}  duration {}  manifest {}",
-        time(record.started_ms),
-        span(&record),
-        record.manifest.display()
+        "started {}  duration {}  {}",
+        time(header.started_ms),
+        span(header.started_ms, header.finished_ms),
+        header.source
     );
-    let order: Vec<(String, Vec<String>)> = match &plan {
-        Some(plan) => plan
-            .order
-            .iter()
-            .map(|&id| {
-                let step = &plan.steps[id];
-                (
-                    step.name.clone(),
-                    step.deps
-                        .iter()
-                        .map(|&d| plan.steps[d].name.clone())
-                        .collect(),
-                )
-            })
-            .collect(),
-        None => views.keys().map(|k| (k.clone(), Vec::new())).collect(),
-    };
+    let known = order.is_some();
+    let order = order.unwrap_or_else(|| views.keys().map(|k| (k.clone(), Vec::new())).collect());
     let width = order.iter().map(|(n, _)| n.len()).max().unwrap_or(4);
     for (name, deps) in order {
         let (mark, status, detail, duration, attempts) = match views.get(&name) {
@@ -643,10 +786,9 @@ fn show(db: &dyn History, run: &str, json: bool, store: &Path) -> u8 {
             "  {mark} {name:<width$}  {status:<9} {duration:>8}  attempts {attempts}{deps}{detail}"
         );
     }
-    if plan.is_none() {
-        out!("(the manifest no longer loads, so dependencies are not shown)");
+    if !known {
+        out!("(the pipeline no longer loads, so dependencies are not shown)");
     }
-    0
 }
 
 /// Can `cairn resume` still continue this run, as the CLI said it could when
@@ -803,6 +945,11 @@ pub fn cache(command: CacheCommand, store: &Path) -> u8 {
 /// Lineage as OpenLineage-style run events: one COMPLETE event per
 /// succeeded step, whose inputs and outputs are content hashes.
 pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
+    match args.remote.connect() {
+        Ok(None) => {}
+        Ok(Some(server)) => return remote::lineage(&server, &args.run),
+        Err(code) => return code,
+    }
     let db = match open(store) {
         Ok(db) => db,
         Err(code) => return code,
@@ -815,52 +962,11 @@ pub fn lineage(args: LineageArgs, store: &Path) -> u8 {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let mut out = Vec::new();
-    // A resumed run journals again the steps it took from its own journal:
-    // a step's lineage is its first success, the one that produced it.
-    let mut seen = std::collections::HashSet::new();
-    for event in &events {
-        let JournalEvent::StepSucceeded {
-            at_ms,
-            step,
-            keys,
-            output_hash,
-            ..
-        } = event
-        else {
-            continue;
-        };
-        if !seen.insert(step.as_str()) {
-            continue;
-        }
-        let mut inputs = Vec::new();
-        let mut components = Vec::new();
-        for key in keys {
-            let meta = CacheKey::from_hex(key)
-                .and_then(|k| db.result(&k, None).ok().flatten())
-                .map(|(m, _)| m);
-            match meta {
-                Some(meta) => {
-                    inputs.push(json!({"namespace": "cairn", "name": format!("blake3:{}", meta.input_hash), "facets": {"cacheKey": key}}));
-                    if !components.contains(&meta.component) {
-                        components.push(meta.component);
-                    }
-                }
-                None => inputs.push(json!({"namespace": "cairn", "name": format!("cache-key:{key}"), "facets": {"note": "result no longer cached"}})),
-            }
-        }
-        out.push(json!({
-            "eventType": "COMPLETE",
-            "eventTime": time(*at_ms),
-            "producer": "https://github.com/cairn-dev/cairn",
-            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
-            "run": {"runId": record.id.0, "facets": {"cairn": {"replayOf": record.replay_of}}},
-            "job": {"namespace": format!("cairn/{}", record.pipeline), "name": step, "facets": {"cairn": {"components": components.iter().map(|c| format!("blake3:{c}")).collect::<Vec<_>>()}}},
-            "inputs": inputs,
-            "outputs": [{"namespace": "cairn", "name": format!("blake3:{output_hash}")}],
-        }));
-    }
-    out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    let events = crate::runner::describe::lineage(&db, &record, &events);
+    out!(
+        "{}",
+        serde_json::to_string_pretty(&events).unwrap_or_default()
+    );
     0
 }
 
@@ -872,10 +978,19 @@ pub struct AuditArgs {
     /// Print the entries as one JSON array.
     #[arg(long)]
     json: bool,
+    /// With --server: the tenant's audit log (an admin token of it), API
+    /// actions included.
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// `cairn audit`: every grant and denial, oldest first.
 pub fn audit(mut args: AuditArgs, store: &Path) -> u8 {
+    match args.remote.connect() {
+        Ok(None) => {}
+        Ok(Some(server)) => return remote::audit(&server, args.run.as_deref(), args.json),
+        Err(code) => return code,
+    }
     if args.run.as_deref() == Some("last") {
         let last = history(store).and_then(|db| find_run(db.as_ref(), "last", store));
         match last {
@@ -895,26 +1010,31 @@ pub fn audit(mut args: AuditArgs, store: &Path) -> u8 {
                 .is_none_or(|r| e.run.as_ref().is_some_and(|x| x.starts_with(r.as_str())))
         })
         .collect();
-    if args.json {
-        out!("{}", serde_json::to_string(&entries).unwrap_or_default());
-    } else {
-        for e in &entries {
-            out!(
-                "{}  {:<7}  tenant {:<10} run {:<16} step {:<16} {}  {}",
-                time(e.at_ms),
-                e.event,
-                e.tenant,
-                e.run.as_deref().unwrap_or("-"),
-                e.step.as_deref().unwrap_or("-"),
-                e.capability,
-                e.detail
-            );
-        }
-    }
+    print_audit(&entries, args.json);
     if bad > 0 {
         say!("warning: {bad} damaged line(s) in the audit log were skipped");
     }
     0
+}
+
+/// Audit entries, oldest first, as `cairn audit` prints them.
+pub(super) fn print_audit(entries: &[crate::store::audit::AuditEntry], json: bool) {
+    if json {
+        out!("{}", serde_json::to_string(entries).unwrap_or_default());
+        return;
+    }
+    for e in entries {
+        out!(
+            "{}  {:<7}  tenant {:<10} run {:<16} step {:<16} {}  {}",
+            time(e.at_ms),
+            e.event,
+            e.tenant,
+            e.run.as_deref().unwrap_or("-"),
+            e.step.as_deref().unwrap_or("-"),
+            e.capability,
+            e.detail
+        );
+    }
 }
 
 #[cfg(test)]
@@ -978,5 +1098,28 @@ mod tests {
         // A retention longer than the epoch selects nothing, without overflow.
         retention.older_than = Duration::MAX;
         assert_eq!(selected(&retention, &runs), (vec![], 0));
+    }
+}
+
+/// `cairn cancel RUN --server URL`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run to stop (an id, a unique prefix, or `last`).
+    run: String,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+pub fn cancel(args: CancelArgs) -> u8 {
+    match args.remote.connect() {
+        Ok(Some(server)) => remote::cancel(&server, &args.run, args.json),
+        Ok(None) => report_error(
+            "cairn cancel stops a run on a server (--server URL or CAIRN_SERVER); \
+             a local run is cancelled with Ctrl-C, or SIGTERM to its process, and stays resumable",
+        ),
+        Err(code) => code,
     }
 }

@@ -26,9 +26,10 @@ pub struct ServeArgs {
     /// table, the audit log (overrides the config; default: ./cairn-server).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// How long the server waits after SIGTERM or Ctrl-C for the runs it
-    /// stops to record their end; every stopped run stays resumable.
-    #[arg(long, value_name = "DURATION", default_value = "10s",
+    /// After SIGTERM or Ctrl-C, runs start nothing more and the attempts
+    /// running finish; those still running after this long are cancelled.
+    /// Either way each run stays resumable, and no finished step is lost.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
           value_parser = crate::sandbox::limits::parse_duration)]
     grace: Duration,
 }

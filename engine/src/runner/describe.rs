@@ -1,8 +1,11 @@
-//! Describing a recorded run from its journal: each step's last word.
+//! Describing a recorded run from its journal: each step's last word, and
+//! the lineage of its outputs.
 
 use std::collections::BTreeMap;
 
-use crate::store::JournalEvent;
+use serde_json::{Value, json};
+
+use crate::store::{CacheKey, JournalEvent, RunRecord, Store};
 
 /// Per-step status from the journal: the last word on each step.
 ///
@@ -11,7 +14,7 @@ use crate::store::JournalEvent;
 /// starting (or, for a step that never ran, from its being queued) to its
 /// end, and `wait_ms` is the time between being queued and that first
 /// attempt: the same figures `cairn run` prints in its summary.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StepView {
     /// `pending`, `queued`, `running`, `succeeded`, `cached`, `resumed`,
     /// `failed`, `skipped` or `cancelled`.
@@ -108,4 +111,61 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
         }
     }
     views
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A run's lineage as OpenLineage-style run events: one `COMPLETE` event
+/// per succeeded step, whose inputs and outputs are content hashes (and the
+/// components that made them, while their results are still cached).
+pub fn lineage(db: &dyn Store, record: &RunRecord, events: &[JournalEvent]) -> Vec<Value> {
+    let mut out = Vec::new();
+    // A resumed run journals again the steps it took from its own journal:
+    // a step's lineage is its first success, the one that produced it.
+    let mut seen = std::collections::HashSet::new();
+    for event in events {
+        let JournalEvent::StepSucceeded {
+            at_ms,
+            step,
+            keys,
+            output_hash,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        if !seen.insert(step.as_str()) {
+            continue;
+        }
+        let mut inputs = Vec::new();
+        let mut components = Vec::new();
+        for key in keys {
+            let meta = CacheKey::from_hex(key)
+                .and_then(|k| db.result(&k, None).ok().flatten())
+                .map(|(m, _)| m);
+            match meta {
+                Some(meta) => {
+                    inputs.push(json!({"namespace": "cairn", "name": format!("blake3:{}", meta.input_hash), "facets": {"cacheKey": key}}));
+                    if !components.contains(&meta.component) {
+                        components.push(meta.component);
+                    }
+                }
+                None => inputs.push(json!({"namespace": "cairn", "name": format!("cache-key:{key}"), "facets": {"note": "result no longer cached"}})),
+            }
+        }
+        out.push(json!({
+            "eventType": "COMPLETE",
+            "eventTime": rfc3339(*at_ms),
+            "producer": "https://github.com/cairn-dev/cairn",
+            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+            "run": {"runId": record.id.0, "facets": {"cairn": {"replayOf": record.replay_of}}},
+            "job": {"namespace": format!("cairn/{}", record.pipeline), "name": step, "facets": {"cairn": {"components": components.iter().map(|c| format!("blake3:{c}")).collect::<Vec<_>>()}}},
+            "inputs": inputs,
+            "outputs": [{"namespace": "cairn", "name": format!("blake3:{output_hash}")}],
+        }));
+    }
+    out
 }

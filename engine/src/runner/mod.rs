@@ -462,7 +462,7 @@ pub struct Replay {
 pub struct Original(BTreeMap<String, String>);
 
 /// How a replay compared with its original.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Verification {
     /// Steps that succeeded in both runs and were compared.
     pub compared: usize,
@@ -471,7 +471,7 @@ pub struct Verification {
 }
 
 /// A step whose replayed output differs from the original's.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Mismatch {
     pub step: String,
     pub original: String,
@@ -479,22 +479,52 @@ pub struct Mismatch {
 }
 
 impl Original {
+    /// The output hash of every step that succeeded, from a run's journal.
+    pub fn of_journal(journal: Vec<JournalEvent>) -> Self {
+        Self(
+            journal
+                .into_iter()
+                .filter_map(|e| match e {
+                    JournalEvent::StepSucceeded {
+                        step, output_hash, ..
+                    } => Some((step, output_hash)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
     /// Compare a replay's report with the original run.
     pub fn verify(&self, report: &RunReport) -> Verification {
+        self.compare(
+            report
+                .steps
+                .iter()
+                .filter_map(|s| Some((s.name.as_str(), s.output_hash.as_deref()?))),
+        )
+    }
+
+    /// Compare a recorded replay (its steps' output hashes, from its
+    /// journal) with the original run.
+    pub fn verify_recorded(&self, replay: &Original) -> Verification {
+        self.compare(replay.0.iter().map(|(s, h)| (s.as_str(), h.as_str())))
+    }
+
+    fn compare<'s>(&self, replay: impl Iterator<Item = (&'s str, &'s str)>) -> Verification {
         let mut verification = Verification {
             compared: 0,
             mismatches: Vec::new(),
         };
-        for step in &report.steps {
-            let (Some(before), Some(after)) = (self.0.get(&step.name), &step.output_hash) else {
+        for (step, after) in replay {
+            let Some(before) = self.0.get(step) else {
                 continue;
             };
             verification.compared += 1;
             if before != after {
                 verification.mismatches.push(Mismatch {
-                    step: step.name.clone(),
+                    step: step.to_owned(),
                     original: before.clone(),
-                    replay: after.clone(),
+                    replay: after.to_owned(),
                 });
             }
         }
@@ -572,6 +602,23 @@ impl Runner {
         find_run(&*self.db, text, &self.store_dir)
     }
 
+    /// The plan of a recorded run (manifest, directory or bundle), if its
+    /// source still loads; for drawing its dependencies, not for running.
+    pub async fn replan(&self, record: &RunRecord) -> Option<Plan> {
+        replan(record, &self.sandbox).await
+    }
+
+    /// How a finished replay compares with the run it replayed: `None` for
+    /// a run that is not a replay.
+    pub fn verification(&self, replay: &RunRecord) -> Result<Option<Verification>, RunError> {
+        let Some(of) = &replay.replay_of else {
+            return Ok(None);
+        };
+        let original = Original::of_journal(self.db.journal(of)?);
+        let replayed = Original::of_journal(self.db.journal(&replay.id)?);
+        Ok(Some(original.verify_recorded(&replayed)))
+    }
+
     /// Go on with a recorded run: under the policy it was admitted under,
     /// reusing every result its journal has.
     pub fn resume(&self, run: &str, given: Option<Policy>) -> Result<Resumption, RunError> {
@@ -612,18 +659,7 @@ impl Runner {
     pub fn replay(&self, run: &str, given: Option<Policy>) -> Result<Replay, RunError> {
         let record = self.find(run)?;
         let (policy, warnings) = readmission(&record, given)?;
-        let original = Original(
-            self.db
-                .journal(&record.id)?
-                .into_iter()
-                .filter_map(|e| match e {
-                    JournalEvent::StepSucceeded {
-                        step, output_hash, ..
-                    } => Some((step, output_hash)),
-                    _ => None,
-                })
-                .collect(),
-        );
+        let original = Original::of_journal(self.db.journal(&record.id)?);
         let launch = Launch {
             policy,
             tenant: record.tenant.clone(),
@@ -837,6 +873,19 @@ impl Started {
         observer: Arc<dyn RunObserver>,
         cancel: impl Future<Output = ()>,
     ) -> Finished {
+        self.execute_draining(observer, std::future::pending(), cancel)
+            .await
+    }
+
+    /// [`Started::execute`], and once `drain` completes, start nothing
+    /// more and let the attempts running then finish (see
+    /// [`schedule::run_draining`]): a graceful stop that loses no work.
+    pub async fn execute_draining(
+        self,
+        observer: Arc<dyn RunObserver>,
+        drain: impl Future<Output = ()> + Send + 'static,
+        cancel: impl Future<Output = ()>,
+    ) -> Finished {
         let Started {
             admitted:
                 Admitted {
@@ -862,12 +911,13 @@ impl Started {
             sandbox: runner.sandbox.clone(),
             share: runner.share.clone(),
         });
-        let report = schedule::run(
+        let report = schedule::run_draining(
             plan,
             executor,
             options,
             observer,
             Some(ledger.clone()),
+            drain,
             cancel,
         )
         .await;
@@ -924,6 +974,31 @@ impl Started {
             warnings,
         }
     }
+}
+
+/// The plan of a recorded run, if its source still loads (see
+/// [`Runner::replan`]).
+pub async fn replan(record: &RunRecord, sandbox: &Sandbox) -> Option<Plan> {
+    if is_bundle(&record.manifest) {
+        let bundle = Bundle::open(&record.manifest).ok()?;
+        let manifest = bundle.manifest().ok()?;
+        let shown = record.manifest.join(crate::bundle::MANIFEST);
+        let grants_base = record
+            .manifest
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let sources = Sources::Bundle {
+            bundle: &bundle,
+            grants_base: &grants_base,
+            secrets: None,
+        };
+        return Plan::build_from(&shown, manifest, sandbox, sources)
+            .await
+            .ok();
+    }
+    let (path, manifest) = Manifest::load(&record.manifest).ok()?;
+    Plan::build(&path, manifest, sandbox).await.ok()
 }
 
 /// A run that ended: its final record, its report, and what went wrong

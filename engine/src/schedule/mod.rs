@@ -370,6 +370,9 @@ struct WorkDone {
     key: CacheKey,
     /// `None` if it ran, else where the stored result came from.
     reused: Option<StepSource>,
+    /// The run began to drain before this unit's next attempt could start:
+    /// it did not finish, and its step ends cancelled (resumable).
+    stopped: bool,
 }
 
 struct StepState {
@@ -403,11 +406,44 @@ pub async fn run<E: Executor>(
     ledger: Option<Arc<Ledger>>,
     cancel: impl Future<Output = ()>,
 ) -> RunReport {
+    run_draining(
+        plan,
+        executor,
+        options,
+        observer,
+        ledger,
+        std::future::pending(),
+        cancel,
+    )
+    .await
+}
+
+/// [`run`], and once `drain` completes, start nothing more: no step, no
+/// element, no retry; the attempts running then finish and are recorded,
+/// and the run ends cancelled (resumable) unless every step had finished.
+/// `cancel` still stops everything at once.
+pub async fn run_draining<E: Executor>(
+    plan: Arc<Plan>,
+    executor: Arc<E>,
+    options: RunOptions,
+    observer: Arc<dyn RunObserver>,
+    ledger: Option<Arc<Ledger>>,
+    drain: impl Future<Output = ()> + Send + 'static,
+    cancel: impl Future<Output = ()>,
+) -> RunReport {
     // Dropping `stop` (the caller gave up on this future) cancels too.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut driver = tokio::spawn(drive(plan, executor, options, observer, ledger, async {
-        let _ = stopped.await;
-    }));
+    let mut driver = tokio::spawn(drive(
+        plan,
+        executor,
+        options,
+        observer,
+        ledger,
+        drain,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     tokio::pin!(cancel);
     let joined = tokio::select! {
         biased;
@@ -435,6 +471,7 @@ async fn drive<E: Executor>(
     options: RunOptions,
     observer: Arc<dyn RunObserver>,
     ledger: Option<Arc<Ledger>>,
+    drain: impl Future<Output = ()>,
     cancel: impl Future<Output = ()>,
 ) -> RunReport {
     let started = Instant::now();
@@ -485,6 +522,8 @@ async fn drive<E: Executor>(
         work_steps: HashMap::new(),
         input_in_flight: 0,
         stop: false,
+        draining: false,
+        drain: tokio::sync::watch::Sender::new(false),
         plan,
         executor,
         observer,
@@ -493,6 +532,7 @@ async fn drive<E: Executor>(
         unflushed: Vec::new(),
     };
     tokio::pin!(cancel);
+    tokio::pin!(drain);
     let mut cancelled = false;
     // The group commit being made durable, and the steps it will release.
     let mut in_flight: Option<Commit> = None;
@@ -504,6 +544,9 @@ async fn drive<E: Executor>(
     let mut write_out = tokio::time::interval(JOURNAL_LAG);
     write_out.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if run.draining {
+            run.ready.clear();
+        }
         while let Some(id) = run.ready.pop_front() {
             run.start(id);
         }
@@ -522,6 +565,12 @@ async fn drive<E: Executor>(
             () = &mut cancel => {
                 cancelled = true;
                 break;
+            }
+            () = &mut drain, if !run.draining => {
+                // Units waiting for a slot (or to retry) return stopped;
+                // those holding one finish their attempt.
+                run.draining = true;
+                run.drain.send_replace(true);
             }
             durable = async {
                 match in_flight.as_mut() {
@@ -574,6 +623,9 @@ async fn drive<E: Executor>(
             }
         }
     }
+    // A drained run that had started every step and seen them finish
+    // simply ended; one that left steps undone was stopped.
+    let drained = run.draining && run.reports.iter().any(|r| !r.status.is_finished());
     run.work.abort_all();
     // Wait for aborted work to stop: a unit of work running on another
     // worker when it was aborted could still queue a journal event, which
@@ -636,7 +688,7 @@ async fn drive<E: Executor>(
         .reports
         .iter()
         .any(|r| matches!(r.status, StepStatus::Failed(_)) && !r.allow_failure);
-    let status = if cancelled {
+    let status = if cancelled || drained {
         RunStatus::Cancelled
     } else if failed || run.stop || store_error.is_some() {
         RunStatus::Failed
@@ -671,6 +723,10 @@ struct Run<E: Executor> {
     input_in_flight: u64,
     /// Set by fail-fast: start nothing more.
     stop: bool,
+    /// Asked to drain: start nothing more, let running attempts finish.
+    draining: bool,
+    /// Tells units of work waiting for a slot or a retry that the run drains.
+    drain: tokio::sync::watch::Sender<bool>,
     ledger: Option<Arc<Ledger>>,
     /// Finished steps and map elements whose journal records await the
     /// next group commit; they are announced (and steps release their
@@ -909,7 +965,10 @@ impl<E: Executor> Run<E> {
                 },
                 input,
                 self.executor.clone(),
-                self.jobs.clone(),
+                Slots {
+                    jobs: self.jobs.clone(),
+                    drain: self.drain.subscribe(),
+                },
                 self.observer.clone(),
                 self.ledger.clone(),
             ));
@@ -930,6 +989,11 @@ impl<E: Executor> Run<E> {
     fn complete(&mut self, done: WorkDone) {
         let id = done.step;
         if self.reports[id].status.is_finished() {
+            return;
+        }
+        if done.stopped {
+            // Attempts it made before (retried failures) are the step's.
+            self.reports[id].attempts += done.attempts;
             return;
         }
         let report = &mut self.reports[id];
@@ -1259,6 +1323,34 @@ struct StepClock {
     attempts: std::sync::atomic::AtomicU32,
 }
 
+/// What a unit of work needs before each attempt: one of the run's slots,
+/// unless the run is draining.
+struct Slots {
+    jobs: Arc<Semaphore>,
+    drain: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Slots {
+    /// A slot, or `None` once the run drains.
+    async fn take(&mut self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let Self { jobs, drain } = self;
+        tokio::select! {
+            biased;
+            _ = drain.wait_for(|d| *d) => None,
+            slot = jobs.acquire() => slot.ok(),
+        }
+    }
+
+    /// Wait `delay` before a retry; `false` if the run began to drain.
+    async fn back_off(&mut self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.drain.wait_for(|d| *d) => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
 /// One unit of work (a step, or one element of a mapped step) through all
 /// its attempts.
 async fn attempt_loop<E: Executor>(
@@ -1266,7 +1358,7 @@ async fn attempt_loop<E: Executor>(
     unit: Unit,
     input: Vec<u8>,
     executor: Arc<E>,
-    jobs: Arc<Semaphore>,
+    mut slots: Slots,
     observer: Arc<dyn RunObserver>,
     ledger: Option<Arc<Ledger>>,
 ) -> WorkDone {
@@ -1282,6 +1374,7 @@ async fn attempt_loop<E: Executor>(
         delays: Vec::new(),
         key,
         reused: None,
+        stopped: false,
     };
     if let Some(ledger) = &ledger
         && let Some((source, bytes)) = reuse(ledger, step, &key)
@@ -1299,12 +1392,13 @@ async fn attempt_loop<E: Executor>(
         observer: observer.clone(),
     });
     loop {
-        done.attempts += 1;
         let attempt = {
-            let _slot = jobs
-                .acquire()
-                .await
-                .expect("the job semaphore is never closed");
+            // No new attempt starts once the run drains.
+            let Some(_slot) = slots.take().await else {
+                done.stopped = true;
+                return done;
+            };
+            done.attempts += 1;
             // Started means running: only now, holding a slot.
             let now = Instant::now();
             unit.clock
@@ -1375,7 +1469,10 @@ async fn attempt_loop<E: Executor>(
         match retry_in {
             Some(delay) => {
                 done.delays.push(delay);
-                tokio::time::sleep(delay).await;
+                if !slots.back_off(delay).await {
+                    done.stopped = true;
+                    return done;
+                }
             }
             None => {
                 done.result = Err(failure);

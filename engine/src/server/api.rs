@@ -530,7 +530,15 @@ pub async fn upload_bundle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<BundleView>), ApiError> {
-    let (caller, tenant) = tenant_for(&server, &headers, Role::Operator)?;
+    let (caller, tenant) = match tenant_for(&server, &headers, Role::Operator) {
+        Ok(found) => found,
+        Err(e) => {
+            // Read (and drop) what the client is still sending, so that it
+            // sees the refusal rather than a reset connection.
+            let _ = read_capped(body, 0).await;
+            return Err(e);
+        }
+    };
     let limit = tenant.quotas.upload.bytes();
     let outcome = store_bundle(&server, &tenant, body, limit).await;
     let (target, result) = match &outcome {
@@ -755,11 +763,22 @@ pub async fn start_run(
         ..Launch::new(path)
     };
     let started = tenant.start(launch).await;
-    let outcome = match &started {
-        Ok(run) => format!("started run {run}"),
-        Err(e) => format!("refused: {e}"),
-    };
-    server.audit(Some(&tenant), &caller, "runs.start", &id, &outcome);
+    match &started {
+        Ok(run) => server.audit(
+            Some(&tenant),
+            &caller,
+            "runs.start",
+            &run.0,
+            &format!("started from bundle {id}"),
+        ),
+        Err(e) => server.audit(
+            Some(&tenant),
+            &caller,
+            "runs.start",
+            &id,
+            &format!("refused: {e}"),
+        ),
+    }
     let run = started.map_err(start_error)?;
     let record = find_run(&tenant, &run.0)?;
     Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
@@ -831,6 +850,36 @@ pub struct RunDetail {
     pub run: RunView,
     /// Each step's last word, by name.
     pub steps: BTreeMap<String, StepView>,
+    /// The steps in dependency order, each with the steps it runs after;
+    /// `null` when the run's pipeline no longer loads.
+    pub graph: Option<Vec<StepNode>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StepNode {
+    pub name: String,
+    pub after: Vec<String>,
+}
+
+/// A recorded run's steps in dependency order, if its source still loads.
+async fn graph(tenant: &Tenant, record: &RunRecord) -> Option<Vec<StepNode>> {
+    let plan = tenant.runner.replan(record).await?;
+    Some(
+        plan.order
+            .iter()
+            .map(|&id| {
+                let step = &plan.steps[id];
+                StepNode {
+                    name: step.name.clone(),
+                    after: step
+                        .deps
+                        .iter()
+                        .map(|&d| plan.steps[d].name.clone())
+                        .collect(),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// One run and its steps.
@@ -849,6 +898,7 @@ pub async fn show_run(
     Ok(Json(RunDetail {
         run: run_view(&tenant, &record),
         steps: step_views(&journal),
+        graph: graph(&tenant, &record).await,
     }))
 }
 
@@ -1131,9 +1181,120 @@ pub async fn resume_run(
     Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
 }
 
+/// Execute a run again, every step anew, under the tenant's policy; the
+/// answer is the new run (its `replay_of` names the original). Once it has
+/// ended, `GET /v1/runs/{id}/verification` compares its outputs with the
+/// original's.
+#[utoipa::path(post, path = "/v1/runs/{id}/replay", tag = "operator",
+    params(("id" = String, Path, description = "the run to replay")),
+    responses((status = 202, body = RunView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn replay_run(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Operator)?;
+    let record = find_run(&tenant, &id)?;
+    if tenant.is_live(&record.id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run {} is running; replay it once it has ended", record.id),
+        ));
+    }
+    let replay = tenant
+        .runner
+        .replay(&record.id.0, Some(tenant.policy.clone()))
+        .map_err(run_error)?;
+    let started = tenant.start(replay.continued.launch).await;
+    server.audit(
+        Some(&tenant),
+        &caller,
+        "runs.replay",
+        &record.id.0,
+        &match &started {
+            Ok(run) => format!("replayed as run {run}"),
+            Err(e) => format!("refused: {e}"),
+        },
+    );
+    let run = started.map_err(start_error)?;
+    let replayed = find_run(&tenant, &run.0)?;
+    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &replayed))))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VerificationView {
+    /// The run replayed.
+    pub original: String,
+    /// The replay.
+    pub replay: String,
+    #[serde(flatten)]
+    pub verification: crate::runner::Verification,
+}
+
+/// How an ended replay compares with its original: how many steps that
+/// succeeded in both were compared, and which produced different output
+/// (nondeterminism).
+#[utoipa::path(get, path = "/v1/runs/{id}/verification", tag = "viewer",
+    params(("id" = String, Path, description = "the replay's run id")),
+    responses((status = 200, body = VerificationView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_verification(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<VerificationView>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    let conflict = |why: String| ApiError::new(StatusCode::CONFLICT, "conflict", why);
+    if record.status == RunStatus::Running {
+        return Err(conflict(format!(
+            "run {} has not ended; verify it once it has",
+            record.id
+        )));
+    }
+    let verification = tenant
+        .runner
+        .verification(&record)
+        .map_err(run_error)?
+        .ok_or_else(|| conflict(format!("run {} is not a replay", record.id)))?;
+    Ok(Json(VerificationView {
+        original: record.replay_of.map(|r| r.0).unwrap_or_default(),
+        replay: record.id.0,
+        verification,
+    }))
+}
+
+/// For every output of a run, the component and input hashes that
+/// produced it: OpenLineage-style `COMPLETE` run events, one per
+/// succeeded step.
+#[utoipa::path(get, path = "/v1/runs/{id}/lineage", tag = "viewer",
+    params(("id" = String, Path, description = "the run id")),
+    responses((status = 200, description = "an array of OpenLineage run events"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_lineage(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    let journal = journal(&tenant, &record)?;
+    Ok(Json(crate::runner::describe::lineage(
+        tenant.runner.store().as_ref(),
+        &record,
+        &journal,
+    )))
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct AuditView {
     pub at_ms: u64,
+    pub tenant: String,
     pub run: Option<String>,
     pub step: Option<String>,
     /// `granted`, `denied` or `api`.
@@ -1158,6 +1319,7 @@ pub async fn audit(
             .into_iter()
             .map(|e| AuditView {
                 at_ms: e.at_ms,
+                tenant: tenant.name.clone(),
                 run: e.run,
                 step: e.step,
                 event: e.event,
@@ -1253,7 +1415,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, audit, quota),
+        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, audit, quota),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1274,6 +1436,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/output", get(run_output))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/resume", post(resume_run))
+        .route("/v1/runs/{id}/replay", post(replay_run))
+        .route("/v1/runs/{id}/verification", get(run_verification))
+        .route("/v1/runs/{id}/lineage", get(run_lineage))
         .route("/v1/audit", get(audit))
         .route("/v1/quota", get(quota))
         .fallback(unknown)

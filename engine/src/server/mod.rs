@@ -80,6 +80,8 @@ pub struct Tenant {
     waiting: Arc<AtomicU32>,
     /// Runs of this process not yet ended, by id.
     live: Arc<Mutex<HashMap<RunId, LiveRun>>>,
+    /// Woken whenever a run of any tenant ends (shared by all tenants).
+    ended: Arc<Notify>,
     /// Held while a bundle is checked against the storage quota and stored.
     pub(crate) storing: tokio::sync::Mutex<()>,
 }
@@ -116,7 +118,7 @@ impl Tenant {
     pub fn cancel(&self, run: &RunId) -> bool {
         match self.live.lock().unwrap_or_else(|e| e.into_inner()).get(run) {
             Some(live) => {
-                let _ = live.stop.send(true);
+                let _ = live.stop.send(Halt::Now);
                 true
             }
             None => false,
@@ -163,7 +165,7 @@ impl Tenant {
         };
         let started = self.runner.admit(launch).await?.record()?;
         let id = started.record().id.clone();
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(Halt::Go);
         let changed = Arc::new(Notify::new());
         self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id.clone(),
@@ -179,28 +181,23 @@ impl Tenant {
         let tenant = self.clone();
         let run = id.clone();
         tokio::spawn(async move {
-            let cancel = {
-                let mut stopped = stopped.clone();
-                async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                }
-            };
+            // A queued run that is asked to stop in any way never starts.
             let slot = match free {
                 Some(slot) => Some(slot),
                 None => tokio::select! {
                     slot = tenant.slots.clone().acquire_owned() => slot.ok(),
-                    () = cancel => None,
+                    () = halted(stopped.clone(), Halt::Drain) => None,
                 },
             };
             drop(queued);
             let finished = match slot {
                 Some(_slot) => {
-                    let mut stopped = stopped;
-                    let cancel = async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    };
                     started
-                        .execute(Arc::new(Changes(changed.clone())), cancel)
+                        .execute_draining(
+                            Arc::new(Changes(changed.clone())),
+                            halted(stopped.clone(), Halt::Drain),
+                            halted(stopped, Halt::Now),
+                        )
                         .await
                 }
                 // Cancelled while waiting: ends as cancelled, resumable.
@@ -227,15 +224,32 @@ impl Tenant {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run);
             changed.notify_waiters();
+            tenant.ended.notify_waiters();
         });
         Ok(id)
     }
 }
 
+/// How far a live run has been asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Halt {
+    Go,
+    /// Start nothing more; let running attempts finish (a graceful stop).
+    Drain,
+    /// Stop now (cancel).
+    Now,
+}
+
+/// Completes once the run has been asked to stop at least as far as `at`
+/// (or its sender is gone).
+async fn halted(mut stop: watch::Receiver<Halt>, at: Halt) {
+    let _ = stop.wait_for(|halt| *halt >= at).await;
+}
+
 /// A run this process is running.
 struct LiveRun {
-    /// Set to stop it.
-    stop: watch::Sender<bool>,
+    /// Raised to stop it.
+    stop: watch::Sender<Halt>,
     /// Woken when a step of it has finished durably, and when it ends.
     changed: Arc<Notify>,
 }
@@ -281,6 +295,8 @@ pub struct Server {
     pub sandbox: Arc<Sandbox>,
     /// The time, in ms since the epoch (a test may set it).
     pub clock: fn() -> u64,
+    /// Woken whenever a run ends.
+    ended: Arc<Notify>,
 }
 
 /// A running server: its state and the address it listens on.
@@ -324,6 +340,7 @@ impl Server {
         };
         let sections = tenant_sections(&policy_file)?;
         let sandbox = Arc::new(crate::runner::open_sandbox(&data, 0)?);
+        let ended = Arc::new(Notify::new());
         let mut tenants = BTreeMap::new();
         for (name, quotas) in &config.tenants {
             let fail = |message: String| ServerError::Tenant {
@@ -355,11 +372,13 @@ impl Server {
                 slots: Arc::new(Semaphore::new(quotas.runs_in_flight.max(1) as usize)),
                 waiting: Arc::new(AtomicU32::new(0)),
                 live: Arc::new(Mutex::new(HashMap::new())),
+                ended: ended.clone(),
                 storing: tokio::sync::Mutex::new(()),
             };
             tenants.insert(name.clone(), Arc::new(tenant));
         }
         let server = Arc::new(Server {
+            ended,
             audit: AuditLog::new(&data),
             data,
             tokens,
@@ -413,8 +432,19 @@ impl Server {
         resumed
     }
 
-    /// Ask every live run to stop (they end cancelled, resumable).
+    /// Ask every live run to stop now (they end cancelled, resumable).
     pub fn cancel_all(&self) {
+        self.halt_all(Halt::Now);
+    }
+
+    /// Ask every live run to start nothing more and let its running
+    /// attempts finish; each then ends cancelled (resumable), unless it
+    /// had nothing left to do.
+    pub fn drain_all(&self) {
+        self.halt_all(Halt::Drain);
+    }
+
+    fn halt_all(&self, halt: Halt) {
         for tenant in self.tenants.values() {
             for live in tenant
                 .live
@@ -422,7 +452,31 @@ impl Server {
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
             {
-                let _ = live.stop.send(true);
+                // Never lowered: a drain does not undo a cancel.
+                live.stop.send_if_modified(|now| {
+                    let raise = halt > *now;
+                    if raise {
+                        *now = halt;
+                    }
+                    raise
+                });
+            }
+        }
+    }
+
+    /// Wait until no run is live, or until `deadline`; `true` if none is.
+    pub async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Armed before the count is read, so an end between the two
+            // still wakes this.
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.live_runs() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return self.live_runs() == 0;
             }
         }
     }
@@ -445,9 +499,11 @@ impl Server {
         target: &str,
         outcome: &str,
     ) {
+        // An action on a run names it, so `cairn audit --run` finds it.
+        let is_run = target.len() == 16 && target.bytes().all(|b| b.is_ascii_hexdigit());
         let entry = AuditEntry {
             at_ms: (self.clock)(),
-            run: None,
+            run: is_run.then(|| target.to_owned()),
             tenant: tenant.map_or("-".to_owned(), |t| t.name.clone()),
             step: None,
             event: "api".into(),
@@ -481,10 +537,15 @@ fn tenant_sections(file: &Path) -> Result<Vec<String>, ServerError> {
         .unwrap_or_default())
 }
 
+/// How long runs that are still live when the grace period ends get to
+/// record their end once cancelled.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serve `server` on `listener` until `shutdown` completes; then stop
-/// accepting, cancel live runs at once (they stay resumable: their running
-/// attempts are stopped, not waited for) and wait up to `grace` for them to
-/// record their end.
+/// accepting and drain: live runs start nothing more and their running
+/// attempts finish and are recorded, for up to `grace`. Runs still live
+/// then are cancelled (their attempts stopped). Either way they end
+/// cancelled and resumable, having lost no finished work.
 pub async fn serve(
     server: Arc<Server>,
     listener: tokio::net::TcpListener,
@@ -500,21 +561,38 @@ pub async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    // Cancelled as soon as the signal comes, not once connections drain:
+    // Runs drain as soon as the signal comes, not once connections close:
     // a client following a live run's events holds its connection open
-    // until the run ends.
+    // until the run ends, so the grace period is counted from the signal.
     let stopping = server.clone();
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let signal = signalled.clone();
     let shutdown = async move {
         shutdown.await;
-        stopping.cancel_all();
+        let deadline = *signal.get_or_init(|| tokio::time::Instant::now() + grace);
+        stopping.drain_all();
+        let draining = stopping.clone();
+        tokio::spawn(async move {
+            let drained = draining.wait_idle(deadline).await;
+            if !drained {
+                tracing::warn!(
+                    "{} run(s) still running after the {} grace period: cancelling them",
+                    draining.live_runs(),
+                    humantime::format_duration(grace)
+                );
+                draining.cancel_all();
+            }
+        });
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
-    server.cancel_all();
-    let deadline = tokio::time::Instant::now() + grace;
-    while server.live_runs() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Every connection has closed; runs may still be draining (no one
+    // follows them), or be cancelled by now and recording their end.
+    let deadline = *signalled.get_or_init(|| tokio::time::Instant::now() + grace);
+    if !server.wait_idle(deadline).await {
+        server.cancel_all();
     }
+    server.wait_idle(deadline + CANCEL_WAIT).await;
     Ok(())
 }
