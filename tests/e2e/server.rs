@@ -338,6 +338,8 @@ fn health_needs_no_token_and_every_other_route_refuses_bad_tokens_and_weak_roles
             let weaker = match role {
                 "operator" => Some(&viewer),
                 "admin" => Some(&operator),
+                // A tenant's admin is not the server's.
+                "server-admin" => Some(&admin),
                 _ => None,
             };
             if let Some(weak) = weaker {
@@ -364,6 +366,27 @@ fn health_needs_no_token_and_every_other_route_refuses_bad_tokens_and_weak_roles
         s.get("/v1/tokens", &s.admin).1.as_array().unwrap().len(),
         tokens_before
     );
+    // The server's admin sees every tenant of the config, and its usage.
+    let (status, tenants) = s.get("/v1/tenants", &s.admin);
+    assert_eq!(status, 200, "{tenants}");
+    let names: Vec<&str> = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"a") && names.contains(&"tight"),
+        "{tenants}"
+    );
+    let tight = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "tight")
+        .unwrap();
+    assert_eq!(tight["quotas"]["runs_in_flight"], 1, "{tight}");
+    assert_eq!(tight["usage"]["runs_in_flight"], 0, "{tight}");
     // Unknown routes and methods are JSON too.
     assert_eq!(s.get("/v1/nope", &viewer).0, 404);
     assert_eq!(s.call("POST", "/healthz", None, None).0, 405);

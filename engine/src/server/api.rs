@@ -1363,9 +1363,13 @@ pub struct Quota {
     security(("bearer" = [])))]
 pub async fn quota(State(server): Shared, headers: HeaderMap) -> Result<Json<Quota>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    Ok(Json(quota_of(&tenant)))
+}
+
+fn quota_of(tenant: &Tenant) -> Quota {
     let q = tenant.quotas;
     let (waiting, executing) = tenant.load();
-    Ok(Json(Quota {
+    Quota {
         tenant: tenant.name.clone(),
         quotas: QuotaView {
             runs_in_flight: q.runs_in_flight,
@@ -1378,9 +1382,25 @@ pub async fn quota(State(server): Shared, headers: HeaderMap) -> Result<Json<Quo
             runs_in_flight: executing,
             queued_runs: waiting,
             sandboxes_in_flight: tenant.runner.sandboxes_in_flight().unwrap_or(0),
-            bundle_storage_bytes: list_bundles(&tenant).iter().map(|b| b.size).sum(),
+            bundle_storage_bytes: list_bundles(tenant).iter().map(|b| b.size).sum(),
         },
-    }))
+    }
+}
+
+/// Every tenant the server hosts (from its config), with its quotas and
+/// what it uses of each now: for the server's own admins, not a tenant's.
+#[utoipa::path(get, path = "/v1/tenants", tag = "server-admin",
+    responses((status = 200, body = Vec<Quota>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn tenants(
+    State(server): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Quota>>, ApiError> {
+    let caller = caller(&server, &headers)?;
+    if caller.scope != Scope::Server || caller.role < Role::Admin {
+        return Err(ApiError::forbidden("server-wide admin"));
+    }
+    Ok(Json(server.tenants.values().map(|t| quota_of(t)).collect()))
 }
 
 /// A path no route serves.
@@ -1415,7 +1435,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, audit, quota),
+        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, audit, quota, tenants),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1441,6 +1461,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/lineage", get(run_lineage))
         .route("/v1/audit", get(audit))
         .route("/v1/quota", get(quota))
+        .route("/v1/tenants", get(tenants))
         .fallback(unknown)
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read with each route's own cap.
