@@ -834,7 +834,47 @@ fn cairn_run_against_the_server_gives_the_output_and_exit_code_of_a_local_run() 
     let there = remote(&["run", &orders], &operator);
     assert_eq!(there.code, 0, "{}", there.stderr);
     assert_eq!(there.stdout, here.stdout, "the same output");
-    assert!(there.stderr.contains("done   report"), "{}", there.stderr);
+    assert!(
+        there.stderr.contains("done   report in"),
+        "{}",
+        there.stderr
+    );
+    assert!(there.stderr.contains("start  parse"), "{}", there.stderr);
+    assert!(
+        there.stderr.contains("[parse] info: parsed 12 rows"),
+        "task logs are shown: {}",
+        there.stderr
+    );
+    // The same final table: steps, statuses, attempts, elements and fuel
+    // (times differ; the server lists steps in dependency order).
+    let table = |stderr: &str| -> Vec<(String, String, String, String, String)> {
+        let mut rows: Vec<_> = stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("step "))
+            .skip(1)
+            .take_while(|l| !l.starts_with("pipeline "))
+            .filter(|l| !l.trim_start().starts_with('└'))
+            .map(|l| {
+                let c: Vec<&str> = l.split_whitespace().collect();
+                let cell = |i: usize| c[i].to_owned();
+                (cell(0), cell(1), cell(2), cell(3), cell(6))
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(
+        table(&there.stderr),
+        table(&here.stderr),
+        "{}",
+        there.stderr
+    );
+    assert_eq!(table(&there.stderr).len(), 6, "{}", there.stderr);
+    assert!(
+        there.stderr.contains("pipeline orders succeeded in"),
+        "{}",
+        there.stderr
+    );
 
     let failing = Pipeline::new(
         "name = \"starved\"\n[steps.spin]\ncomponent = \"{wasm:burn}\"\ninput = { rounds = 100_000_000 }\nfuel = 1_000\n",
@@ -1232,6 +1272,12 @@ fn cancel_resume_replay_and_bundle_push_work_through_the_cli_against_the_server(
     // resume: the queued run goes on and gives what a local run gives.
     let resumed = s.cli(&["resume", &waiting], &t);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    // Only the resume's own events are shown, not the cancelled start's.
+    assert!(
+        resumed.stderr.contains("done   report") && !resumed.stderr.contains("cancelled  "),
+        "{}",
+        resumed.stderr
+    );
     let local = crate::support::Cairn::new();
     assert_eq!(resumed.stdout, local.run(&["run", &orders]).stdout);
     let again = s.cli(&["resume", &waiting], &t);

@@ -546,50 +546,88 @@ fn shown_status(step: &StepReport) -> String {
     }
 }
 
+/// The final table of a local run (see [`summary_table`]).
+fn summary(report: &RunReport) -> String {
+    let rows: Vec<SummaryRow> = report
+        .steps
+        .iter()
+        .map(|step| {
+            let ran = !matches!(
+                step.status,
+                StepStatus::Pending | StepStatus::Skipped { .. }
+            );
+            SummaryRow {
+                name: step.name.clone(),
+                status: shown_status(step),
+                attempts: step.attempts,
+                elements: step.items,
+                timing: ran.then_some((step.wait, step.duration)),
+                fuel: step.fuel,
+                note: match &step.status {
+                    StepStatus::Failed(f) => Some(f.message.clone()),
+                    StepStatus::Skipped { reason } => Some(reason.clone()),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    summary_table(
+        &rows,
+        &report.pipeline,
+        report.status.as_str(),
+        report.duration,
+    )
+}
+
+/// One step in the final table.
+pub(super) struct SummaryRow {
+    pub name: String,
+    /// As the table says it (`cached`, `failed*`, ...).
+    pub status: String,
+    pub attempts: u32,
+    pub elements: Option<usize>,
+    /// Queued and running time, for a step that ran.
+    pub timing: Option<(Duration, Duration)>,
+    pub fuel: u64,
+    /// A failure's message or a skip's reason.
+    pub note: Option<String>,
+}
+
 /// The final table. `attempts` counts the attempts that ran in the sandbox
 /// (over all elements of a mapped step, whose element count has a column of
 /// its own), as `cairn runs show` does; `wait` is the time the step was
 /// queued for a job slot, `run` the time from its first attempt to its end.
-fn summary(report: &RunReport) -> String {
-    let width = report
-        .steps
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+pub(super) fn summary_table(
+    rows: &[SummaryRow],
+    pipeline: &str,
+    status: &str,
+    duration: Duration,
+) -> String {
+    let width = rows.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
     let mut out = format!(
         "\n{:<width$}  {:<9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>14}\n",
         "step", "status", "attempts", "elements", "wait", "run", "fuel"
     );
     let mut allowed_failures = false;
-    for step in &report.steps {
-        let status = shown_status(step);
-        allowed_failures |= status.ends_with('*');
-        let elements = step.items.map_or("-".to_owned(), |n| n.to_string());
-        let ran = !matches!(
-            step.status,
-            StepStatus::Pending | StepStatus::Skipped { .. }
-        );
-        let (wait, run) = if ran {
-            (format_duration(step.wait), format_duration(step.duration))
-        } else {
-            ("-".to_owned(), "-".to_owned())
+    for step in rows {
+        allowed_failures |= step.status.ends_with('*');
+        let elements = step.elements.map_or("-".to_owned(), |n| n.to_string());
+        let (wait, run) = match step.timing {
+            Some((wait, run)) => (format_duration(wait), format_duration(run)),
+            None => ("-".to_owned(), "-".to_owned()),
         };
         out.push_str(&format!(
             "{:<width$}  {:<9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>14}\n",
             step.name,
-            status,
+            step.status,
             step.attempts,
             elements,
             wait,
             run,
             group_digits(step.fuel)
         ));
-        match &step.status {
-            StepStatus::Failed(f) => out.push_str(&format!("{:width$}  └ {}\n", "", f.message)),
-            StepStatus::Skipped { reason } => out.push_str(&format!("{:width$}  └ {reason}\n", "")),
-            _ => {}
+        if let Some(note) = &step.note {
+            out.push_str(&format!("{:width$}  └ {note}\n", ""));
         }
     }
     if allowed_failures {
@@ -597,16 +635,14 @@ fn summary(report: &RunReport) -> String {
             "* failed, but the step has allow_failure = true: the run does not fail for it\n",
         );
     }
-    let status = report.status;
     out.push_str(&format!(
-        "pipeline {} {status} in {}\n",
-        report.pipeline,
-        format_duration(report.duration)
+        "pipeline {pipeline} {status} in {}\n",
+        format_duration(duration)
     ));
     out
 }
 
-fn format_duration(d: Duration) -> String {
+pub(super) fn format_duration(d: Duration) -> String {
     if d < Duration::from_millis(1) {
         format!("{}µs", d.as_micros())
     } else if d < Duration::from_secs(1) {

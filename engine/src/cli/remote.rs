@@ -4,14 +4,16 @@
 //! token in `CAIRN_TOKEN`. Each shows what the local command shows, with
 //! the same exit codes; a run is followed through its event stream.
 
-use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
+use super::pipeline::{SummaryRow, format_duration, summary_table};
 use super::runs::{
     RunRow, ShowHeader, StatusFilter, print_attempt, print_audit, print_runs, print_show,
     report_verification, say_no_attempts, steps_json,
@@ -20,6 +22,7 @@ use super::{EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PIPELINE_FAILED};
 use crate::runner::Verification;
 use crate::runner::describe::StepView;
 use crate::store::audit::AuditEntry;
+use crate::store::{JournalEvent, StepSource};
 
 /// `--server URL` and its token, for every command that can ask a server.
 #[derive(Debug, Clone, Args)]
@@ -204,31 +207,47 @@ impl Remote {
         }
     }
 
-    /// Follow a run's events until it ends, printing one line per step.
-    fn follow(&self, run: &str, quiet: bool) -> Result<(), Failed> {
+    /// A run's event stream from event `from` on.
+    fn events(&self, run: &str, from: usize) -> Result<impl BufRead, Failed> {
         let agent = Self::agent(None);
-        let response = agent
+        let mut request = agent
             .get(&self.url(&format!("/v1/runs/{run}/events")))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .call()
-            .map_err(|e| self.unreachable(e))?;
+            .header("Authorization", &format!("Bearer {}", self.token));
+        if from > 0 {
+            request = request.header("Last-Event-ID", &(from - 1).to_string());
+        }
+        let response = request.call().map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return Err(format!(
                 "the server refused the event stream ({})",
                 response.status()
             ));
         }
-        let reader = std::io::BufReader::new(response.into_body().into_reader());
-        for line in reader.lines() {
+        Ok(std::io::BufReader::new(response.into_body().into_reader()))
+    }
+
+    /// How many events an ended run's journal has (its stream ends at once).
+    fn count_events(&self, run: &str) -> Result<usize, Failed> {
+        let mut count = 0;
+        for line in self.events(run, 0)?.lines() {
+            let line = line.map_err(|e| format!("the event stream broke off: {e}"))?;
+            count += usize::from(line.starts_with("data:"));
+        }
+        Ok(count)
+    }
+
+    /// Follow a run's events from event `from` until it ends, showing its
+    /// progress as a local run does.
+    fn follow(&self, run: &str, from: usize, quiet: bool) -> Result<(), Failed> {
+        let mut shown = Follower::new(quiet);
+        for line in self.events(run, from)?.lines() {
             let line = line.map_err(|e| format!("the event stream broke off: {e}"))?;
             let Some(data) = line.strip_prefix("data:") else {
                 continue;
             };
-            let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
-                continue;
-            };
-            if !quiet && let Some(text) = describe(&event) {
-                say!("{text}");
+            // An event this client does not know (a newer server) is skipped.
+            if let Ok(event) = serde_json::from_str::<JournalEvent>(data.trim()) {
+                shown.event(&event);
             }
         }
         Ok(())
@@ -236,10 +255,13 @@ impl Remote {
 
     /// Follow a started run to its end, then print its output (or, with
     /// `--json`, one report) as `cairn run` does; the exit code it has.
-    fn conclude(&self, run: &str, json_out: bool, quiet: bool) -> Result<u8, Failed> {
-        self.follow(run, quiet || json_out)?;
+    fn conclude(&self, run: &str, from: usize, json_out: bool, quiet: bool) -> Result<u8, Failed> {
+        self.follow(run, from, quiet || json_out)?;
         let shown = self.get(&format!("/v1/runs/{run}"), &[])?;
         let status = shown["run"]["status"].as_str().unwrap_or("?").to_owned();
+        if !quiet && !json_out {
+            say_part!("{}", summary(&shown));
+        }
         let output = if status == "succeeded" {
             Some(self.get(&format!("/v1/runs/{run}/output"), &[])?)
         } else {
@@ -290,32 +312,6 @@ impl Remote {
     }
 }
 
-/// One line for a journal event, as `cairn run` says it.
-fn describe(event: &Value) -> Option<String> {
-    let step = event["step"].as_str().unwrap_or("?");
-    Some(match event["event"].as_str()? {
-        "step-succeeded" => match event["source"].as_str() {
-            Some("cached") => format!("cached {step}"),
-            Some("journal") => format!("resumed {step} (from the journal)"),
-            _ => format!("done   {step}"),
-        },
-        "step-failed" => format!(
-            "failed {step}: {}",
-            event["message"].as_str().unwrap_or_default()
-        ),
-        "step-skipped" => format!(
-            "skip   {step} ({})",
-            event["reason"].as_str().unwrap_or_default()
-        ),
-        "attempt-finished" if !event["class"].is_null() => format!(
-            "fail   {step} attempt {}: {}",
-            event["attempt"],
-            event["message"].as_str().unwrap_or_default()
-        ),
-        _ => return None,
-    })
-}
-
 /// `cairn run PIPELINE --server URL`: pack, upload, start, follow.
 pub fn run(remote: &Remote, pipeline: &Path, json_out: bool, quiet: bool, refresh: bool) -> u8 {
     blocking(|| {
@@ -327,12 +323,13 @@ pub fn run(remote: &Remote, pipeline: &Path, json_out: bool, quiet: bool, refres
         let run = started["id"].as_str().unwrap_or_default().to_owned();
         if !quiet && !json_out {
             say!(
-                "run {run} of {} on {} (follow it with GET /v1/runs/{run}/events)",
+                "run {run} of {} on {} (resume it with `cairn resume {run} --server {}` if interrupted)",
                 bundle["pipeline"].as_str().unwrap_or("?"),
+                remote.url,
                 remote.url
             );
         }
-        remote.conclude(&run, json_out, quiet)
+        remote.conclude(&run, 0, json_out, quiet)
     })
 }
 
@@ -340,6 +337,8 @@ pub fn run(remote: &Remote, pipeline: &Path, json_out: bool, quiet: bool, refres
 pub fn resume(remote: &Remote, run: &str, json_out: bool, quiet: bool) -> u8 {
     blocking(|| {
         let id = remote.resolve(run)?;
+        // What the run journalled before: the resume's own events follow.
+        let from = remote.count_events(&id)?;
         let resumed = remote.post(&format!("/v1/runs/{id}/resume"), json!({}))?;
         if !quiet && !json_out {
             say!(
@@ -348,7 +347,7 @@ pub fn resume(remote: &Remote, run: &str, json_out: bool, quiet: bool) -> u8 {
                 remote.url
             );
         }
-        remote.conclude(&id, json_out, quiet)
+        remote.conclude(&id, from, json_out, quiet)
     })
 }
 
@@ -361,7 +360,7 @@ pub fn replay(remote: &Remote, run: &str, verify: bool, json_out: bool, quiet: b
         if !quiet && !json_out {
             say!("replaying run {original} as run {id} on {}", remote.url);
         }
-        let code = remote.conclude(&id, json_out, quiet || json_out)?;
+        let code = remote.conclude(&id, 0, json_out, quiet || json_out)?;
         if !verify {
             return Ok(code);
         }
@@ -600,4 +599,232 @@ pub fn audit(remote: &Remote, run: Option<&str>, json_out: bool) -> u8 {
         print_audit(&entries, json_out);
         Ok(0)
     })
+}
+
+/// The final table of a run on a server, from its steps as the server
+/// describes them (in dependency order when the server has the graph).
+fn summary(shown: &Value) -> String {
+    let views: BTreeMap<String, StepView> =
+        serde_json::from_value(shown["steps"].clone()).unwrap_or_default();
+    let order: Vec<String> = match shown["graph"].as_array() {
+        Some(nodes) => nodes
+            .iter()
+            .filter_map(|n| n["name"].as_str().map(str::to_owned))
+            .collect(),
+        None => views.keys().cloned().collect(),
+    };
+    let rows: Vec<SummaryRow> = order
+        .into_iter()
+        .map(|name| {
+            let view = views.get(&name);
+            let status = view.map_or("pending", |v| v.status.as_str()).to_owned();
+            let ran = !matches!(status.as_str(), "pending" | "skipped");
+            let ms = |v: Option<u64>| Duration::from_millis(v.unwrap_or(0));
+            SummaryRow {
+                attempts: view.map_or(0, |v| v.attempts),
+                elements: view.and_then(|v| v.elements),
+                timing: view
+                    .filter(|_| ran)
+                    .map(|v| (ms(v.wait_ms), ms(v.duration_ms))),
+                fuel: view.map_or(0, |v| v.fuel),
+                note: view
+                    .filter(|v| !v.detail.is_empty())
+                    .map(|v| v.detail.clone()),
+                name,
+                status,
+            }
+        })
+        .collect();
+    let run = &shown["run"];
+    let started = run["started_ms"].as_u64().unwrap_or(0);
+    let took = run["finished_ms"]
+        .as_u64()
+        .unwrap_or(started)
+        .saturating_sub(started);
+    summary_table(
+        &rows,
+        run["pipeline"].as_str().unwrap_or("?"),
+        run["status"].as_str().unwrap_or("?"),
+        Duration::from_millis(took),
+    )
+}
+
+/// Shows a followed run's events as `cairn run` shows its own: on a
+/// terminal a total bar and a line per running step, logs and ends above
+/// them; elsewhere one plain line per event.
+struct Follower {
+    quiet: bool,
+    live: Option<Live>,
+    /// When each step was queued and first ran, in this follow.
+    scheduled: HashMap<String, u64>,
+    first_attempt: HashMap<String, u64>,
+}
+
+/// The terminal display.
+struct Live {
+    multi: MultiProgress,
+    total: ProgressBar,
+    running: HashMap<String, ProgressBar>,
+}
+
+impl Follower {
+    fn new(quiet: bool) -> Self {
+        let live = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let total = multi.add(ProgressBar::new(0));
+            total.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            total.enable_steady_tick(Duration::from_millis(200));
+            Live {
+                multi,
+                total,
+                running: HashMap::new(),
+            }
+        });
+        Self {
+            quiet,
+            live,
+            scheduled: HashMap::new(),
+            first_attempt: HashMap::new(),
+        }
+    }
+
+    fn say(&self, line: String) {
+        match &self.live {
+            Some(live) => {
+                let _ = live.multi.println(line);
+            }
+            None => say!("{line}"),
+        }
+    }
+
+    fn event(&mut self, event: &JournalEvent) {
+        if self.quiet {
+            return;
+        }
+        match event {
+            JournalEvent::RunStarted {
+                pipeline, steps, ..
+            } => {
+                if let Some(live) = &self.live {
+                    live.total.set_prefix(pipeline.clone());
+                    live.total.set_length(steps.unwrap_or(0) as u64);
+                }
+            }
+            JournalEvent::StepScheduled { at_ms, step } => {
+                self.scheduled.insert(step.clone(), *at_ms);
+                self.first_attempt.remove(step);
+            }
+            JournalEvent::AttemptStarted { at_ms, step, .. } => {
+                if self.first_attempt.contains_key(step) {
+                    return;
+                }
+                self.first_attempt.insert(step.clone(), *at_ms);
+                self.say(format!("start  {step}"));
+                if let Some(live) = &mut self.live {
+                    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+                    bar.set_style(
+                        ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar.set_prefix(step.clone());
+                    let bar = live.multi.insert_before(&live.total, bar);
+                    bar.enable_steady_tick(Duration::from_millis(100));
+                    live.running.insert(step.clone(), bar);
+                }
+            }
+            JournalEvent::AttemptFinished {
+                step,
+                index,
+                attempt,
+                class,
+                message,
+                logs,
+                ..
+            } => {
+                let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
+                for line in logs {
+                    self.say(format!(
+                        "[{step}{at}] {}: {}",
+                        line.level.as_str(),
+                        line.message
+                    ));
+                }
+                if class.is_some() {
+                    self.say(format!(
+                        "fail   {step}{at} attempt {attempt}: {}",
+                        message.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            JournalEvent::StepSucceeded {
+                at_ms,
+                step,
+                source,
+                ..
+            } => {
+                let line = match source {
+                    StepSource::Cached => format!("cached {step}"),
+                    StepSource::Journal => format!("resumed {step} (from the journal)"),
+                    StepSource::Executed => {
+                        let ran = self.first_attempt.get(step).copied();
+                        let queued = self.scheduled.get(step).copied();
+                        let took =
+                            Duration::from_millis(at_ms.saturating_sub(ran.unwrap_or(*at_ms)));
+                        let wait = match (queued, ran) {
+                            (Some(q), Some(r)) => Duration::from_millis(r.saturating_sub(q)),
+                            _ => Duration::ZERO,
+                        };
+                        if wait >= Duration::from_millis(1) {
+                            format!(
+                                "done   {step} in {} (queued {} first)",
+                                format_duration(took),
+                                format_duration(wait)
+                            )
+                        } else {
+                            format!("done   {step} in {}", format_duration(took))
+                        }
+                    }
+                };
+                self.end(step, line);
+            }
+            JournalEvent::StepFailed { step, .. } => self.end(step, format!("failed {step}")),
+            JournalEvent::StepSkipped { step, reason, .. } => {
+                self.end(step, format!("skip   {step} ({reason})"))
+            }
+            JournalEvent::StepCancelled { step, .. } => {
+                self.end(step, format!("cancelled  {step}"))
+            }
+            _ => {}
+        }
+    }
+
+    /// A step has ended: its line goes, the total moves, `line` is said.
+    fn end(&mut self, step: &str, line: String) {
+        if let Some(live) = &mut self.live {
+            if let Some(bar) = live.running.remove(step) {
+                bar.finish_and_clear();
+                live.multi.remove(&bar);
+            }
+            live.total.inc(1);
+        }
+        self.say(line);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(live) = &mut self.live {
+            for (_, bar) in live.running.drain() {
+                bar.finish_and_clear();
+                live.multi.remove(&bar);
+            }
+            live.total.finish_and_clear();
+            let _ = live.multi.clear();
+        }
+    }
 }

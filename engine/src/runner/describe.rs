@@ -24,6 +24,11 @@ pub struct StepView {
     pub duration_ms: Option<u64>,
     pub wait_ms: Option<u64>,
     pub attempts: u32,
+    /// Fuel its attempts burned, over every element and attempt.
+    pub fuel: u64,
+    /// How many elements a mapped step had (`null` for a plain step, and
+    /// for a one-element map answered wholly from the cache).
+    pub elements: Option<usize>,
     /// blake3 of a succeeded step's output.
     pub output_hash: Option<String>,
 }
@@ -36,9 +41,13 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
             duration_ms: None,
             wait_ms: None,
             attempts: 0,
+            fuel: 0,
+            elements: None,
             output_hash: None,
         })
     }
+    // Steps seen with an element index: mapped.
+    let mut mapped = std::collections::HashSet::new();
     let mut views = BTreeMap::new();
     let mut scheduled: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_attempt: BTreeMap<String, u64> = BTreeMap::new();
@@ -62,21 +71,31 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
                 let v = entry(&mut views, step);
                 v.status = "queued".into();
             }
-            JournalEvent::AttemptStarted { at_ms, step, .. } => {
+            JournalEvent::AttemptStarted {
+                at_ms, step, index, ..
+            } => {
+                if index.is_some() {
+                    mapped.insert(step.clone());
+                }
                 first_attempt.entry(step.clone()).or_insert(*at_ms);
                 let v = entry(&mut views, step);
                 v.attempts += 1;
                 v.status = "running".into();
+            }
+            JournalEvent::AttemptFinished { step, fuel, .. } => {
+                entry(&mut views, step).fuel += fuel;
             }
             JournalEvent::StepSucceeded {
                 at_ms,
                 step,
                 source,
                 output_hash,
-                ..
+                keys,
             } => {
                 let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
+                let is_mapped = mapped.contains(step) || keys.len() != 1;
                 let v = entry(&mut views, step);
+                v.elements = is_mapped.then_some(keys.len());
                 v.status = match source {
                     crate::store::StepSource::Executed => "succeeded",
                     crate::store::StepSource::Cached => "cached",
