@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use cairn::manifest::Manifest;
 use cairn::plan::{Plan, Step};
-use cairn::sandbox::{Attempt, Observer, Sandbox, SandboxConfig, SandboxError, TaskLog};
+use cairn::sandbox::{
+    Attempt, EngineEnv, Observer, Resolved, Sandbox, SandboxConfig, SandboxError, TaskLog,
+};
 use cairn::schedule::{self, Executor, Ledger, RunOptions, RunStatus, SandboxExecutor, Silent};
 use cairn::store::{
     CacheKey, DirArtifactStore, Durability, JournalEvent, NewResult, ResultMeta, RunId, SledStore,
@@ -113,6 +115,7 @@ impl Executor for Noop {
         &self,
         _: &Step,
         input: &[u8],
+        _: &Resolved,
         _: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
         Ok(Attempt {
@@ -207,6 +210,7 @@ fn pipelines(c: &mut Criterion) {
     let executor = Arc::new(SandboxExecutor {
         sandbox: sandbox.clone(),
         share: None,
+        secrets: Arc::new(EngineEnv),
     });
     group.bench_function("run-echo/10k-fan-out", |b| {
         b.iter(|| runtime.block_on(run(fan_plan.clone(), executor.clone(), 2)))

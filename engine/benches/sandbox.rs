@@ -134,6 +134,7 @@ fn instantiate_and_run(c: &mut Criterion) {
                 args: &[],
                 limits: Limits::default(),
                 grants: &grants,
+                secrets: &Default::default(),
                 observer: None,
             };
             let attempt = sandbox.run(&loaded, request).await.unwrap();
@@ -215,6 +216,7 @@ fn compute(c: &mut Criterion) {
                     args: &[],
                     limits: Limits::default(),
                     grants: &grants,
+                    secrets: &Default::default(),
                     observer: None,
                 };
                 let attempt = sandbox.run(&loaded, request).await.unwrap();

@@ -338,10 +338,7 @@ impl Policy {
             self.check_names(
                 name,
                 step.grants.env.iter().map(|(var, _)| var.as_str()),
-                step.grants
-                    .secrets
-                    .iter()
-                    .map(|(secret, _)| secret.as_str()),
+                step.grants.secrets.iter().map(String::as_str),
                 &mut deny,
             );
             let ((managed, under), at) = &self.allow_scratch;

@@ -228,6 +228,7 @@ async fn a_full_sandbox_pool_makes_attempts_wait_for_a_slot_instead_of_failing()
                     args: &[],
                     limits: Limits::default(),
                     grants: &grants,
+                    secrets: &Default::default(),
                     observer: None,
                 };
                 let attempt = sandbox.run(&burn, request).await;
@@ -264,4 +265,93 @@ async fn a_finished_run_leaves_no_journal_open() {
     assert_eq!(db.open_journals(), 0, "journal files outlived their runs");
     // A resume opens the journal again and closes it at the end.
     assert!(runner.store().journal(&one.record.id).unwrap().len() > 2);
+}
+
+/// A secret source whose value changes after it is first read (planning
+/// reads it once), or that loses the secret then.
+#[derive(Debug)]
+struct Rotating {
+    reads: std::sync::atomic::AtomicUsize,
+    later: Option<&'static str>,
+}
+
+impl cairn::sandbox::SecretSource for Rotating {
+    fn secret(&self, name: &str) -> Option<String> {
+        if name != "WAREHOUSE" {
+            return None;
+        }
+        match self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Some("value-at-planning".into()),
+            _ => self.later.map(str::to_owned),
+        }
+    }
+    fn missing(&self, _: &str) -> String {
+        "it is gone from the test's vault".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_are_read_when_the_attempt_starts_and_a_plan_holds_no_value() {
+    let store = tempfile::tempdir().unwrap();
+    let runner = Runner::open(store.path(), 0).unwrap();
+    let p = Pipeline::new(
+        "name = \"vault\"\n[steps.read]\ncomponent = \"{wasm:hostile}\"\n\
+         input = { attack = \"read-env\", name = \"WAREHOUSE\" }\n\
+         grants = { secrets = [\"WAREHOUSE\"] }\n",
+    );
+    let bundle = store.path().join("vault.cairn");
+    std::fs::write(&bundle, cairn::bundle::pack(p.dir.path()).unwrap()).unwrap();
+    let launch = |later| Launch {
+        secrets: Some(Arc::new(Rotating {
+            reads: Default::default(),
+            later,
+        })),
+        ..Launch::new(&bundle)
+    };
+
+    let admitted = runner
+        .admit(launch(Some("value-at-attempt")))
+        .await
+        .unwrap();
+    let planned = format!("{:?}", admitted.plan());
+    assert!(
+        !planned.contains("value-at"),
+        "a plan holds no secret value"
+    );
+    assert_eq!(admitted.plan().steps[0].grants.secrets, ["WAREHOUSE"]);
+    let finished = admitted
+        .record()
+        .unwrap()
+        .execute(Arc::new(Silent), std::future::pending())
+        .await;
+    assert_eq!(finished.report.status, RunStatus::Succeeded);
+    let output = serde_json::to_string(&finished.report.output).unwrap();
+    assert!(
+        output.contains("value-at-attempt") && !output.contains("value-at-planning"),
+        "the attempt reads the value it starts with: {output}"
+    );
+
+    // Gone between planning and the attempt: the step is denied, named.
+    let finished = run(
+        &runner,
+        Launch {
+            refresh: true,
+            ..launch(None)
+        },
+    )
+    .await;
+    assert_eq!(finished.report.status, RunStatus::Failed);
+    let step = &finished.report.steps[0];
+    match &step.status {
+        cairn::schedule::StepStatus::Failed(f) => {
+            assert_eq!(f.class, cairn::sandbox::FailureClass::Denied.into());
+            assert!(
+                f.message.contains("WAREHOUSE") && f.message.contains("gone from the test's vault"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(step.attempts, 0, "nothing ran without its secret");
 }

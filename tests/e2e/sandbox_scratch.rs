@@ -57,6 +57,7 @@ async fn fill(
                 args: &[],
                 limits: Limits::default(),
                 grants: &grants,
+                secrets: &Default::default(),
                 observer: None,
             },
         )

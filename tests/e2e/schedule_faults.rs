@@ -7,7 +7,9 @@ use std::sync::Arc;
 use cairn::manifest::Manifest;
 use cairn::model::{EngineFailure, StepFailureClass};
 use cairn::plan::{Plan, Step};
-use cairn::sandbox::{Attempt, Observer, Sandbox, SandboxConfig, SandboxError, TaskLog};
+use cairn::sandbox::{
+    Attempt, EngineEnv, Observer, Resolved, Sandbox, SandboxConfig, SandboxError, TaskLog,
+};
 use cairn::schedule::{self, Executor, RunOptions, RunStatus, Silent, StepStatus};
 use cairn::store::DirArtifactStore;
 
@@ -21,6 +23,7 @@ impl Executor for PanicsOnBoom {
         &self,
         step: &Step,
         input: &[u8],
+        _: &Resolved,
         _: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
         assert_ne!(step.name, "boom", "an engine bug in step boom");
@@ -210,6 +213,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
         Arc::new(cairn::schedule::SandboxExecutor {
             sandbox: Arc::new(sandbox),
             share: None,
+            secrets: Arc::new(EngineEnv),
         }),
         RunOptions {
             jobs: 1,
@@ -270,6 +274,7 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
         Arc::new(cairn::schedule::SandboxExecutor {
             sandbox: Arc::new(sandbox),
             share: None,
+            secrets: Arc::new(EngineEnv),
         }),
         RunOptions {
             jobs: 2,
@@ -320,6 +325,7 @@ impl Executor for HoldsTheFirst {
         &self,
         _: &Step,
         input: &[u8],
+        _: &Resolved,
         _: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
         let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -12,8 +12,8 @@ use super::{EXIT_ERROR, open_sandbox};
 use crate::sandbox::host::Capability;
 use crate::sandbox::limits::{parse_duration, parse_fuel};
 use crate::sandbox::{
-    Attempt, ByteSize, ComponentKind, Descriptor, Grants, Limits, LoadedComponent, LogLine,
-    Observer, Progress, RunRequest, Sandbox,
+    Attempt, ByteSize, ComponentKind, Descriptor, EngineEnv, Grants, Limits, LoadedComponent,
+    LogLine, Observer, Progress, RunRequest, Sandbox,
 };
 
 #[derive(Debug, Subcommand)]
@@ -209,11 +209,15 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
             label: label.clone(),
         }))
     };
+    let secrets = grants
+        .resolve_secrets(&EngineEnv)
+        .map_err(|e| format!("--secret: {e}"))?;
     let request = RunRequest {
         input: &input,
         args: &args.args,
         limits,
         grants: &grants,
+        secrets: &secrets,
         observer,
     };
     let interrupted = super::interrupted();
@@ -244,7 +248,7 @@ fn grants(args: &RunArgs) -> Result<Grants, String> {
     }
     for name in &args.secrets {
         grants
-            .allow_secret(name)
+            .allow_secret(name, &EngineEnv)
             .map_err(|e| format!("--secret: {e}"))?;
     }
     grants.wall_clock = args.allow_clock;

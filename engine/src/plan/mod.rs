@@ -31,7 +31,9 @@ use crate::bundle::Bundle;
 use crate::manifest::{GrantSpec, Manifest, NameHasher, ScratchSpec, StepSettings, StepSpec};
 use crate::sandbox::grants::Scratch;
 use crate::sandbox::limits::{ByteSize, parse_duration};
-use crate::sandbox::{ComponentKind, Grants, Limits, LoadedComponent, Sandbox};
+use crate::sandbox::{
+    ComponentKind, EngineEnv, Grants, Limits, LoadedComponent, Sandbox, SecretSource,
+};
 pub use retry::{Backoff, RetryPolicy};
 use schema::Lookup;
 pub use template::{Reference, Source, Template};
@@ -221,17 +223,21 @@ pub enum Sources<'a> {
     Bundle {
         bundle: &'a Bundle,
         grants_base: &'a Path,
-        /// Whose secrets the steps are granted from (a tenant's name and
-        /// values); `None`: the engine's environment.
-        secrets: Option<(&'a str, &'a std::collections::BTreeMap<String, String>)>,
+        /// Where the steps' secrets come from (a tenant's own); `None`:
+        /// the engine's environment. Planning checks each granted secret
+        /// is there; the value is taken when each attempt starts.
+        secrets: Option<&'a dyn SecretSource>,
     },
 }
 
 impl Sources<'_> {
-    fn secrets(&self) -> Option<(&str, &std::collections::BTreeMap<String, String>)> {
+    fn secrets(&self) -> &dyn SecretSource {
         match self {
-            Sources::Dir(_) => None,
-            Sources::Bundle { secrets, .. } => *secrets,
+            Sources::Dir(_) | Sources::Bundle { secrets: None, .. } => &EngineEnv,
+            Sources::Bundle {
+                secrets: Some(source),
+                ..
+            } => *source,
         }
     }
 }
@@ -943,11 +949,7 @@ fn confined_path(base: &Path, relative: &str) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-fn grants(
-    spec: &GrantSpec,
-    base: &Path,
-    secrets: Option<(&str, &std::collections::BTreeMap<String, String>)>,
-) -> Result<Grants, String> {
+fn grants(spec: &GrantSpec, base: &Path, secrets: &dyn SecretSource) -> Result<Grants, String> {
     let mut grants = Grants::default();
     for dir in &spec.read {
         grants
@@ -963,7 +965,7 @@ fn grants(
     }
     for var in &spec.env {
         // A hosted tenant's step would get the server's own variables.
-        if let Some((owner, _)) = secrets {
+        if let Some(owner) = secrets.owner() {
             return Err(format!(
                 "env {var:?}: {owner}'s steps get no host environment variables; \
                  pass the value in the step's input, or as a secret"
@@ -972,11 +974,9 @@ fn grants(
         grants.allow_env(var).map_err(|e| e.to_string())?;
     }
     for name in &spec.secrets {
-        match secrets {
-            Some((owner, values)) => grants.allow_secret_in(name, owner, values),
-            None => grants.allow_secret(name),
-        }
-        .map_err(|e| e.to_string())?;
+        grants
+            .allow_secret(name, secrets)
+            .map_err(|e| e.to_string())?;
     }
     grants.wall_clock = spec.clock;
     grants.random = spec.random;

@@ -30,7 +30,7 @@ use crate::model::RunStatus;
 use crate::plan::{Plan, PlanErrors, Sources};
 use crate::policy::{Denial, Policy};
 use crate::sandbox::grants::Scratch;
-use crate::sandbox::{FailureClass, Sandbox, SandboxConfig, SandboxError};
+use crate::sandbox::{FailureClass, Sandbox, SandboxConfig, SandboxError, SecretSource};
 use crate::schedule::{
     self, JournalWriter, Ledger, RunObserver, RunOptions, RunReport, SandboxExecutor, StepStatus,
 };
@@ -243,7 +243,7 @@ pub async fn plan(
     sandbox: &Sandbox,
     policy: Option<&Policy>,
     audit: &AuditLog,
-    secrets: Option<&Secrets>,
+    secrets: Option<&dyn SecretSource>,
 ) -> Result<Planned, RunError> {
     let screen = |manifest: &Manifest| match policy {
         Some(policy) => refuse(
@@ -267,7 +267,7 @@ pub async fn plan(
         let sources = Sources::Bundle {
             bundle: &bundle,
             grants_base: &grants_base,
-            secrets: secrets.map(|s| (s.owner.as_str(), &s.values)),
+            secrets,
         };
         let plan = Plan::build_from(&shown, manifest, sandbox, sources)
             .await
@@ -360,6 +360,21 @@ pub struct Secrets {
     pub values: BTreeMap<String, String>,
 }
 
+impl SecretSource for Secrets {
+    fn secret(&self, name: &str) -> Option<String> {
+        self.values.get(name).cloned()
+    }
+    fn missing(&self, _: &str) -> String {
+        format!(
+            "it is not one of {}'s secrets; the host gives a tenant's secrets to the server",
+            self.owner
+        )
+    }
+    fn owner(&self) -> Option<&str> {
+        Some(&self.owner)
+    }
+}
+
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Names only: a value never reaches a log line.
@@ -412,8 +427,10 @@ pub struct Launch {
     pub allow_changed: bool,
     /// The tenant the run belongs to; `None`: the policy's tenant, if any.
     pub tenant: Option<String>,
-    /// Where secrets grants come from; `None`: the engine's environment.
-    pub secrets: Option<Arc<Secrets>>,
+    /// Where secrets grants come from (a tenant's [`Secrets`], say);
+    /// `None`: the engine's environment. Planning checks each granted
+    /// secret is there; its value is read when each unit of work starts.
+    pub secrets: Option<Arc<dyn SecretSource>>,
 }
 
 impl Launch {
@@ -780,6 +797,10 @@ impl Runner {
                 .clone()
                 .or_else(|| launch.policy.as_ref().map(|p| p.tenant.clone()))
                 .unwrap_or_else(|| "-".to_owned()),
+            secrets: match &launch.secrets {
+                Some(secrets) => secrets.clone(),
+                None => Arc::new(crate::sandbox::EngineEnv),
+            },
             warnings,
         })
     }
@@ -797,6 +818,8 @@ pub struct Admitted {
     options: RunOptions,
     /// For the audit log: the policy's tenant, or `-` without a policy.
     tenant: String,
+    /// Where the steps' secrets are read, as each unit of work starts.
+    secrets: Arc<dyn SecretSource>,
     warnings: Vec<Warning>,
 }
 
@@ -896,6 +919,7 @@ impl Started {
                     refresh,
                     options,
                     tenant,
+                    secrets,
                     warnings,
                     ..
                 },
@@ -910,6 +934,7 @@ impl Started {
         let executor = Arc::new(SandboxExecutor {
             sandbox: runner.sandbox.clone(),
             share: runner.share.clone(),
+            secrets,
         });
         let report = schedule::run_draining(
             plan,
@@ -1086,7 +1111,7 @@ fn grant_entries(plan: &Plan, tenant: &str, run: &RunId) -> Vec<AuditEntry> {
             .collect();
         caps.extend(g.scratch.iter().map(Scratch::capability));
         caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
-        caps.extend(g.secrets.iter().map(|(k, _)| format!("secret:{k}")));
+        caps.extend(g.secrets.iter().map(|k| format!("secret:{k}")));
         if g.wall_clock {
             caps.push("clock".into());
         }

@@ -19,11 +19,12 @@ pub struct Grants {
     pub scratch: Option<Scratch>,
     /// Environment variables visible to the task, in order.
     pub env: Vec<(String, String)>,
-    /// Secrets, visible to the task as environment variables like `env`, but
-    /// taken only from the engine's environment (never written in a
-    /// manifest) and masked as `***` wherever the host writes what the task
-    /// said: its logs, its error messages, its stderr.
-    pub secrets: Vec<(String, String)>,
+    /// Names of secrets, visible to the task as environment variables like
+    /// `env`. Only names: the values come from the run's [`SecretSource`]
+    /// when an attempt starts (never from a manifest, never kept in a
+    /// plan), and are masked as `***` wherever the host writes what the
+    /// task said: its logs, its error messages, its stderr.
+    pub secrets: Vec<String>,
     /// The host's real wall and monotonic clocks (nondeterministic).
     pub wall_clock: bool,
     /// The host's random number generator (nondeterministic).
@@ -35,24 +36,65 @@ pub struct Grants {
     pub cwd: Option<PathBuf>,
 }
 
-/// Written out by hand so that a debug print (`-vv` diagnostics, a test
-/// failure) never shows a secret's value.
 impl std::fmt::Debug for Grants {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secrets: Vec<(&str, &str)> = self
-            .secrets
-            .iter()
-            .map(|(name, _)| (name.as_str(), MASK))
-            .collect();
         f.debug_struct("Grants")
             .field("read_dirs", &self.read_dirs)
             .field("scratch", &self.scratch)
             .field("env", &self.env)
-            .field("secrets", &secrets)
+            .field("secrets", &self.secrets)
             .field("wall_clock", &self.wall_clock)
             .field("random", &self.random)
             .field("cwd", &self.cwd)
             .finish()
+    }
+}
+
+/// Where a run's secrets grants get their values, when each attempt starts.
+/// Its debug print must show no value.
+pub trait SecretSource: Send + Sync + std::fmt::Debug {
+    /// The value of secret `name`, if there is one.
+    fn secret(&self, name: &str) -> Option<String>;
+    /// Why `name` has no value here and what to do, for an error.
+    fn missing(&self, name: &str) -> String;
+    /// Whose secrets these are when a host serves them (a tenant), so that
+    /// its steps get no variables of the host's own; `None`: the engine's.
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The engine's own environment: where a local run's secrets come from.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineEnv;
+
+impl SecretSource for EngineEnv {
+    fn secret(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn missing(&self, _: &str) -> String {
+        "it is not set (or not UTF-8) in the engine's environment; export it there before running"
+            .into()
+    }
+}
+
+/// Secrets with their values, resolved for one attempt. Its debug print
+/// shows names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Resolved(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| (name, MASK)))
+            .finish()
+    }
+}
+
+impl Resolved {
+    /// Masks these values in text the task produced.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.0.iter().map(|(_, value)| value.clone()))
     }
 }
 
@@ -161,43 +203,14 @@ impl Grants {
         self.env.push((name, value));
         Ok(())
     }
-}
 
-impl Grants {
-    /// Grant the secret `NAME`, with the value it has in the engine's
-    /// environment. A value cannot be given here: a secret written in a
-    /// manifest or on a command line is no longer secret.
-    pub fn allow_secret(&mut self, name: &str) -> Result<(), GrantError> {
-        self.allow_secret_from(name, |name| std::env::var(name))
-    }
-
-    /// Grant a secret from a tenant's own secrets instead of the engine's
-    /// environment (a host's tenants never share the server's).
-    pub fn allow_secret_in(
+    /// Grant secret `name`, which `source` must have now (a missing secret
+    /// is refused before anything runs). Only the name is kept; the value
+    /// is taken again when each attempt starts ([`Grants::resolve_secrets`]).
+    pub fn allow_secret(
         &mut self,
         name: &str,
-        owner: &str,
-        secrets: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), GrantError> {
-        self.allow_secret_from(name, |name| {
-            secrets.get(name).cloned().ok_or(std::env::VarError::NotPresent)
-        })
-        .map_err(|e| match e {
-            GrantError::Secret { name, reason } if reason.contains("environment variable not found") => {
-                GrantError::Secret {
-                    reason: format!("it is not one of {owner}'s secrets; the host gives a tenant's secrets to the server"),
-                    name,
-                }
-            }
-            other => other,
-        })
-    }
-
-    /// [`Self::allow_secret`] with the environment given as a lookup.
-    fn allow_secret_from(
-        &mut self,
-        name: &str,
-        lookup: impl FnOnce(&str) -> Result<String, std::env::VarError>,
+        source: &dyn SecretSource,
     ) -> Result<(), GrantError> {
         let fail = |reason: String| GrantError::Secret {
             name: name.to_owned(),
@@ -205,33 +218,46 @@ impl Grants {
         };
         if name.contains('=') {
             return Err(fail(
-                "a secret's value cannot be written here; give its name and set it in the engine's environment".into(),
+                "a secret's value cannot be written here; give its name and set its value where the run's secrets come from".into(),
             ));
         }
         if name.is_empty() || name.contains('\0') {
             return Err(fail("names must be non-empty and free of NUL".into()));
         }
-        if self.env.iter().chain(&self.secrets).any(|(n, _)| n == name) {
+        if self.env.iter().any(|(n, _)| n == name) || self.secrets.iter().any(|n| n == name) {
             return Err(fail("the name is granted twice".into()));
         }
-        let value = lookup(name).map_err(|e| {
-            fail(format!(
-                "{e} in the engine's environment; export it there before running"
-            ))
-        })?;
-        if value.is_empty() || value.contains('\0') {
-            return Err(fail(
-                "its value is empty or holds NUL: nothing a task could use, or mask".into(),
-            ));
-        }
-        self.secrets.push((name.to_owned(), value));
+        secret_value(name, source)?;
+        self.secrets.push(name.to_owned());
         Ok(())
     }
 
-    /// Masks the granted secrets' values in text the task produced.
-    pub fn redactor(&self) -> Redactor {
-        Redactor::new(self.secrets.iter().map(|(_, value)| value.clone()))
+    /// The granted secrets' values from `source`, for one attempt.
+    pub fn resolve_secrets(&self, source: &dyn SecretSource) -> Result<Resolved, GrantError> {
+        self.secrets
+            .iter()
+            .map(|name| Ok((name.clone(), secret_value(name, source)?)))
+            .collect::<Result<_, _>>()
+            .map(Resolved)
     }
+}
+
+/// A secret's value from `source`, if it is one a task can use and the
+/// host can mask.
+fn secret_value(name: &str, source: &dyn SecretSource) -> Result<String, GrantError> {
+    let fail = |reason: String| GrantError::Secret {
+        name: name.to_owned(),
+        reason,
+    };
+    let value = source
+        .secret(name)
+        .ok_or_else(|| fail(source.missing(name)))?;
+    if value.is_empty() || value.contains('\0') {
+        return Err(fail(
+            "its value is empty or holds NUL: nothing a task could use, or mask".into(),
+        ));
+    }
+    Ok(value)
 }
 
 /// Replaces every occurrence of a set of secret values with `***`.
@@ -450,47 +476,66 @@ mod tests {
         assert!(open_granted_dir(Path::new("/dev/null")).is_err());
     }
 
+    /// A source of one secret, without touching the process's environment.
+    #[derive(Debug)]
+    struct OneSecret(&'static str);
+
+    impl SecretSource for OneSecret {
+        fn secret(&self, name: &str) -> Option<String> {
+            (name == "CAIRN_TEST_SECRET_TOKEN").then(|| self.0.to_owned())
+        }
+        fn missing(&self, name: &str) -> String {
+            format!("{name} is not one of the test's secrets")
+        }
+    }
+
     #[test]
-    fn secrets_come_only_from_the_engine_environment() {
-        // An environment of one variable, without touching the process's.
-        let env = |name: &str| match name {
-            "CAIRN_TEST_SECRET_TOKEN" => Ok("s3cr3t-value".to_owned()),
-            _ => Err(std::env::VarError::NotPresent),
-        };
+    fn a_secret_grant_keeps_the_name_and_the_value_is_taken_per_attempt() {
+        let source = OneSecret("s3cr3t-value");
         let mut g = Grants::default();
-        g.allow_secret_from("CAIRN_TEST_SECRET_TOKEN", env).unwrap();
+        g.allow_secret("CAIRN_TEST_SECRET_TOKEN", &source).unwrap();
+        assert_eq!(g.secrets, ["CAIRN_TEST_SECRET_TOKEN"]);
+        let resolved = g.resolve_secrets(&source).unwrap();
         assert_eq!(
-            g.secrets,
+            resolved.0,
             [(
                 "CAIRN_TEST_SECRET_TOKEN".to_owned(),
                 "s3cr3t-value".to_owned()
             )]
         );
-        let shown = format!("{g:?}");
-        assert!(
-            shown.contains("CAIRN_TEST_SECRET_TOKEN") && !shown.contains("s3cr3t"),
-            "{shown}"
-        );
+        // Rotated between planning and the attempt: the attempt sees the new value.
+        let rotated = g.resolve_secrets(&OneSecret("rotated")).unwrap();
+        assert_eq!(rotated.0[0].1, "rotated");
+        for shown in [format!("{g:?}"), format!("{resolved:?}")] {
+            assert!(
+                shown.contains("CAIRN_TEST_SECRET_TOKEN") && !shown.contains("s3cr3t"),
+                "{shown}"
+            );
+        }
         let twice = g
-            .allow_secret_from("CAIRN_TEST_SECRET_TOKEN", env)
+            .allow_secret("CAIRN_TEST_SECRET_TOKEN", &source)
             .unwrap_err();
         assert!(twice.to_string().contains("granted twice"), "{twice}");
         let inline = g
-            .allow_secret_from("TOKEN=abc", env)
+            .allow_secret("TOKEN=abc", &source)
             .unwrap_err()
             .to_string();
         assert!(inline.contains("cannot be written here"), "{inline}");
         let unset = g
-            .allow_secret_from("CAIRN_TEST_SURELY_UNSET_SECRET", env)
+            .allow_secret("CAIRN_TEST_SURELY_UNSET_SECRET", &source)
             .unwrap_err()
             .to_string();
-        assert!(unset.contains("export it there"), "{unset}");
-        assert!(g.allow_secret_from("", env).is_err());
-        let empty = |_: &str| Ok(String::new());
+        assert!(unset.contains("not one of the test's secrets"), "{unset}");
+        assert!(g.allow_secret("", &source).is_err());
         assert!(
-            g.allow_secret_from("EMPTY", empty).is_err(),
+            Grants::default()
+                .allow_secret("CAIRN_TEST_SECRET_TOKEN", &OneSecret(""))
+                .is_err(),
             "an empty value masks nothing"
         );
+        // Gone by the time of the attempt: a clear error, not an empty value.
+        let gone = g.resolve_secrets(&EngineEnv).unwrap_err().to_string();
+        assert!(gone.contains("export it there"), "{gone}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::store::{ArtifactKey, ArtifactStore, StoreError};
 pub use failure::{Failure, FailureClass, TaskErrorKind};
-pub use grants::{GrantError, Grants, Redactor};
+pub use grants::{EngineEnv, GrantError, Grants, Redactor, Resolved, SecretSource};
 use grants::{MANAGED_SCRATCH, Scratch};
 use host::{CairnTaskPre, MemoryCap, RunState};
 pub use host::{Descriptor, Level, LogLine, Observer, Progress, TaskLog};
@@ -190,6 +190,10 @@ pub struct RunRequest<'a> {
     pub args: &'a [String],
     pub limits: Limits,
     pub grants: &'a Grants,
+    /// The values of `grants.secrets`, taken for this attempt
+    /// ([`Grants::resolve_secrets`]); a granted name without a value here
+    /// is not set at all.
+    pub secrets: &'a Resolved,
     /// Receives logs and progress live.
     pub observer: Option<Arc<dyn Observer>>,
 }
@@ -446,6 +450,7 @@ impl Sandbox {
             args: &[],
             limits: DESCRIBE_LIMITS,
             grants: &grants,
+            secrets: &Resolved::default(),
             observer: None,
         };
         let _slot = self
@@ -481,7 +486,7 @@ impl Sandbox {
             .await
             .expect("the sandbox never closes its slot semaphore");
         let stdout = match loaded.kind {
-            ComponentKind::Task => log_pipe(request.grants),
+            ComponentKind::Task => log_pipe(request.secrets),
             ComponentKind::Command => {
                 let cap = usize::try_from(request.limits.output.bytes()).unwrap_or(usize::MAX);
                 CappedPipe::new(cap, WhenFull::Refuse)
@@ -524,8 +529,8 @@ impl Sandbox {
         request: &RunRequest<'_>,
         stdout: Option<CappedPipe>,
     ) -> Result<PreparedRun, SandboxError> {
-        let stdout = stdout.unwrap_or_else(|| log_pipe(request.grants));
-        let stderr = log_pipe(request.grants);
+        let stdout = stdout.unwrap_or_else(|| log_pipe(request.secrets));
+        let stderr = log_pipe(request.secrets);
         let grants = request.grants;
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
@@ -538,7 +543,7 @@ impl Sandbox {
             wasi.args(&argv);
         }
         wasi.envs(&grants.env);
-        wasi.envs(&grants.secrets);
+        wasi.envs(&request.secrets.0);
         // Each directory is opened once, checked to be the one the grant
         // (and the policy) named, and preopened through that handle, so a
         // symlink swapped in since planning cannot redirect the task.
@@ -587,7 +592,7 @@ impl Sandbox {
             memory: MemoryCap::new(memory_cap),
             log: TaskLog::default(),
             observer: request.observer.clone(),
-            redactor: grants.redactor(),
+            redactor: request.secrets.redactor(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -657,15 +662,10 @@ fn resource_table() -> ResourceTable {
 /// A task's stdout or stderr, kept as logs: [`STDIO_LOG_CAP`] bytes, plus
 /// enough to see whole any secret that starts before the cap (see
 /// [`grants::Redactor::redact_prefix`]).
-fn log_pipe(grants: &Grants) -> CappedPipe {
+fn log_pipe(secrets: &Resolved) -> CappedPipe {
     // The longest masked value is the longest secret (its lines, also
     // masked, are shorter); no need to build a redactor per pipe.
-    let longest = grants
-        .secrets
-        .iter()
-        .map(|(_, v)| v.len())
-        .max()
-        .unwrap_or(0);
+    let longest = secrets.0.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     let margin = longest.saturating_sub(1);
     CappedPipe::new(STDIO_LOG_CAP + margin, WhenFull::Discard)
 }

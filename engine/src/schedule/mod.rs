@@ -37,7 +37,8 @@ use crate::plan::{Plan, Step, StepId};
 use crate::sandbox::ByteSize;
 use crate::sandbox::grants::Scratch;
 use crate::sandbox::{
-    Attempt, ComponentKind, LogLine, Observer, Progress, RunRequest, Sandbox, SandboxError,
+    Attempt, ComponentKind, EngineEnv, FailureClass, LogLine, Observer, Progress, Resolved,
+    RunRequest, Sandbox, SandboxError, SecretSource,
 };
 use crate::store::records::now_ms;
 use crate::store::{CacheKey, JournalEvent, LoggedLine, NewResult, ResultMeta, StepSource};
@@ -49,7 +50,7 @@ pub use ledger::{JournalWriter, Ledger};
 /// the component, the canonical input bytes, the grants (with env and secret values),
 /// the limits that change what a run can produce (fuel, memory, output cap;
 /// not the wall-clock timeout) and the step's arguments.
-pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
+pub fn cache_key(step: &Step, input: &[u8], secrets: &Resolved) -> CacheKey {
     let mut hasher = blake3::Hasher::new_derive_key("cairn result cache key v2");
     let mut field = |bytes: &[u8]| {
         hasher.update(&(bytes.len() as u64).to_le_bytes());
@@ -88,9 +89,9 @@ pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
     // A secret's value changes what a task can produce, so it is part of
     // the key (a hash: the value itself is never stored). Last, and only
     // when there are secrets, so keys without them are unchanged.
-    if !grants.secrets.is_empty() {
-        field(&(grants.secrets.len() as u64).to_le_bytes());
-        for (name, value) in &grants.secrets {
+    if !secrets.0.is_empty() {
+        field(&(secrets.0.len() as u64).to_le_bytes());
+        for (name, value) in &secrets.0 {
             field(name.as_bytes());
             field(value.as_bytes());
         }
@@ -106,12 +107,21 @@ pub fn cache_key(step: &Step, input: &[u8]) -> CacheKey {
 
 /// Runs one attempt of one step. The scheduler's only way to execute work.
 pub trait Executor: Send + Sync + 'static {
+    /// One attempt of `step` on `input`, with the values of its secrets
+    /// taken for this attempt.
     fn execute(
         &self,
         step: &Step,
         input: &[u8],
+        secrets: &Resolved,
         observer: Option<Arc<dyn Observer>>,
     ) -> impl Future<Output = Result<Attempt, SandboxError>> + Send;
+
+    /// Where the run's secrets come from (default: the engine's
+    /// environment); read when each unit of work starts.
+    fn secrets(&self) -> &dyn SecretSource {
+        &EngineEnv
+    }
 }
 
 /// Executes steps in the process's sandbox.
@@ -120,6 +130,8 @@ pub struct SandboxExecutor {
     /// A share of the sandbox this run's attempts draw on (a tenant's
     /// sandboxes-in-flight quota); `None`: only the sandbox's own cap.
     pub share: Option<Arc<Semaphore>>,
+    /// Where the run's secrets come from.
+    pub secrets: Arc<dyn SecretSource>,
 }
 
 impl Executor for SandboxExecutor {
@@ -127,6 +139,7 @@ impl Executor for SandboxExecutor {
         &self,
         step: &Step,
         input: &[u8],
+        secrets: &Resolved,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
         // Waiting for the share is not the attempt's time, as with the
@@ -145,9 +158,14 @@ impl Executor for SandboxExecutor {
             args: &step.args,
             limits: step.limits,
             grants: &step.grants,
+            secrets,
             observer,
         };
         self.sandbox.run(&step.component, request).await
+    }
+
+    fn secrets(&self) -> &dyn SecretSource {
+        &*self.secrets
     }
 }
 
@@ -1364,7 +1382,14 @@ async fn attempt_loop<E: Executor>(
 ) -> WorkDone {
     let (id, index) = (unit.id, unit.index);
     let step = &plan.steps[id];
-    let key = cache_key(step, &input);
+    // Secrets are read now, not at planning: a plan holds no values, and a
+    // rotated secret is the new one (and a new cache key).
+    let secrets = step.grants.resolve_secrets(executor.secrets());
+    let key = cache_key(
+        step,
+        &input,
+        secrets.as_ref().unwrap_or(&Resolved::default()),
+    );
     let mut done = WorkDone {
         step: id,
         index,
@@ -1375,6 +1400,17 @@ async fn attempt_loop<E: Executor>(
         key,
         reused: None,
         stopped: false,
+    };
+    let secrets = match secrets {
+        Ok(secrets) => secrets,
+        // Granted at planning, gone since: the grant cannot be given.
+        Err(e) => {
+            done.result = Err(StepFailure {
+                class: FailureClass::Denied.into(),
+                message: e.to_string(),
+            });
+            return done;
+        }
     };
     if let Some(ledger) = &ledger
         && let Some((source, bytes)) = reuse(ledger, step, &key)
@@ -1426,7 +1462,7 @@ async fn attempt_loop<E: Executor>(
             });
             // Boxed: the sandbox's future is large, and inline it would make
             // every spawned unit of work that large, cache hits included.
-            Box::pin(executor.execute(step, &input, Some(logs.clone()))).await
+            Box::pin(executor.execute(step, &input, &secrets, Some(logs.clone()))).await
         };
         if let (Some(ledger), Ok(attempt)) = (&ledger, &attempt) {
             ledger.append(attempt_finished(step, index, done.attempts, attempt));

@@ -614,7 +614,7 @@ async fn store_bundle(
             &server.sandbox,
             Some(&tenant.policy),
             &tenant.audit,
-            Some(&tenant.secrets),
+            Some(&*tenant.secrets),
         )
         .await?;
         crate::runner::check(&planned, Some(&tenant.policy), &tenant.audit)?;
