@@ -726,10 +726,18 @@ fn a_server_killed_mid_run_resumes_it_on_start_and_reruns_nothing_that_finished(
         .values()
         .map(|v| v["attempts"].as_u64().unwrap())
         .sum();
+    // A step whose result reached the store just before the kill, while
+    // its journal lines were still queued, is a cache hit after the
+    // restart: it ran once, but its attempt is not in the journal.
+    let cached = steps.values().filter(|v| v["status"] == "cached").count() as u64;
+    assert!(
+        cached <= 1,
+        "{cached} cache hits: only the step in flight can be one"
+    );
     // A chain has one step in flight: at most one attempt is repeated.
     assert!(
-        (200..=201).contains(&attempts),
-        "{attempts} attempts for 200 steps ({done_before} were done before the kill)"
+        attempts <= 201 && attempts + cached >= 200,
+        "{attempts} attempts and {cached} cache hits for 200 steps ({done_before} were done before the kill)"
     );
 
     // The outputs equal an uninterrupted run's (in another tenant, so

@@ -863,20 +863,41 @@ pub struct StepNode {
 
 /// A recorded run's steps in dependency order, if its source still loads.
 async fn graph(tenant: &Tenant, record: &RunRecord) -> Option<Vec<StepNode>> {
-    let plan = tenant.runner.replan(record).await?;
+    let bundle = record.bundle.clone()?;
+    let known = tenant
+        .graphs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&bundle)
+        .cloned();
+    let graph = match known {
+        Some(graph) => graph,
+        None => {
+            let plan = tenant.runner.replan(record).await?;
+            let graph: Arc<super::Graph> = Arc::new(
+                plan.order
+                    .iter()
+                    .map(|&id| {
+                        let step = &plan.steps[id];
+                        let after = step.deps.iter().map(|&d| plan.steps[d].name.clone());
+                        (step.name.clone(), after.collect())
+                    })
+                    .collect(),
+            );
+            tenant
+                .graphs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(bundle, graph.clone());
+            graph
+        }
+    };
     Some(
-        plan.order
+        graph
             .iter()
-            .map(|&id| {
-                let step = &plan.steps[id];
-                StepNode {
-                    name: step.name.clone(),
-                    after: step
-                        .deps
-                        .iter()
-                        .map(|&d| plan.steps[d].name.clone())
-                        .collect(),
-                }
+            .map(|(name, after)| StepNode {
+                name: name.clone(),
+                after: after.clone(),
             })
             .collect(),
     )

@@ -84,7 +84,13 @@ pub struct Tenant {
     ended: Arc<Notify>,
     /// Held while a bundle is checked against the storage quota and stored.
     pub(crate) storing: tokio::sync::Mutex<()>,
+    /// Each bundle's steps in dependency order with what each runs after,
+    /// by bundle id: bundles never change, so it is worked out once.
+    pub(crate) graphs: Mutex<HashMap<String, Arc<Graph>>>,
 }
+
+/// A pipeline's steps in dependency order, each with the steps it runs after.
+pub type Graph = Vec<(String, Vec<String>)>;
 
 impl Tenant {
     pub fn bundles_dir(&self) -> PathBuf {
@@ -374,6 +380,7 @@ impl Server {
                 live: Arc::new(Mutex::new(HashMap::new())),
                 ended: ended.clone(),
                 storing: tokio::sync::Mutex::new(()),
+                graphs: Mutex::new(HashMap::new()),
             };
             tenants.insert(name.clone(), Arc::new(tenant));
         }
