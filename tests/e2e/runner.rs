@@ -331,6 +331,21 @@ async fn secrets_are_read_when_the_attempt_starts_and_a_plan_holds_no_value() {
         "the attempt reads the value it starts with: {output}"
     );
 
+    // A pipeline directory is planned against the same source, not the
+    // engine's environment (which has no WAREHOUSE).
+    let from_dir = Launch {
+        secrets: Some(Arc::new(Rotating {
+            reads: Default::default(),
+            later: Some("value-for-the-dir"),
+        })),
+        refresh: true,
+        ..Launch::new(p.dir.path())
+    };
+    let finished = run(&runner, from_dir).await;
+    assert_eq!(finished.report.status, RunStatus::Succeeded);
+    let output = serde_json::to_string(&finished.report.output).unwrap();
+    assert!(output.contains("value-for-the-dir"), "{output}");
+
     // Gone between planning and the attempt: the step is denied, named.
     let finished = run(
         &runner,

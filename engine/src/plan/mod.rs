@@ -217,7 +217,12 @@ impl Draft {
 #[derive(Clone, Copy)]
 pub enum Sources<'a> {
     /// Files relative to the manifest's directory.
-    Dir(&'a Path),
+    Dir {
+        base: &'a Path,
+        /// Where the steps' secrets come from; `None`: the engine's
+        /// environment (see the bundle's).
+        secrets: Option<&'a dyn SecretSource>,
+    },
     /// Members of a verified bundle; relative grants resolve against
     /// `grants_base` (the bundle file's directory).
     Bundle {
@@ -233,11 +238,10 @@ pub enum Sources<'a> {
 impl Sources<'_> {
     fn secrets(&self) -> &dyn SecretSource {
         match self {
-            Sources::Dir(_) | Sources::Bundle { secrets: None, .. } => &EngineEnv,
-            Sources::Bundle {
-                secrets: Some(source),
-                ..
-            } => *source,
+            Sources::Dir { secrets, .. } | Sources::Bundle { secrets, .. } => match secrets {
+                Some(source) => *source,
+                None => &EngineEnv,
+            },
         }
     }
 }
@@ -245,7 +249,7 @@ impl Sources<'_> {
 impl Sources<'_> {
     fn grants_base(&self) -> &Path {
         match self {
-            Sources::Dir(base) => base,
+            Sources::Dir { base, .. } => base,
             Sources::Bundle { grants_base, .. } => grants_base,
         }
     }
@@ -259,8 +263,23 @@ impl Plan {
         manifest: Manifest,
         sandbox: &Sandbox,
     ) -> Result<Plan, PlanErrors> {
+        Self::build_with(path, manifest, sandbox, None).await
+    }
+
+    /// [`Plan::build`], with the steps' secrets from `secrets` (`None`:
+    /// the engine's environment).
+    pub async fn build_with(
+        path: &Path,
+        manifest: Manifest,
+        sandbox: &Sandbox,
+        secrets: Option<&dyn SecretSource>,
+    ) -> Result<Plan, PlanErrors> {
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        Self::build_from(path, manifest, sandbox, Sources::Dir(&base)).await
+        let sources = Sources::Dir {
+            base: &base,
+            secrets,
+        };
+        Self::build_from(path, manifest, sandbox, sources).await
     }
 
     /// Like [`Plan::build`], reading components and data from `sources`.
@@ -453,11 +472,11 @@ fn draft_step(
         return None;
     }
     let component_path = match sources {
-        Sources::Dir(base) => base.join(&spec.component),
+        Sources::Dir { base, .. } => base.join(&spec.component),
         Sources::Bundle { .. } => PathBuf::from(&spec.component),
     };
     let load = |path: &Path| match sources {
-        Sources::Dir(_) => sandbox.load_file(path),
+        Sources::Dir { .. } => sandbox.load_file(path),
         Sources::Bundle { bundle, .. } => match bundle.member(&spec.component) {
             Some(bytes) => sandbox.load(bytes),
             None => Err(crate::sandbox::LoadError::Read {
@@ -898,7 +917,7 @@ fn inline_files(value: Value, sources: Sources<'_>) -> Result<Value, String> {
 /// A data file's text, from the manifest's directory or the bundle.
 fn read_data_file(sources: Sources<'_>, kind: &str, relative: &str) -> Result<String, String> {
     match sources {
-        Sources::Dir(base) => {
+        Sources::Dir { base, .. } => {
             let path = confined_path(base, relative)?;
             let size = std::fs::metadata(&path)
                 .map_err(|e| format!("{kind} {relative:?}: {e}"))?
@@ -1212,13 +1231,22 @@ mod tests {
         std::fs::write(dir.path().join("data.csv"), "a,b\n").unwrap();
         let v = inline_files(
             serde_json::json!({"csv": {"$file": "data.csv"}}),
-            Sources::Dir(dir.path()),
+            Sources::Dir {
+                base: dir.path(),
+                secrets: None,
+            },
         )
         .unwrap();
         assert_eq!(v, serde_json::json!({"csv": "a,b\n"}));
         for bad in ["../x", "/etc/passwd", "a/../../x"] {
-            let err = inline_files(serde_json::json!({"$file": bad}), Sources::Dir(dir.path()))
-                .unwrap_err();
+            let err = inline_files(
+                serde_json::json!({"$file": bad}),
+                Sources::Dir {
+                    base: dir.path(),
+                    secrets: None,
+                },
+            )
+            .unwrap_err();
             assert!(
                 err.contains("inside the manifest's directory"),
                 "{bad}: {err}"
@@ -1229,7 +1257,10 @@ mod tests {
             std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
             let err = inline_files(
                 serde_json::json!({"$file": "link"}),
-                Sources::Dir(dir.path()),
+                Sources::Dir {
+                    base: dir.path(),
+                    secrets: None,
+                },
             )
             .unwrap_err();
             assert!(err.contains("symlink"), "{err}");

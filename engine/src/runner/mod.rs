@@ -290,7 +290,7 @@ pub async fn plan(
                 path: path.clone(),
                 source,
             })?;
-        let plan = Plan::build(&path, manifest, sandbox)
+        let plan = Plan::build_with(&path, manifest, sandbox, secrets)
             .await
             .map_err(|errors| RunError::Invalid {
                 path: path.clone(),
@@ -352,7 +352,7 @@ fn refuse(
 }
 
 /// A tenant's secrets: what its steps' `secrets` grants are given, instead
-/// of the engine's environment. Only bundles are planned with them.
+/// of the engine's environment.
 #[derive(Clone, Default)]
 pub struct Secrets {
     /// Whose they are, for messages.
