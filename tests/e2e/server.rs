@@ -47,6 +47,9 @@ struct Served {
     pub url: String,
     pub dir: tempfile::TempDir,
     pub admin: String,
+    /// The server's stderr lines after the one saying where it listens
+    /// (`None` once hung up).
+    stderr: Option<std::sync::Mutex<std::sync::mpsc::Receiver<String>>>,
 }
 
 impl Served {
@@ -119,6 +122,21 @@ impl Served {
             url,
             dir,
             admin,
+            stderr: (!hang_up).then_some(std::sync::Mutex::new(seen)),
+        }
+    }
+
+    /// Wait for a line of the server's stderr that contains `text`.
+    fn wait_for_line(&self, text: &str) -> String {
+        let lines = self.stderr.as_ref().expect("stderr is still read");
+        let lines = lines.lock().unwrap();
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("the server never said {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
         }
     }
 
@@ -1028,6 +1046,50 @@ fn sigterm_past_the_grace_period_cancels_what_still_runs_and_leaves_it_resumable
     let (status, _) = s.post(&format!("/v1/runs/{run}/cancel"), &t, json!({}));
     assert_eq!(status, 202);
     assert_eq!(s.finished(&t, &run)["run"]["status"], "cancelled");
+}
+
+#[test]
+fn a_second_sigterm_cancels_at_once_what_the_grace_period_would_wait_for() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.toml"), CONFIG).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let mut s = Served::start_in_with_args(dir, &[], &["--grace", "1h"], false);
+    let t = s.token("a", "operator");
+    let slow = endless_pipeline("");
+    let (_, uploaded) = s.upload(&t, cairn::bundle::pack(slow.dir.path()).unwrap());
+    let (_, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
+    let run = started["id"].as_str().unwrap().to_owned();
+    wait_running(&s, &t, &run, "slow");
+    let pid = s.child.id().to_string();
+    let term = || {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    term();
+    // The first signal drains: the endless step keeps the server up.
+    // Once it has said so, the second cancels.
+    s.wait_for_line("send it again");
+    term();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exited = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still waits for its 1 h grace period after a second SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(exited.code(), Some(0));
+    let s = s.restart();
+    let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
+    assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
 }
 
 #[test]

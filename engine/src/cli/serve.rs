@@ -90,12 +90,24 @@ pub async fn serve(args: ServeArgs) -> u8 {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let shutdown = async {
+    let server = started.server.clone();
+    let grace = args.grace;
+    let shutdown = async move {
         let signal = super::interrupted().await;
+        // Listening for the second signal before saying it may be sent.
+        let again = super::interrupted();
         say!(
-            "{}: no new requests; stopping live runs (they stay resumable)",
-            signal.name()
+            "{}: no new requests; live runs start nothing more and finish the attempts they run \
+             (for up to {}); send it again to cancel them now. Every run stays resumable.",
+            signal.name(),
+            humantime::format_duration(grace)
         );
+        // A second signal: no more waiting.
+        tokio::spawn(async move {
+            let signal = again.await;
+            say!("{} again: cancelling the live runs now", signal.name());
+            server.cancel_all();
+        });
     };
     match crate::server::serve(started.server, listener, shutdown, args.grace).await {
         Ok(()) => 0,
