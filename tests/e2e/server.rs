@@ -1016,6 +1016,18 @@ fn wait_running(s: &Served, token: &str, run: &str, step: &str) {
     }
 }
 
+/// Upload pipeline `p`, start it, and wait until `step` is running; the
+/// run's id.
+fn start_until_running(s: &Served, token: &str, p: &Pipeline, step: &str) -> String {
+    let (status, uploaded) = s.upload(token, cairn::bundle::pack(p.dir.path()).unwrap());
+    assert_eq!(status, 201, "{uploaded}");
+    let (status, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    let run = started["id"].as_str().unwrap().to_owned();
+    wait_running(s, token, &run, step);
+    run
+}
+
 #[test]
 fn sigterm_past_the_grace_period_cancels_what_still_runs_and_leaves_it_resumable() {
     let dir = tempfile::tempdir().unwrap();
@@ -1025,12 +1037,7 @@ fn sigterm_past_the_grace_period_cancels_what_still_runs_and_leaves_it_resumable
     // SIGPIPE when it later reports what it cancels.
     let mut s = Served::start_in_with_args(dir, &[], &["--grace", "300ms"], true);
     let t = s.token("a", "operator");
-    let slow = endless_pipeline("");
-    let (_, uploaded) = s.upload(&t, cairn::bundle::pack(slow.dir.path()).unwrap());
-    let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
-    assert_eq!(status, 202, "{started}");
-    let run = started["id"].as_str().unwrap().to_owned();
-    wait_running(&s, &t, &run, "slow");
+    let run = start_until_running(&s, &t, &endless_pipeline(""), "slow");
     assert_eq!(
         s.terminate(),
         Some(0),
@@ -1055,11 +1062,7 @@ fn a_second_sigterm_cancels_at_once_what_the_grace_period_would_wait_for() {
     std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
     let mut s = Served::start_in_with_args(dir, &[], &["--grace", "1h"], false);
     let t = s.token("a", "operator");
-    let slow = endless_pipeline("");
-    let (_, uploaded) = s.upload(&t, cairn::bundle::pack(slow.dir.path()).unwrap());
-    let (_, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
-    let run = started["id"].as_str().unwrap().to_owned();
-    wait_running(&s, &t, &run, "slow");
+    let run = start_until_running(&s, &t, &endless_pipeline(""), "slow");
     let pid = s.child.id().to_string();
     let term = || {
         assert!(
@@ -1103,11 +1106,7 @@ fn sigterm_lets_running_attempts_finish_starts_nothing_more_and_resume_reruns_no
          fuel = 100_000_000_000\ntimeout = \"5m\"\n\
          [steps.second]\ncomponent = \"{wasm:echo}\"\ninput = { after = \"${first.value}\" }\n",
     );
-    let (_, uploaded) = s.upload(&t, cairn::bundle::pack(p.dir.path()).unwrap());
-    let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
-    assert_eq!(status, 202, "{started}");
-    let run = started["id"].as_str().unwrap().to_owned();
-    wait_running(&s, &t, &run, "first");
+    let run = start_until_running(&s, &t, &p, "first");
     // The default grace period (30 s) is far longer than `first` takes.
     assert_eq!(
         s.terminate(),
