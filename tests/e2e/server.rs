@@ -1529,3 +1529,24 @@ fn each_tenant_gets_its_own_secrets_and_never_the_servers_environment() {
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_a_server_drains_no_run_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cairn::server::ServerConfig::embedded(dir.path().join("data"));
+    let server = cairn::server::Server::open(&config).unwrap().server;
+    let tenant = server.tenants["default"].clone();
+    let bundle = tenant.bundles_dir().join("chain.cairn");
+    std::fs::write(&bundle, chain_bundle("late")).unwrap();
+    server.drain_all();
+    let refused = tenant.start(cairn::runner::Launch::new(&bundle)).await;
+    assert!(
+        matches!(refused, Err(cairn::server::StartError::Stopping)),
+        "{refused:?}"
+    );
+    assert_eq!(server.live_runs(), 0);
+    assert!(
+        tenant.runner.store().runs().unwrap().is_empty(),
+        "nothing is recorded for a refused start"
+    );
+}

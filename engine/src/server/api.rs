@@ -255,6 +255,11 @@ fn journal(tenant: &Tenant, record: &RunRecord) -> Result<Vec<JournalEvent>, Api
 fn start_error(e: StartError) -> ApiError {
     match e {
         StartError::Queue { .. } => ApiError::quota(e.to_string()),
+        StartError::Stopping => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
         StartError::Run(e) => run_error(e),
     }
 }

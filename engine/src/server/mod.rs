@@ -82,6 +82,8 @@ pub struct Tenant {
     live: Arc<Mutex<HashMap<RunId, LiveRun>>>,
     /// Woken whenever a run of any tenant ends (shared by all tenants).
     ended: Arc<Notify>,
+    /// Set when the server begins to stop: no run starts after it.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Held while a bundle is checked against the storage quota and stored.
     pub(crate) storing: tokio::sync::Mutex<()>,
     /// Each bundle's steps in dependency order with what each runs after,
@@ -154,6 +156,11 @@ impl Tenant {
     /// tenant has a free slot. Returns the run's id as soon as it is
     /// recorded, or [`StartError::Queue`] when the tenant's queue is full.
     pub async fn start(self: &Arc<Self>, launch: Launch) -> Result<RunId, StartError> {
+        // A request that was under way when the server began to stop
+        // would start a run no drain asked to stop.
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(StartError::Stopping);
+        }
         // Counted before admission, so a burst cannot pass the cap
         // between the check and the increment.
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -173,13 +180,21 @@ impl Tenant {
         let id = started.record().id.clone();
         let (stop, stopped) = watch::channel(Halt::Go);
         let changed = Arc::new(Notify::new());
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            id.clone(),
-            LiveRun {
-                stop,
-                changed: changed.clone(),
-            },
-        );
+        {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            // Read under the lock a drain takes to halt the live runs: a
+            // run added after that drain passed by is drained from birth.
+            if self.stopping.load(Ordering::Acquire) {
+                stop.send_replace(Halt::Drain);
+            }
+            live.insert(
+                id.clone(),
+                LiveRun {
+                    stop,
+                    changed: changed.clone(),
+                },
+            );
+        }
         // Taken here when free, so the run has left the queue by the time
         // this answers: the next request sees an exact count.
         let free = self.slots.clone().try_acquire_owned().ok();
@@ -287,6 +302,8 @@ impl Drop for Queued {
 pub enum StartError {
     #[error("the tenant's queue is full ({limit} runs waiting); try again when some have started")]
     Queue { limit: u32 },
+    #[error("the server is stopping; try again once it is back")]
+    Stopping,
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -303,6 +320,8 @@ pub struct Server {
     pub clock: fn() -> u64,
     /// Woken whenever a run ends.
     ended: Arc<Notify>,
+    /// Set once [`Server::drain_all`] is called: no run starts after it.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A running server: its state and the address it listens on.
@@ -347,6 +366,7 @@ impl Server {
         let sections = tenant_sections(&policy_file)?;
         let sandbox = Arc::new(crate::runner::open_sandbox(&data, 0)?);
         let ended = Arc::new(Notify::new());
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tenants = BTreeMap::new();
         for (name, quotas) in &config.tenants {
             let fail = |message: String| ServerError::Tenant {
@@ -379,6 +399,7 @@ impl Server {
                 waiting: Arc::new(AtomicU32::new(0)),
                 live: Arc::new(Mutex::new(HashMap::new())),
                 ended: ended.clone(),
+                stopping: stopping.clone(),
                 storing: tokio::sync::Mutex::new(()),
                 graphs: Mutex::new(HashMap::new()),
             };
@@ -386,6 +407,7 @@ impl Server {
         }
         let server = Arc::new(Server {
             ended,
+            stopping,
             audit: AuditLog::new(&data),
             data,
             tokens,
@@ -448,6 +470,7 @@ impl Server {
     /// attempts finish; each then ends cancelled (resumable), unless it
     /// had nothing left to do.
     pub fn drain_all(&self) {
+        self.stopping.store(true, Ordering::Release);
         self.halt_all(Halt::Drain);
     }
 
