@@ -849,16 +849,8 @@ struct Steps {
 
 impl LiveProgress {
     fn new(plan: &Plan) -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let total = multi.add(ProgressBar::new(plan.steps.len() as u64));
-        total.set_style(
-            ProgressStyle::with_template(
-                "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let (multi, total) = total_bar(plan.steps.len());
         total.set_prefix(plan.name.clone());
-        total.enable_steady_tick(Duration::from_millis(200));
         Self {
             multi,
             total,
@@ -895,16 +887,35 @@ impl LiveProgress {
             );
             bar
         } else {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-            bar.set_style(
-                ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar
+            step_spinner()
         };
         bar.set_prefix(step.name.clone());
         bar
     }
+}
+
+/// The live display's bars on stderr, with its total bar of `steps`.
+pub(super) fn total_bar(steps: usize) -> (MultiProgress, ProgressBar) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let total = multi.add(ProgressBar::new(steps as u64));
+    total.set_style(
+        ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    total.enable_steady_tick(Duration::from_millis(200));
+    (multi, total)
+}
+
+/// A running plain step's line, not yet drawn anywhere (see `line_for`).
+pub(super) fn step_spinner() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar
 }
 
 impl RunObserver for LiveProgress {

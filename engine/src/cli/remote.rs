@@ -10,10 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use serde_json::{Value, json};
 
-use super::pipeline::{SummaryRow, format_duration, summary_table};
+use super::pipeline::{SummaryRow, format_duration, step_spinner, summary_table, total_bar};
 use super::runs::{
     RunRow, ShowHeader, StatusFilter, print_attempt, print_audit, print_runs, print_show,
     report_verification, say_no_attempts, steps_json,
@@ -670,15 +670,7 @@ struct Live {
 impl Follower {
     fn new(quiet: bool) -> Self {
         let live = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let total = multi.add(ProgressBar::new(0));
-            total.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} steps {elapsed} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            total.enable_steady_tick(Duration::from_millis(200));
+            let (multi, total) = total_bar(0);
             Live {
                 multi,
                 total,
@@ -726,11 +718,7 @@ impl Follower {
                 self.first_attempt.insert(step.clone(), *at_ms);
                 self.say(format!("start  {step}"));
                 if let Some(live) = &mut self.live {
-                    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
-                    bar.set_style(
-                        ProgressStyle::with_template("  {spinner} {prefix} {elapsed} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
+                    let bar = step_spinner();
                     bar.set_prefix(step.clone());
                     let bar = live.multi.insert_before(&live.total, bar);
                     bar.enable_steady_tick(Duration::from_millis(100));

@@ -767,26 +767,48 @@ pub async fn start_run(
         fail_fast: request.fail_fast,
         ..Launch::new(path)
     };
-    let started = tenant.start(launch).await;
-    match &started {
-        Ok(run) => server.audit(
-            Some(&tenant),
-            &caller,
-            "runs.start",
-            &run.0,
-            &format!("started from bundle {id}"),
-        ),
-        Err(e) => server.audit(
-            Some(&tenant),
-            &caller,
-            "runs.start",
-            &id,
-            &format!("refused: {e}"),
-        ),
+    start_audited(
+        &server,
+        &tenant,
+        &caller,
+        "runs.start",
+        &id,
+        launch,
+        |run| (run.0.clone(), format!("started from bundle {id}")),
+    )
+    .await
+}
+
+/// Start `launch` for the tenant and audit it as `action`: a refusal on
+/// `target`, a start as `started` says (target, outcome). The answer is
+/// the run started.
+async fn start_audited(
+    server: &Server,
+    tenant: &Arc<Tenant>,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    launch: Launch,
+    started: impl FnOnce(&RunId) -> (String, String),
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    match tenant.start(launch).await {
+        Ok(run) => {
+            let (target, outcome) = started(&run);
+            server.audit(Some(tenant), caller, action, &target, &outcome);
+            let record = find_run(tenant, &run.0)?;
+            Ok((StatusCode::ACCEPTED, Json(run_view(tenant, &record))))
+        }
+        Err(e) => {
+            server.audit(
+                Some(tenant),
+                caller,
+                action,
+                target,
+                &format!("refused: {e}"),
+            );
+            Err(start_error(e))
+        }
     }
-    let run = started.map_err(start_error)?;
-    let record = find_run(&tenant, &run.0)?;
-    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
 }
 
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
@@ -1191,20 +1213,17 @@ pub async fn resume_run(
         }
         Resumption::Ready(continued) => continued.launch,
     };
-    let started = tenant.start(launch).await;
-    server.audit(
-        Some(&tenant),
+    let target = record.id.0.clone();
+    start_audited(
+        &server,
+        &tenant,
         &caller,
         "runs.resume",
-        &record.id.0,
-        &match &started {
-            Ok(_) => "resumed".to_owned(),
-            Err(e) => format!("refused: {e}"),
-        },
-    );
-    started.map_err(start_error)?;
-    let record = find_run(&tenant, &id)?;
-    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &record))))
+        &target,
+        launch,
+        |run| (run.0.clone(), "resumed".to_owned()),
+    )
+    .await
 }
 
 /// Execute a run again, every step anew, under the tenant's policy; the
@@ -1234,20 +1253,18 @@ pub async fn replay_run(
         .runner
         .replay(&record.id.0, Some(tenant.policy.clone()))
         .map_err(run_error)?;
-    let started = tenant.start(replay.continued.launch).await;
-    server.audit(
-        Some(&tenant),
+    let original = record.id.0.clone();
+    let launch = replay.continued.launch;
+    start_audited(
+        &server,
+        &tenant,
         &caller,
         "runs.replay",
-        &record.id.0,
-        &match &started {
-            Ok(run) => format!("replayed as run {run}"),
-            Err(e) => format!("refused: {e}"),
-        },
-    );
-    let run = started.map_err(start_error)?;
-    let replayed = find_run(&tenant, &run.0)?;
-    Ok((StatusCode::ACCEPTED, Json(run_view(&tenant, &replayed))))
+        &original,
+        launch,
+        |run| (original.clone(), format!("replayed as run {run}")),
+    )
+    .await
 }
 
 #[derive(Serialize, ToSchema)]
