@@ -182,7 +182,7 @@ fn main() {
     let (median, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
 
     // The same run in-process, through the library.
-    let tenant = server.tenants["a"].clone();
+    let tenant = server.tenants.get("a").expect("tenant a");
     let path = tenant.bundles_dir().join(format!("{bundle}.cairn"));
     let mut local: Vec<Duration> = (0..300)
         .map(|_| {

@@ -680,6 +680,108 @@ fn cairn_token_creates_lists_and_revokes_through_the_server() {
     gone.assert_clean_error(1, "cannot reach the server");
 }
 
+#[test]
+fn a_server_admin_adds_a_tenant_that_runs_at_once_and_is_kept_across_restarts() {
+    let s = Served::start();
+    let cli = |args: &[&str], token: &str| s.cli(args, token);
+    let added = cli(
+        &[
+            "tenant",
+            "add",
+            "newco",
+            "--runs-in-flight",
+            "2",
+            "--upload",
+            "2MiB",
+            "--json",
+        ],
+        &s.admin,
+    );
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    let added: Value = serde_json::from_str(&added.stdout).unwrap();
+    assert_eq!(added["tenant"], "newco", "{added}");
+    assert_eq!(added["quotas"]["runs_in_flight"], 2, "{added}");
+    assert_eq!(added["quotas"]["upload_bytes"], 2 << 20, "{added}");
+    assert_eq!(added["quotas"]["queued_runs"], 100, "the default: {added}");
+
+    // Its first token, then a run, with no restart in between.
+    let newco = s.token("newco", "operator");
+    let (status, uploaded) = s.upload(&newco, chain_bundle("fresh"));
+    assert_eq!(status, 201, "{uploaded}");
+    let (status, started) = s.post("/v1/runs", &newco, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    let run = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.finished(&newco, &run)["run"]["status"], "succeeded");
+
+    // Refused: a name taken, a name that is not one, quotas of zero, a
+    // tenant's own admin; each a JSON 4xx, and no tenant made.
+    let before = s.get("/v1/tenants", &s.admin).1;
+    for (body, status, kind) in [
+        (json!({"name": "a"}), 409, "conflict"),
+        (json!({"name": "newco"}), 409, "conflict"),
+        (json!({"name": "../etc"}), 422, "invalid"),
+        (json!({"name": ""}), 422, "invalid"),
+        (
+            json!({"name": "zero", "quotas": {"runs_in_flight": 0}}),
+            422,
+            "invalid",
+        ),
+        (
+            json!({"name": "odd", "quotas": {"runs": 1}}),
+            422,
+            "invalid",
+        ),
+        (json!({"nom": "x"}), 422, "invalid"),
+    ] {
+        let (got, answer) = s.post("/v1/tenants", &s.admin, body.clone());
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(kind)),
+            "{body}: {answer}"
+        );
+    }
+    let tenant_admin = s.token("a", "admin");
+    let (got, answer) = s.post("/v1/tenants", &tenant_admin, json!({"name": "mine"}));
+    assert_eq!(got, 403, "{answer}");
+    assert_eq!(
+        s.get("/v1/tenants", &s.admin).1,
+        before,
+        "a refused add changed the tenants"
+    );
+    assert!(!s.dir.path().join("data/tenants/mine").exists());
+    assert!(!s.dir.path().join("data/tenants/zero").exists());
+    // The CLI says why, in a line.
+    cli(&["tenant", "add", "a"], &s.admin).assert_clean_error(1, "already hosts a tenant");
+    cli(&["tenant", "add", "x"], &tenant_admin).assert_clean_error(1, "role is too weak");
+
+    // The add is in the server's audit log; the new tenant is kept.
+    let audit = std::fs::read_to_string(s.dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("tenants.add") && l.contains("newco")),
+        "{audit}"
+    );
+    let mut s = s;
+    assert_eq!(s.terminate(), Some(0));
+    let s = s.restart();
+    let listed = s.cli(&["tenant", "list"], &s.admin);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let row = listed
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("newco "))
+        .unwrap_or_else(|| panic!("newco is not listed after a restart:\n{}", listed.stdout));
+    assert!(row.contains("0/2"), "{row}");
+    let shown = s.get(&format!("/v1/runs/{run}"), &newco);
+    assert_eq!(
+        shown.0, 200,
+        "newco's run and token outlive a restart: {}",
+        shown.1
+    );
+    assert_eq!(shown.1["run"]["status"], "succeeded");
+}
+
 /// A chain of `n` steps, each burning a few milliseconds and depending on
 /// the one before.
 fn burn_chain(n: usize, rounds: u64) -> Vec<u8> {
@@ -902,6 +1004,37 @@ fn cairn_run_against_the_server_gives_the_output_and_exit_code_of_a_local_run() 
         there.stderr
     );
 
+    // `--json`: the report a local run prints, field for field (times and
+    // the run id aside). Both runs are second runs: both answer from cache.
+    let report = |run: crate::support::Run| -> Value {
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let mut report = without_run_specifics(run.json());
+        assert_eq!(
+            report["run_id"].as_str().map(str::len),
+            Some(16),
+            "{report}"
+        );
+        let fields = report.as_object_mut().unwrap();
+        for key in ["run_id", "duration_us"] {
+            fields.remove(key);
+        }
+        for step in fields["steps"].as_array_mut().unwrap() {
+            let step = step.as_object_mut().unwrap();
+            for key in ["duration_us", "wait_us"] {
+                assert!(step.remove(key).is_some(), "{key} missing");
+            }
+        }
+        fields["steps"]
+            .as_array_mut()
+            .unwrap()
+            .sort_by_key(|s| s["name"].as_str().unwrap().to_owned());
+        report
+    };
+    let here = report(local.run(&["run", &orders, "--json"]));
+    let there = report(remote(&["run", &orders, "--json"], &operator));
+    assert_eq!(there, here, "the same --json report");
+    assert_eq!(here["steps"][0]["source"], "cached", "{here}");
+
     let failing = Pipeline::new(
         "name = \"starved\"\n[steps.spin]\ncomponent = \"{wasm:burn}\"\ninput = { rounds = 100_000_000 }\nfuel = 1_000\n",
     );
@@ -915,6 +1048,20 @@ fn cairn_run_against_the_server_gives_the_output_and_exit_code_of_a_local_run() 
         there.stderr
     );
     assert!(there.stderr.contains("fuel"), "{}", there.stderr);
+    let here = local.run(&["run", failing.path(), "--json", "--refresh"]);
+    let there = remote(&["run", failing.path(), "--json", "--refresh"], &operator);
+    assert_eq!((here.code, there.code), (3, 3), "{}", there.stderr);
+    let (here, there) = (here.json(), there.json());
+    for key in ["status", "pipeline", "output"] {
+        assert_eq!(there[key], here[key], "{key}: {there}");
+    }
+    for key in ["status", "class", "attempts", "name"] {
+        assert_eq!(
+            there["steps"][0][key], here["steps"][0][key],
+            "{key}: {there}"
+        );
+    }
+    assert_eq!(there["steps"][0]["class"], "out-of-fuel", "{there}");
 
     // Without a token, or with a weak one, the error says what to do.
     let viewer = s.token("a", "viewer");
@@ -1189,6 +1336,19 @@ fn the_cli_shows_a_servers_runs_logs_lineage_and_audit_as_it_shows_local_ones() 
         serde_json::from_str(&s.cli(&["runs", "list", "--json"], &viewer).stdout).unwrap();
     let id = runs[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(runs.as_array().unwrap().len(), 1);
+    // A run's record has the local record's fields, but the server's own
+    // paths (where it keeps the bundle, the policy it was admitted under).
+    let keys = |run: &Value| -> std::collections::BTreeSet<String> {
+        run.as_object().unwrap().keys().cloned().collect()
+    };
+    let local_runs: Value =
+        serde_json::from_str(&local.run(&["runs", "list", "--json"]).stdout).unwrap();
+    let (there_keys, here_keys) = (keys(&runs[0]), keys(&local_runs[0]));
+    let only_local: Vec<&String> = here_keys.difference(&there_keys).collect();
+    let only_remote: Vec<&String> = there_keys.difference(&here_keys).collect();
+    assert_eq!(only_local, ["admission", "manifest"], "{}", runs[0]);
+    assert_eq!(only_remote, ["bundle", "tenant"], "{}", runs[0]);
+    assert_eq!(runs[0]["status"], local_runs[0]["status"]);
     let none = s.cli(&["runs", "list", "--status", "interrupted"], &viewer);
     assert!(none.stdout.contains("no matching runs"), "{}", none.stdout);
 
@@ -1535,7 +1695,7 @@ async fn once_a_server_drains_no_run_starts() {
     let dir = tempfile::tempdir().unwrap();
     let config = cairn::server::ServerConfig::embedded(dir.path().join("data"));
     let server = cairn::server::Server::open(&config).unwrap().server;
-    let tenant = server.tenants["default"].clone();
+    let tenant = server.tenants.get("default").expect("the default tenant");
     let bundle = tenant.bundles_dir().join("chain.cairn");
     std::fs::write(&bundle, chain_bundle("late")).unwrap();
     server.drain_all();

@@ -187,6 +187,11 @@ enum Command {
     /// token in CAIRN_TOKEN).
     #[command(subcommand)]
     Token(serve::TokenCommand),
+
+    /// Add and list a server's tenants (`--server URL`, a server-wide admin
+    /// token in CAIRN_TOKEN).
+    #[command(subcommand)]
+    Tenant(serve::TenantCommand),
 }
 
 /// Entry point of the `cairn` binary.
@@ -239,6 +244,7 @@ pub fn main() -> ExitCode {
             Command::Task(command) => task::execute(command, &cli.store).await,
             Command::Serve(args) => serve::serve(args).await,
             Command::Token(command) => tokio::task::block_in_place(|| serve::token(command)),
+            Command::Tenant(command) => tokio::task::block_in_place(|| serve::tenant(command)),
         }
     });
     json_errors::finish(code);

@@ -262,21 +262,16 @@ impl Remote {
         if !quiet && !json_out {
             say_part!("{}", summary(&shown));
         }
-        let output = if status == "succeeded" {
-            Some(self.get(&format!("/v1/runs/{run}/output"), &[])?)
-        } else {
-            None
-        };
         if json_out {
-            out!(
-                "{}",
-                json!({"run_id": run, "status": status, "steps": shown["steps"], "output": output})
-            );
-        } else if let Some(output) = &output {
+            // The report the server kept, in the shape a local run prints.
+            let report = self.get(&format!("/v1/runs/{run}/report"), &[])?;
+            out!("{report}");
+        } else if status == "succeeded" {
+            let output = self.get(&format!("/v1/runs/{run}/output"), &[])?;
             let text = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                serde_json::to_string_pretty(output)
+                serde_json::to_string_pretty(&output)
             } else {
-                serde_json::to_string(output)
+                serde_json::to_string(&output)
             };
             out!("{}", text.unwrap_or_default());
         }
@@ -461,7 +456,10 @@ pub fn list(
         }
         runs.truncate(want);
         if json_out {
-            out!("{}", Value::Array(runs));
+            out!(
+                "{}",
+                Value::Array(runs.into_iter().map(local_record).collect())
+            );
             return Ok(0);
         }
         let rows: Vec<RunRow> = runs.iter().map(row).collect();
@@ -481,6 +479,21 @@ fn row(run: &Value) -> RunRow {
         steps: run["steps"].as_u64().unwrap_or(0) as usize,
         replay: !run["replay_of"].is_null(),
     }
+}
+
+/// A server's run (the API's `RunView`) in the shape `--json` gives a
+/// local run's record: a `running` run that the server runs now says
+/// `live`, as a local run that another process runs now does. The server's
+/// own paths (`manifest`, `admission`) are not shown to clients.
+fn local_record(mut run: Value) -> Value {
+    if let Some(fields) = run.as_object_mut()
+        && let Some(live) = fields.remove("live")
+        && live == true
+        && fields.get("status").is_some_and(|s| s == "running")
+    {
+        fields.insert("status".into(), json!("live"));
+    }
+    run
 }
 
 /// A server's run status as people read it: `running` that is not live
@@ -516,7 +529,10 @@ pub fn show(remote: &Remote, run: &str, json_out: bool) -> u8 {
         let run = &detail["run"];
         if json_out {
             let steps = steps_json(&views, order.as_deref());
-            out!("{}", json!({"run": run, "steps": steps}));
+            out!(
+                "{}",
+                json!({"run": local_record(run.clone()), "steps": steps})
+            );
             return Ok(0);
         }
         let status = match shown_status(run) {

@@ -82,13 +82,7 @@ pub async fn serve(args: ServeArgs) -> u8 {
     }
     say!(
         "listening on http://{addr} (tenants: {}); stop with Ctrl-C or SIGTERM",
-        started
-            .server
-            .tenants
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
+        started.server.tenants.names().join(", ")
     );
     let server = started.server.clone();
     let grace = args.grace;
@@ -165,6 +159,45 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Host a new tenant from now on (kept across restarts); needs a
+    /// server-wide admin token. Then create its first token with
+    /// `cairn token create --tenant NAME`.
+    Add {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Its name: 1 to 64 of a-z, 0-9, - and _.
+        name: String,
+        /// Runs executing at once (default 4).
+        #[arg(long, value_name = "N")]
+        runs_in_flight: Option<u32>,
+        /// Its attempts in the sandbox at once (default 8).
+        #[arg(long, value_name = "N")]
+        sandboxes_in_flight: Option<u32>,
+        /// Runs waiting for a slot; more are refused (default 100).
+        #[arg(long, value_name = "N")]
+        queued_runs: Option<u32>,
+        /// Largest bundle upload, e.g. 64MiB (the default).
+        #[arg(long, value_name = "SIZE")]
+        upload: Option<crate::sandbox::ByteSize>,
+        /// All its bundles together, e.g. 1GiB (the default).
+        #[arg(long, value_name = "SIZE")]
+        bundle_storage: Option<crate::sandbox::ByteSize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the server's tenants with their quotas and what each uses now.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 impl ServerArgs {
     fn remote(&self) -> Remote {
         Remote {
@@ -183,6 +216,90 @@ fn call(
 ) -> Result<Value, String> {
     let body = body.map_or_else(Vec::new, |b| b.to_string().into_bytes());
     server.remote().call(method, path, body)
+}
+
+/// One line of `cairn tenant list`.
+fn tenant_row(t: &Value) -> String {
+    let bytes = |v: &Value| crate::sandbox::ByteSize(v.as_u64().unwrap_or(0)).to_string();
+    let n = |v: &Value| v.as_u64().map_or("?".to_owned(), |n| n.to_string());
+    let (q, u) = (&t["quotas"], &t["usage"]);
+    format!(
+        "{:<16}  {:>4}/{:<4}  {:>5}/{:<5}  {:>4}/{:<4}  {:>10} of {:<10}",
+        t["tenant"].as_str().unwrap_or("?"),
+        n(&u["runs_in_flight"]),
+        n(&q["runs_in_flight"]),
+        n(&u["queued_runs"]),
+        n(&q["queued_runs"]),
+        n(&u["sandboxes_in_flight"]),
+        n(&q["sandboxes_in_flight"]),
+        bytes(&u["bundle_storage_bytes"]),
+        bytes(&q["bundle_storage_bytes"]),
+    )
+}
+
+fn tenant_header() -> String {
+    format!(
+        "{:<16}  {:<9}  {:<11}  {:<9}  {}",
+        "tenant", "runs", "queued", "sandboxes", "bundle storage (used of quota)"
+    )
+}
+
+pub fn tenant(command: TenantCommand) -> u8 {
+    let result = match &command {
+        TenantCommand::Add {
+            server,
+            name,
+            runs_in_flight,
+            sandboxes_in_flight,
+            queued_runs,
+            upload,
+            bundle_storage,
+            json,
+        } => call(
+            server,
+            "POST",
+            "/v1/tenants",
+            Some(json!({
+                "name": name,
+                "quotas": {
+                    "runs_in_flight": runs_in_flight,
+                    "sandboxes_in_flight": sandboxes_in_flight,
+                    "queued_runs": queued_runs,
+                    "upload_bytes": upload.map(|s| s.bytes()),
+                    "bundle_storage_bytes": bundle_storage.map(|s| s.bytes()),
+                },
+            })),
+        )
+        .map(|added| {
+            if *json {
+                out!("{added}");
+            } else {
+                say!(
+                    "tenant {name} added; give it a token with \
+                     `cairn token create --tenant {name} --role admin`"
+                );
+            }
+        }),
+        TenantCommand::List { server, json } => {
+            call(server, "GET", "/v1/tenants", None).map(|list| {
+                if *json {
+                    out!("{list}");
+                    return;
+                }
+                out!("{}", tenant_header());
+                for t in list.as_array().into_iter().flatten() {
+                    out!("{}", tenant_row(t));
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            super::print_error(&e);
+            EXIT_ERROR
+        }
+    }
 }
 
 pub fn token(command: TokenCommand) -> u8 {

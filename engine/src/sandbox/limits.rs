@@ -82,6 +82,13 @@ impl<'de> serde::Deserialize<'de> for ByteSize {
     }
 }
 
+/// As a plain number of bytes (which [`Deserialize`](serde::Deserialize) reads back).
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
+    }
+}
+
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", bytesize::ByteSize(self.0).display().iec())

@@ -158,7 +158,6 @@ fn tenant_for(
     let tenant = server
         .tenants
         .get(name)
-        .cloned()
         .ok_or_else(ApiError::unauthorized)?;
     Ok((caller, tenant))
 }
@@ -395,19 +394,14 @@ pub async fn create_token(
         (Scope::Tenant(_), Some(_)) => return Err(ApiError::forbidden("server-wide admin")),
     };
     if let Some(name) = &tenant
-        && !server.tenants.contains_key(name)
+        && server.tenants.get(name).is_none()
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
             format!(
                 "no tenant {name:?} on this server (tenants: {})",
-                server
-                    .tenants
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                server.tenants.names().join(", ")
             ),
         ));
     }
@@ -429,11 +423,14 @@ pub async fn create_token(
         .tokens
         .create(tenant.clone(), request.role, expires_ms, now)
         .map_err(ApiError::internal)?;
-    let audited = tenant
-        .as_ref()
-        .and_then(|t| server.tenants.get(t))
-        .map(|t| &**t);
-    server.audit(audited, &caller, "tokens.create", &entry.id, "created");
+    let audited = tenant.as_ref().and_then(|t| server.tenants.get(t));
+    server.audit(
+        audited.as_deref(),
+        &caller,
+        "tokens.create",
+        &entry.id,
+        "created",
+    );
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {
@@ -495,12 +492,9 @@ pub async fn revoke_token(
         .tokens
         .revoke(&id, tenant.as_deref())
         .map_err(ApiError::internal)?;
-    let audited = tenant
-        .as_ref()
-        .and_then(|t| server.tenants.get(t))
-        .map(|t| &**t);
+    let audited = tenant.as_ref().and_then(|t| server.tenants.get(t));
     server.audit(
-        audited,
+        audited.as_deref(),
         &caller,
         "tokens.revoke",
         &id,
@@ -723,6 +717,9 @@ pub struct RunView {
     /// interrupted and is resumed when the server starts).
     pub live: bool,
     pub bundle: Option<String>,
+    /// blake3 of the pipeline's manifest.
+    pub manifest_hash: String,
+    pub tenant: String,
     pub started_ms: u64,
     pub finished_ms: Option<u64>,
     pub steps: usize,
@@ -736,6 +733,8 @@ fn run_view(tenant: &Tenant, record: &RunRecord) -> RunView {
         status: record.status.as_str().to_owned(),
         live: tenant.is_live(&record.id),
         bundle: record.bundle.clone(),
+        manifest_hash: record.manifest_hash.clone(),
+        tenant: tenant.name.clone(),
         started_ms: record.started_ms,
         finished_ms: record.finished_ms,
         steps: record.steps,
@@ -1040,6 +1039,7 @@ pub async fn run_output(
             format!("run {} has no output: it is {}", record.id, record.status),
         ));
     }
+    settled(&tenant, &record.id).await;
     let bytes = std::fs::read(tenant.output_path(&record.id)).map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1051,6 +1051,72 @@ pub async fn run_output(
         )
     })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// Wait (a few seconds at most) until an ended run is no longer live: its
+/// end is recorded just before the server keeps its output and report.
+async fn settled(tenant: &Tenant, run: &RunId) {
+    let wait = async {
+        while let Some(changes) = tenant.changes(run) {
+            let notified = changes.notified();
+            tokio::pin!(notified);
+            // Armed before the check, so an end between the two wakes it.
+            notified.as_mut().enable();
+            if !tenant.is_live(run) {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), wait).await;
+}
+
+/// The report of the run's last execution on this server, as `cairn run
+/// --json` prints it locally: status, duration, each step's status,
+/// attempts, timings, fuel, cache source and output hash, and the
+/// pipeline's output (`null` when it could not be built).
+#[utoipa::path(get, path = "/v1/runs/{id}/report", tag = "viewer",
+    params(("id" = String, Path, description = "the run id")),
+    responses((status = 200, description = "the run's report (JSON)"), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn run_report(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    if record.status == RunStatus::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "run {} has not ended: its report is made when it does",
+                record.id
+            ),
+        ));
+    }
+    let unkept = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("run {} kept no report (it ran elsewhere)", record.id),
+        )
+    };
+    settled(&tenant, &record.id).await;
+    let bytes = std::fs::read(tenant.report_path(&record.id)).map_err(|_| unkept())?;
+    let mut report: Value = serde_json::from_slice(&bytes).map_err(|_| unkept())?;
+    let output = match std::fs::read(tenant.output_path(&record.id)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(ApiError::internal)?,
+        Err(_) => Value::Null,
+    };
+    let Some(fields) = report.as_object_mut() else {
+        return Err(unkept());
+    };
+    fields.insert("run_id".into(), json!(record.id.0));
+    fields.insert("output".into(), output);
+    Ok(Json(report))
 }
 
 /// How long a live run's event stream waits for progress before it looks
@@ -1430,8 +1496,17 @@ fn quota_of(tenant: &Tenant) -> Quota {
     }
 }
 
-/// Every tenant the server hosts (from its config), with its quotas and
-/// what it uses of each now: for the server's own admins, not a tenant's.
+/// A server-wide admin token's caller; anyone else is refused.
+fn server_admin(server: &Server, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let caller = caller(server, headers)?;
+    if caller.scope != Scope::Server || caller.role < Role::Admin {
+        return Err(ApiError::forbidden("server-wide admin"));
+    }
+    Ok(caller)
+}
+
+/// Every tenant the server hosts, with its quotas and what it uses of
+/// each now: for the server's own admins, not a tenant's.
 #[utoipa::path(get, path = "/v1/tenants", tag = "server-admin",
     responses((status = 200, body = Vec<Quota>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -1439,11 +1514,105 @@ pub async fn tenants(
     State(server): Shared,
     headers: HeaderMap,
 ) -> Result<Json<Vec<Quota>>, ApiError> {
-    let caller = caller(&server, &headers)?;
-    if caller.scope != Scope::Server || caller.role < Role::Admin {
-        return Err(ApiError::forbidden("server-wide admin"));
+    server_admin(&server, &headers)?;
+    Ok(Json(
+        server.tenants.all().iter().map(|t| quota_of(t)).collect(),
+    ))
+}
+
+/// A tenant to add: its name and any quotas that differ from the defaults.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// 1 to 64 of a-z, 0-9, - and _.
+    pub name: String,
+    #[serde(default)]
+    pub quotas: NewQuotas,
+}
+
+/// Quotas of a new tenant; each left out takes the server's default.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewQuotas {
+    pub runs_in_flight: Option<u32>,
+    pub sandboxes_in_flight: Option<u32>,
+    pub queued_runs: Option<u32>,
+    pub upload_bytes: Option<u64>,
+    pub bundle_storage_bytes: Option<u64>,
+}
+
+impl NewQuotas {
+    fn resolve(self) -> Result<super::Quotas, ApiError> {
+        let base = super::Quotas::default();
+        let positive = |name: &str, value: Option<u32>, default: u32| match value {
+            Some(0) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("quotas.{name} must be at least 1"),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(super::Quotas {
+            runs_in_flight: positive("runs_in_flight", self.runs_in_flight, base.runs_in_flight)?,
+            sandboxes_in_flight: positive(
+                "sandboxes_in_flight",
+                self.sandboxes_in_flight,
+                base.sandboxes_in_flight,
+            )?,
+            // No queue at all is a quota: every run must find a free slot.
+            queued_runs: self.queued_runs.unwrap_or(base.queued_runs),
+            upload: self
+                .upload_bytes
+                .map_or(base.upload, crate::sandbox::ByteSize),
+            bundle_storage: self
+                .bundle_storage_bytes
+                .map_or(base.bundle_storage, crate::sandbox::ByteSize),
+        })
     }
-    Ok(Json(server.tenants.values().map(|t| quota_of(t)).collect()))
+}
+
+/// Host a new tenant, now and on every later start. Its policy is the
+/// policy file's `[tenants.NAME]` section if it has one, else `[default]`;
+/// it has no secrets unless `server.toml` names a file for it. Then make
+/// its first token with `POST /v1/tokens`.
+#[utoipa::path(post, path = "/v1/tenants", tag = "server-admin", request_body = NewTenant,
+    responses((status = 201, body = Quota), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_tenant(
+    State(server): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Quota>), ApiError> {
+    let caller = server_admin(&server, &headers)?;
+    let request: NewTenant = json_body(body).await?;
+    let quotas = request.quotas.resolve()?;
+    let name = request.name;
+    // Opening a store touches the disk: off the async workers.
+    let adding = server.clone();
+    let added = tokio::task::spawn_blocking(move || adding.add_tenant(&name, quotas))
+        .await
+        .map_err(ApiError::internal)?;
+    let (target, outcome) = match &added {
+        Ok(tenant) => (tenant.name.clone(), "added".to_owned()),
+        Err(e) => ("-".to_owned(), format!("refused: {e}")),
+    };
+    server.audit(None, &caller, "tenants.add", &target, &outcome);
+    match added {
+        Ok(tenant) => Ok((StatusCode::CREATED, Json(quota_of(&tenant)))),
+        Err(e @ super::AddTenantError::Exists(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            e.to_string(),
+        )),
+        Err(e @ super::AddTenantError::Name(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
 }
 
 /// A path no route serves.
@@ -1478,7 +1647,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, audit, quota, tenants),
+        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1497,6 +1666,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/logs", get(run_logs))
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/runs/{id}/output", get(run_output))
+        .route("/v1/runs/{id}/report", get(run_report))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/resume", post(resume_run))
         .route("/v1/runs/{id}/replay", post(replay_run))
@@ -1504,7 +1674,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/lineage", get(run_lineage))
         .route("/v1/audit", get(audit))
         .route("/v1/quota", get(quota))
-        .route("/v1/tenants", get(tenants))
+        .route("/v1/tenants", get(tenants).post(add_tenant))
         .fallback(unknown)
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read with each route's own cap.

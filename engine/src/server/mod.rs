@@ -104,14 +104,28 @@ impl Tenant {
         self.dir.join("outputs").join(format!("{}.json", run.0))
     }
 
-    fn keep_output(&self, run: &RunId, output: &serde_json::Value) -> std::io::Result<()> {
-        let path = self.output_path(run);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    /// Where the report of a run's last execution by this server is kept
+    /// (without its output, which is kept beside it).
+    pub fn report_path(&self, run: &RunId) -> PathBuf {
+        self.dir.join("reports").join(format!("{}.json", run.0))
+    }
+
+    /// Keep what a run's execution ended with: its output, and its report
+    /// (as `cairn run --json` prints it) without the output.
+    fn keep_result(&self, run: &RunId, report: &crate::schedule::RunReport) -> std::io::Result<()> {
+        match &report.output {
+            Some(output) => keep_file(&self.output_path(run), &serde_json::to_vec(output)?)?,
+            // Not an earlier execution's output.
+            None => match std::fs::remove_file(self.output_path(run)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(output)?)?;
-        std::fs::rename(&tmp, &path)
+        let mut summary = serde_json::to_value(report)?;
+        if let Some(fields) = summary.as_object_mut() {
+            fields.remove("output");
+        }
+        keep_file(&self.report_path(run), &serde_json::to_vec(&summary)?)
     }
 
     /// Is this run being run by this process now?
@@ -231,11 +245,9 @@ impl Tenant {
             for w in &finished.warnings {
                 tracing::warn!("tenant {}: run {run}: {w}", tenant.name);
             }
-            if let Some(output) = &finished.report.output
-                && let Err(e) = tenant.keep_output(&run, output)
-            {
+            if let Err(e) = tenant.keep_result(&run, &finished.report) {
                 tracing::warn!(
-                    "tenant {}: run {run}: cannot keep its output: {e}",
+                    "tenant {}: run {run}: cannot keep its output and report: {e}",
                     tenant.name
                 );
             }
@@ -249,6 +261,16 @@ impl Tenant {
         });
         Ok(id)
     }
+}
+
+/// Write `bytes` to `path` whole (through a temporary file and a rename).
+fn keep_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// How far a live run has been asked to stop.
@@ -308,11 +330,122 @@ pub enum StartError {
     Run(#[from] RunError),
 }
 
+/// The tenants a server hosts: those its config declares and those its
+/// admins added while it ran (kept in `DATA/tenants.toml`). A tenant is
+/// never taken away while the server runs, so an `Arc<Tenant>` a request
+/// holds stays the tenant's.
+#[derive(Default)]
+pub struct Tenants(std::sync::RwLock<BTreeMap<String, Arc<Tenant>>>);
+
+impl Tenants {
+    pub fn get(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every tenant, by name.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn insert(&self, tenant: Arc<Tenant>) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.name.clone(), tenant);
+    }
+}
+
+/// Why a tenant could not be added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddTenantError {
+    #[error("{0:?} is not a tenant name: use 1 to 64 of a-z, 0-9, - and _")]
+    Name(String),
+    #[error("the server already hosts a tenant {0:?}")]
+    Exists(String),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// The file that keeps the tenants added while the server ran.
+const ADDED_TENANTS: &str = "tenants.toml";
+
+/// What every tenant's corner is built from.
+struct TenantSource {
+    data: PathBuf,
+    policy_file: PathBuf,
+    secrets: BTreeMap<String, PathBuf>,
+    sandbox: Arc<Sandbox>,
+    ended: Arc<Notify>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TenantSource {
+    /// Open (or create) tenant `name`'s store and read its policy and
+    /// secrets.
+    fn open(&self, name: &str, quotas: Quotas) -> Result<Tenant, ServerError> {
+        let fail = |message: String| ServerError::Tenant {
+            tenant: name.to_owned(),
+            message,
+        };
+        // Read each time: the policy may have gained a section for a tenant
+        // added since the server started.
+        let sections = tenant_sections(&self.policy_file)?;
+        let selected = sections.iter().any(|s| s == name).then_some(name);
+        let policy = Policy::load(&self.policy_file, selected).map_err(fail)?;
+        let dir = self.data.join("tenants").join(name);
+        std::fs::create_dir_all(dir.join("bundles")).map_err(io(&dir))?;
+        let db: Arc<dyn Store> = Arc::new(SledStore::open(&dir).map_err(|e| fail(e.to_string()))?);
+        let secrets = match self.secrets.get(name) {
+            Some(file) => config::load_secrets(file).map_err(fail)?,
+            None => Default::default(),
+        };
+        Ok(Tenant {
+            secrets: Arc::new(crate::runner::Secrets {
+                owner: format!("tenant {name}"),
+                values: secrets,
+            }),
+            name: name.to_owned(),
+            runner: Runner::new(&dir, db, self.sandbox.clone())
+                .with_sandbox_share(quotas.sandboxes_in_flight as usize),
+            audit: AuditLog::new(&dir),
+            dir,
+            policy,
+            quotas,
+            slots: Arc::new(Semaphore::new(quotas.runs_in_flight.max(1) as usize)),
+            waiting: Arc::new(AtomicU32::new(0)),
+            live: Arc::new(Mutex::new(HashMap::new())),
+            ended: self.ended.clone(),
+            stopping: self.stopping.clone(),
+            storing: tokio::sync::Mutex::new(()),
+            graphs: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
 /// The server's state, shared by every request.
 pub struct Server {
     pub data: PathBuf,
     pub tokens: Tokens,
-    pub tenants: BTreeMap<String, Arc<Tenant>>,
+    pub tenants: Tenants,
     /// Server-wide actions (token management by the server's admins).
     pub audit: AuditLog,
     pub sandbox: Arc<Sandbox>,
@@ -322,6 +455,10 @@ pub struct Server {
     ended: Arc<Notify>,
     /// Set once [`Server::drain_all`] is called: no run starts after it.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    source: TenantSource,
+    /// The tenants added while the server ran (what `tenants.toml` holds);
+    /// held while one is added, so two adds cannot race.
+    added: Mutex<BTreeMap<String, Quotas>>,
 }
 
 /// A running server: its state and the address it listens on.
@@ -336,6 +473,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// The tenants added while an earlier start of the server ran.
+fn read_added(path: &Path) -> Result<BTreeMap<String, Quotas>, ServerError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let added: BTreeMap<String, Quotas> =
+        toml::from_str(&text).map_err(|e| ServerError::Tenant {
+            tenant: "-".into(),
+            message: format!(
+                "{}: {} (it lists the tenants added over the API; fix or remove it)",
+                path.display(),
+                e.message()
+            ),
+        })?;
+    if let Some(name) = added.keys().find(|n| !config::valid_tenant(n)) {
+        return Err(ServerError::Tenant {
+            tenant: name.clone(),
+            message: format!("{}: not a tenant name", path.display()),
+        });
+    }
+    Ok(added)
 }
 
 impl Server {
@@ -363,57 +525,32 @@ impl Server {
                 file
             }
         };
-        let sections = tenant_sections(&policy_file)?;
         let sandbox = Arc::new(crate::runner::open_sandbox(&data, 0)?);
-        let ended = Arc::new(Notify::new());
-        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut tenants = BTreeMap::new();
-        for (name, quotas) in &config.tenants {
-            let fail = |message: String| ServerError::Tenant {
-                tenant: name.clone(),
-                message,
-            };
-            let selected = sections.iter().any(|s| s == name).then_some(name.as_str());
-            let policy = Policy::load(&policy_file, selected).map_err(fail)?;
-            let dir = data.join("tenants").join(name);
-            std::fs::create_dir_all(dir.join("bundles")).map_err(io(&dir))?;
-            let db: Arc<dyn Store> =
-                Arc::new(SledStore::open(&dir).map_err(|e| fail(e.to_string()))?);
-            let secrets = match config.secrets.get(name) {
-                Some(file) => config::load_secrets(file).map_err(fail)?,
-                None => Default::default(),
-            };
-            let tenant = Tenant {
-                secrets: Arc::new(crate::runner::Secrets {
-                    owner: format!("tenant {name}"),
-                    values: secrets,
-                }),
-                name: name.clone(),
-                runner: Runner::new(&dir, db, sandbox.clone())
-                    .with_sandbox_share(quotas.sandboxes_in_flight as usize),
-                audit: AuditLog::new(&dir),
-                dir,
-                policy,
-                quotas: *quotas,
-                slots: Arc::new(Semaphore::new(quotas.runs_in_flight.max(1) as usize)),
-                waiting: Arc::new(AtomicU32::new(0)),
-                live: Arc::new(Mutex::new(HashMap::new())),
-                ended: ended.clone(),
-                stopping: stopping.clone(),
-                storing: tokio::sync::Mutex::new(()),
-                graphs: Mutex::new(HashMap::new()),
-            };
-            tenants.insert(name.clone(), Arc::new(tenant));
+        let source = TenantSource {
+            data: data.clone(),
+            policy_file,
+            secrets: config.secrets.clone(),
+            sandbox: sandbox.clone(),
+            ended: Arc::new(Notify::new()),
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let added = read_added(&data.join(ADDED_TENANTS))?;
+        let tenants = Tenants::default();
+        // The config's quotas win over an added tenant's of the same name.
+        for (name, quotas) in added.iter().chain(&config.tenants) {
+            tenants.insert(Arc::new(source.open(name, *quotas)?));
         }
         let server = Arc::new(Server {
-            ended,
-            stopping,
+            ended: source.ended.clone(),
+            stopping: source.stopping.clone(),
             audit: AuditLog::new(&data),
             data,
             tokens,
             tenants,
             sandbox,
             clock,
+            source,
+            added: Mutex::new(added),
         });
         Ok(Started {
             server,
@@ -421,12 +558,41 @@ impl Server {
         })
     }
 
+    /// Host a new tenant from now on, and on every later start (it is kept
+    /// in `DATA/tenants.toml`). Its policy is the policy file's
+    /// `[tenants.NAME]` section if it has one, else `[default]`.
+    pub fn add_tenant(&self, name: &str, quotas: Quotas) -> Result<Arc<Tenant>, AddTenantError> {
+        if !config::valid_tenant(name) {
+            return Err(AddTenantError::Name(name.to_owned()));
+        }
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        if self.tenants.get(name).is_some() {
+            return Err(AddTenantError::Exists(name.to_owned()));
+        }
+        let tenant = Arc::new(self.source.open(name, quotas)?);
+        let mut next = added.clone();
+        next.insert(name.to_owned(), quotas);
+        let path = self.data.join(ADDED_TENANTS);
+        let text = format!(
+            "# Tenants added over the API (POST /v1/tenants), with their quotas.\n\
+             # Read on every start; a tenant of the same name in server.toml wins.\n\n{}",
+            toml::to_string(&next).map_err(|e| ServerError::Tenant {
+                tenant: name.to_owned(),
+                message: e.to_string(),
+            })?
+        );
+        auth::write_private(&path, text.as_bytes()).map_err(ServerError::from)?;
+        *added = next;
+        self.tenants.insert(tenant.clone());
+        Ok(tenant)
+    }
+
     /// Go on with every run that was running when the server stopped (a
     /// crash, a kill): each resumes from its journal, re-running nothing
     /// that finished. Returns how many were resumed.
     pub async fn resume_interrupted(&self) -> usize {
         let mut resumed = 0;
-        for tenant in self.tenants.values() {
+        for tenant in self.tenants.all() {
             let runs = match tenant.runner.store().runs() {
                 Ok(runs) => runs,
                 Err(e) => {
@@ -475,7 +641,7 @@ impl Server {
     }
 
     fn halt_all(&self, halt: Halt) {
-        for tenant in self.tenants.values() {
+        for tenant in self.tenants.all() {
             for live in tenant
                 .live
                 .lock()
@@ -514,7 +680,8 @@ impl Server {
     /// Runs of any tenant still live in this process.
     pub fn live_runs(&self) -> usize {
         self.tenants
-            .values()
+            .all()
+            .iter()
             .map(|t| t.live.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
     }
