@@ -24,6 +24,7 @@ pub mod determinism;
 pub mod failure;
 pub mod grants;
 pub mod host;
+pub mod http_grant;
 pub mod limits;
 pub mod pipe;
 pub mod scratch;
