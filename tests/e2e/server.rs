@@ -721,6 +721,7 @@ fn a_server_admin_adds_a_tenant_that_runs_at_once_and_is_kept_across_restarts() 
         (json!({"name": "newco"}), 409, "conflict"),
         (json!({"name": "../etc"}), 422, "invalid"),
         (json!({"name": ""}), 422, "invalid"),
+        (json!({"name": "n".repeat(10_000)}), 422, "invalid"),
         (
             json!({"name": "zero", "quotas": {"runs_in_flight": 0}}),
             422,

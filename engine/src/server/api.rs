@@ -1574,8 +1574,8 @@ impl NewQuotas {
 
 /// Host a new tenant, now and on every later start. Its policy is the
 /// policy file's `[tenants.NAME]` section if it has one, else `[default]`;
-/// it has no secrets unless `server.toml` names a file for it. Then make
-/// its first token with `POST /v1/tokens`.
+/// it has no secrets (those come only from `server.toml`, read at start).
+/// Then make its first token with `POST /v1/tokens`.
 #[utoipa::path(post, path = "/v1/tenants", tag = "server-admin", request_body = NewTenant,
     responses((status = 201, body = Quota), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
