@@ -1205,6 +1205,11 @@ pub async fn run_events(
             c.next = c.next.max(from + c.pending.len());
             if ended || !live {
                 // What is in the journal is all there will be (until a resume).
+                // The stream ends only once the run's end is recorded too,
+                // so a client that reads the run next sees it ended.
+                if live {
+                    settled(&c.tenant, &c.run).await;
+                }
                 c.done = true;
             } else if c.pending.is_empty() {
                 // Woken by progress; the timeout also picks up events
