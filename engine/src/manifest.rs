@@ -242,6 +242,84 @@ pub struct GrantSpec {
     pub clock: bool,
     #[serde(default)]
     pub random: bool,
+    /// Outbound HTTP: `"api.example.com"` (https, port 443, any method),
+    /// `"http://127.0.0.1:8080"`, `"https://*.example.com"`, or
+    /// `{ host = "...", methods = ["GET"] }`.
+    #[serde(default)]
+    pub http: Vec<HttpSpec>,
+    /// What the step's HTTP may spend (each unset field keeps its default).
+    pub http_limits: Option<HttpLimitsSpec>,
+}
+
+/// One `http` grant, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HttpSpec {
+    Host(String),
+    Methods {
+        host: String,
+        methods: Vec<String>,
+    },
+}
+
+impl HttpSpec {
+    /// The grant this spells.
+    pub fn parse(&self) -> Result<crate::sandbox::http_grant::HttpGrant, crate::sandbox::http_grant::HttpGrantError> {
+        use crate::sandbox::http_grant::HttpGrant;
+        match self {
+            HttpSpec::Host(host) => HttpGrant::parse(host, None),
+            HttpSpec::Methods { host, methods } => HttpGrant::parse(host, Some(methods)),
+        }
+    }
+}
+
+/// `http_limits = { requests = 10, received = "1MiB", ... }`, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpLimitsSpec {
+    pub requests: Option<u32>,
+    pub received: Option<String>,
+    pub sent: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub between_bytes_timeout: Option<String>,
+}
+
+impl HttpLimitsSpec {
+    /// The limits this spells, over the defaults.
+    pub fn parse(&self) -> Result<crate::sandbox::http::HttpLimits, String> {
+        use crate::sandbox::limits::{ByteSize, parse_duration};
+        let mut limits = crate::sandbox::http::HttpLimits::default();
+        if let Some(n) = self.requests {
+            limits.requests = n;
+        }
+        let size = |field: &str, text: &Option<String>, into: &mut ByteSize| -> Result<(), String> {
+            if let Some(text) = text {
+                *into = text.parse().map_err(|e| format!("http_limits.{field}: {e}"))?;
+            }
+            Ok(())
+        };
+        size("received", &self.received, &mut limits.received)?;
+        size("sent", &self.sent, &mut limits.sent)?;
+        let wait = |field: &str, text: &Option<String>, into: &mut std::time::Duration| -> Result<(), String> {
+            if let Some(text) = text {
+                let d = parse_duration(text).map_err(|e| format!("http_limits.{field}: {e}"))?;
+                if d.is_zero() {
+                    return Err(format!("http_limits.{field}: must be longer than 0"));
+                }
+                *into = d;
+            }
+            Ok(())
+        };
+        wait("connect_timeout", &self.connect_timeout, &mut limits.connect_timeout)?;
+        wait("first_byte_timeout", &self.first_byte_timeout, &mut limits.first_byte_timeout)?;
+        wait(
+            "between_bytes_timeout",
+            &self.between_bytes_timeout,
+            &mut limits.between_bytes_timeout,
+        )?;
+        Ok(limits)
+    }
 }
 
 /// `scratch = true` (a fresh directory per attempt, made and removed by the

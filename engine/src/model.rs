@@ -56,10 +56,11 @@ pub enum FailureClass {
     Denied,
     OutputTooLarge,
     InvalidOutput,
+    HttpLimit,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 9] = [
+    pub const ALL: [FailureClass; 10] = [
         Self::TaskRetryable,
         Self::TaskFatal,
         Self::OutOfFuel,
@@ -69,6 +70,7 @@ impl FailureClass {
         Self::Denied,
         Self::OutputTooLarge,
         Self::InvalidOutput,
+        Self::HttpLimit,
     ];
 
     /// The `cairn` process exit code for an attempt that ended in this class.
@@ -83,6 +85,7 @@ impl FailureClass {
             Self::Denied => 16,
             Self::OutputTooLarge => 17,
             Self::InvalidOutput => 18,
+            Self::HttpLimit => 19,
         }
     }
 
@@ -98,6 +101,9 @@ impl FailureClass {
             Self::Denied => "the task was denied a capability it was not granted",
             Self::OutputTooLarge => "the output exceeded its cap (--output-limit)",
             Self::InvalidOutput => "the task returned output that is not valid JSON",
+            Self::HttpLimit => {
+                "the task's HTTP hit a limit (requests, bytes, or a server too slow to answer)"
+            }
         }
     }
 
@@ -112,6 +118,7 @@ impl FailureClass {
             Self::Denied => "denied",
             Self::OutputTooLarge => "output-too-large",
             Self::InvalidOutput => "invalid-output",
+            Self::HttpLimit => "http-limit",
         }
     }
 }

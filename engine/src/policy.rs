@@ -3,7 +3,7 @@
 //! A host that runs pipelines it does not trust caps them here: limits
 //! (fuel, timeout, memory, output, concurrency), which capabilities may be
 //! granted at all (read directories by prefix, environment variables and
-//! secrets by name, scratch, real clock, OS randomness), and whether bundles must be
+//! secrets by name, scratch, real clock, OS randomness, HTTP hosts), and whether bundles must be
 //! signed by a trusted key. A plan that asks for more is rejected before
 //! anything runs, naming the step, the capability and the policy line.
 //!
@@ -21,6 +21,7 @@
 //! # allow_scratch = ["/srv/work"] # also host directories under these prefixes
 //! allow_clock = false
 //! allow_random = false
+//! allow_http = ["api.example.com", { host = "https://*.example.org", methods = ["GET"] }]
 //! require_signed = false
 //! trusted_keys = []              # hex ed25519 public keys
 //!
@@ -37,9 +38,10 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 use crate::bundle::Signature;
-use crate::manifest::Manifest;
+use crate::manifest::{HttpSpec, Manifest};
 use crate::plan::Plan;
 use crate::sandbox::grants::Scratch;
+use crate::sandbox::http_grant::HttpGrant;
 use crate::sandbox::limits::{ByteSize, parse_duration};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -56,6 +58,7 @@ pub struct Rules {
     pub allow_scratch: Option<ScratchRule>,
     pub allow_clock: Option<bool>,
     pub allow_random: Option<bool>,
+    pub allow_http: Option<Vec<HttpSpec>>,
     pub require_signed: Option<bool>,
     pub trusted_keys: Option<Vec<String>>,
 }
@@ -101,6 +104,8 @@ pub struct Policy {
     allow_scratch: ((bool, Vec<PathBuf>), String),
     allow_clock: (bool, String),
     allow_random: (bool, String),
+    /// Hosts a step's `http` grants must lie within.
+    allow_http: (Vec<HttpGrant>, String),
     require_signed: (bool, String),
     trusted_keys: (Vec<String>, String),
 }
@@ -202,6 +207,16 @@ impl Policy {
         let or = |v: Option<(bool, String)>, default: bool| v.unwrap_or((default, section(false)));
         let list = |v: Option<(Vec<String>, String)>| v.unwrap_or((Vec::new(), section(false)));
         let read = list(pick!(allow_read));
+        let allow_http = match pick!(allow_http) {
+            None => (Vec::new(), section(false)),
+            Some((specs, at)) => (
+                specs
+                    .iter()
+                    .map(|spec| spec.parse().map_err(|e| format!("{at}: allow_http: {e}")))
+                    .collect::<Result<_, _>>()?,
+                at,
+            ),
+        };
         Ok(Policy {
             file: file.to_owned(),
             hash,
@@ -224,6 +239,7 @@ impl Policy {
             },
             allow_clock: or(pick!(allow_clock), false),
             allow_random: or(pick!(allow_random), false),
+            allow_http,
             require_signed: or(pick!(require_signed), false),
             trusted_keys: list(pick!(trusted_keys)),
         })
@@ -370,6 +386,18 @@ impl Policy {
                         self.allow_clock.1
                     ),
                 );
+            }
+            for grant in &step.grants.http {
+                if !self.allow_http.0.iter().any(|allowed| grant.within(allowed)) {
+                    deny(
+                        name,
+                        format!("http:{grant}"),
+                        format!(
+                            "HTTP to {grant} is not within allow_http ({})",
+                            self.allow_http.1
+                        ),
+                    );
+                }
             }
             if step.grants.random && !self.allow_random.0 {
                 deny(

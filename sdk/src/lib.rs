@@ -38,6 +38,8 @@
 
 use std::fmt;
 
+pub mod http;
+
 pub use schemars::{self, JsonSchema};
 pub use serde;
 pub use serde_json;
@@ -152,6 +154,10 @@ pub enum Capability {
     Env(String),
     WallClock,
     Random,
+    /// Outbound HTTP to a host, spelled like a step's `http` grant
+    /// (`api.example.com`, `http://127.0.0.1:8080`): the planner refuses a
+    /// step that does not grant it.
+    Http(String),
 }
 
 /// Severity of a task log line.
@@ -362,6 +368,7 @@ pub mod __private {
             Capability::Env(name) => wit::Capability::Env(name),
             Capability::WallClock => wit::Capability::WallClock,
             Capability::Random => wit::Capability::Random,
+            Capability::Http(host) => wit::Capability::Http(host),
         }
     }
 

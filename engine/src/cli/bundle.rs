@@ -220,6 +220,10 @@ async fn inspect(path: &Path, json: bool) -> u8 {
             if g.random {
                 wants.push("random".into());
             }
+            wants.extend(g.http.iter().map(|h| match h.parse() {
+                Ok(grant) => format!("http:{grant}"),
+                Err(_) => format!("http:{h:?}"),
+            }));
             let member = bundle
                 .lock
                 .members

@@ -96,6 +96,14 @@ pub struct RunArgs {
     #[arg(long)]
     allow_random: bool,
 
+    /// Grant outbound HTTP to HOST: `api.example.com` (https, port 443),
+    /// `http://127.0.0.1:8080`, `https://*.example.com:8443`; any method.
+    /// Other hosts, ports and schemes are refused (class `denied`), and a
+    /// name never reaches a loopback or private address unless HOST is that
+    /// address. Repeatable.
+    #[arg(long = "allow-http", value_name = "HOST")]
+    allow_http: Vec<String>,
+
     /// Print one JSON report on stdout (status, output, failure class, fuel, logs).
     #[arg(long)]
     json: bool,
@@ -253,6 +261,12 @@ fn grants(args: &RunArgs) -> Result<Grants, String> {
     }
     grants.wall_clock = args.allow_clock;
     grants.random = args.allow_random;
+    for host in &args.allow_http {
+        grants.http.push(
+            crate::sandbox::http_grant::HttpGrant::parse(host, None)
+                .map_err(|e| format!("--allow-http: {e}"))?,
+        );
+    }
     // Relative paths mean inside the sandbox what they mean here:
     // `--allow-read data -- data/notes.txt`.
     if grants.guest_cwd().is_none() && (!grants.read_dirs.is_empty() || args.scratch.is_some()) {
@@ -522,5 +536,6 @@ fn capability_name(cap: &Capability) -> String {
         Capability::Env(name) => format!("env:{name}"),
         Capability::WallClock => "wall-clock".into(),
         Capability::Random => "random".into(),
+        Capability::Http(host) => format!("http:{host}"),
     }
 }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bundle::Bundle;
+use crate::sandbox::http_grant::HttpGrant;
 use crate::manifest::{GrantSpec, Manifest, NameHasher, ScratchSpec, StepSettings, StepSpec};
 use crate::sandbox::grants::Scratch;
 use crate::sandbox::limits::{ByteSize, parse_duration};
@@ -104,6 +105,8 @@ pub struct Described {
     pub version: String,
     pub input_schema: Value,
     pub output_schema: Value,
+    /// Hosts the task says it sends HTTP requests to, as written.
+    pub http: Vec<String>,
 }
 
 /// One reason a manifest is not a valid plan.
@@ -350,6 +353,9 @@ impl Plan {
         let described = describe_all(&steps, sandbox, &mut errors).await;
         errors.list.append(&mut reference_errors.list);
         share_schemas(&mut steps, &described);
+        for step in &steps {
+            check_wanted_hosts(step, &mut errors);
+        }
 
         let output = output_spec.as_ref().and_then(|value| {
             let template = to_json(value).and_then(|v| Template::parse(&v));
@@ -689,11 +695,20 @@ async fn describe_all(
                 let schema = |text: &str| {
                     serde_json::from_str(text).unwrap_or(Value::Object(Default::default()))
                 };
+                let http = d
+                    .capabilities
+                    .iter()
+                    .filter_map(|c| match c {
+                        crate::sandbox::host::Capability::Http(host) => Some(host.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 let entry = Described {
                     input_schema: schema(&d.input_schema),
                     output_schema: schema(&d.output_schema),
                     name: d.name,
                     version: d.version,
+                    http,
                 };
                 described.insert(component.hash, Arc::new(entry));
             }
@@ -712,6 +727,31 @@ async fn describe_all(
         }
     }
     described
+}
+
+/// A step whose task says it needs HTTP to a host its grants do not
+/// reach fails planning, before anything runs.
+fn check_wanted_hosts(step: &Step, errors: &mut Errors<'_>) {
+    let Some(described) = &step.describe else {
+        return;
+    };
+    for wanted in &described.http {
+        let text = crate::sandbox::failure::printable(wanted.chars().take(200).collect());
+        match HttpGrant::parse(wanted, None) {
+            Err(e) => errors.step(
+                &step.name,
+                format!("its task describes an HTTP host Cairn cannot read: {e}"),
+            ),
+            Ok(host) if !step.grants.http.iter().any(|g| g.reaches(&host)) => errors.step(
+                &step.name,
+                format!(
+                    "its task sends HTTP requests to {host}, which the step does not grant; \
+                     add `grants = {{ http = [\"{text}\"] }}`"
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
 }
 
 fn resolve_deps(
@@ -999,6 +1039,15 @@ fn grants(spec: &GrantSpec, base: &Path, secrets: &dyn SecretSource) -> Result<G
     }
     grants.wall_clock = spec.clock;
     grants.random = spec.random;
+    for http in &spec.http {
+        grants.http.push(http.parse().map_err(|e| e.to_string())?);
+    }
+    if let Some(limits) = &spec.http_limits {
+        if spec.http.is_empty() {
+            return Err("http_limits is set but the step has no http grant".into());
+        }
+        grants.http_limits = limits.parse()?;
+    }
     if grants.read_dirs.is_empty() && !matches!(grants.scratch, Some(Scratch::Dir(_))) {
         return Ok(grants);
     }

@@ -1118,6 +1118,7 @@ fn grant_entries(plan: &Plan, tenant: &str, run: &RunId) -> Vec<AuditEntry> {
         if g.random {
             caps.push("random".into());
         }
+        caps.extend(g.http.iter().map(|grant| format!("http:{grant}")));
         entries.extend(caps.into_iter().map(|capability| AuditEntry {
             at_ms: now_ms(),
             run: Some(run.0.clone()),

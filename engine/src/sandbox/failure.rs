@@ -37,6 +37,9 @@ pub enum Failure {
     OutputTooLarge { limit: ByteSize, size: ByteSize },
     /// The task returned bytes that break the contract (e.g. not JSON).
     InvalidOutput { message: String },
+    /// The task's outbound HTTP hit one of its limits (requests, bytes,
+    /// a connect, first-byte or between-bytes wait).
+    HttpLimit { message: String },
 }
 
 impl Failure {
@@ -56,6 +59,9 @@ impl Failure {
                 message: clean(message),
             },
             Failure::InvalidOutput { message } => Failure::InvalidOutput {
+                message: clean(message),
+            },
+            Failure::HttpLimit { message } => Failure::HttpLimit {
                 message: clean(message),
             },
             other => other,
@@ -120,6 +126,7 @@ impl Failure {
             Self::Denied { .. } => FailureClass::Denied,
             Self::OutputTooLarge { .. } => FailureClass::OutputTooLarge,
             Self::InvalidOutput { .. } => FailureClass::InvalidOutput,
+            Self::HttpLimit { .. } => FailureClass::HttpLimit,
         }
     }
 }
@@ -163,6 +170,10 @@ impl fmt::Display for Failure {
                 "output too large: {size} exceeds the cap of {limit}; raise --output-limit if it is expected"
             ),
             Self::InvalidOutput { message } => write!(f, "invalid output: {message}"),
+            Self::HttpLimit { message } => write!(
+                f,
+                "http limit: {message}; raise it in the step's `grants.http_limits` if that is expected"
+            ),
         }
     }
 }

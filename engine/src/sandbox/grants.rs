@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::http::HttpLimits;
+use super::http_grant::HttpGrant;
+
 /// What a run may reach beyond its input.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
@@ -29,6 +32,10 @@ pub struct Grants {
     pub wall_clock: bool,
     /// The host's random number generator (nondeterministic).
     pub random: bool,
+    /// Outbound HTTP requests the task may send (none: every request is
+    /// refused), and what it may spend on them.
+    pub http: Vec<HttpGrant>,
+    pub http_limits: HttpLimits,
     /// The task's working directory, resolved like a grant: relative paths
     /// the task opens (`data/notes.txt` in its argv) are taken from here.
     /// Only applied when a directory is granted (see [`Grants::guest_cwd`]):
@@ -45,6 +52,8 @@ impl std::fmt::Debug for Grants {
             .field("secrets", &self.secrets)
             .field("wall_clock", &self.wall_clock)
             .field("random", &self.random)
+            .field("http", &self.http)
+            .field("http_limits", &self.http_limits)
             .field("cwd", &self.cwd)
             .finish()
     }
@@ -139,9 +148,13 @@ impl Grants {
     /// Does a run depend on nothing but its component, input and these
     /// grants' values? False once it may read host files (which can change
     /// without Cairn knowing), keep state in a scratch directory, or see the
-    /// real clock or OS randomness.
+    /// real clock or OS randomness, or reach the network.
     pub fn is_hermetic(&self) -> bool {
-        !self.wall_clock && !self.random && self.scratch.is_none() && self.read_dirs.is_empty()
+        !self.wall_clock
+            && !self.random
+            && self.scratch.is_none()
+            && self.read_dirs.is_empty()
+            && self.http.is_empty()
     }
 
     /// Grant read access to `dir`, which must exist and be a directory. The

@@ -12,7 +12,10 @@ use serde::Serialize;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
 use super::grants::Redactor;
+use super::http::HttpHooks;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -150,6 +153,9 @@ pub struct RunState {
     pub(crate) observer: Option<Arc<dyn Observer>>,
     /// Masks the run's secrets in everything it says.
     pub(crate) redactor: Redactor,
+    pub(crate) http: WasiHttpCtx,
+    /// Where the task's outbound requests are checked and sent.
+    pub(crate) http_hooks: HttpHooks,
 }
 
 impl RunState {
@@ -168,6 +174,16 @@ impl WasiView for RunState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RunState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

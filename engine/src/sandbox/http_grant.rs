@@ -12,8 +12,6 @@
 //! allows a loopback, link-local, private or unique-local address (only a
 //! grant naming that IP does), so DNS cannot turn a public grant into a
 //! door to the host's own network.
-//!
-//! Status: not yet wired into manifests, policies or the sandbox (issue 14).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -261,6 +259,12 @@ impl HttpGrant {
                 (None, Some(_)) => false,
                 (Some(mine), Some(theirs)) => mine.iter().all(|m| theirs.contains(m)),
             }
+    }
+
+    /// Does this grant reach every host, port and scheme of `wanted` (for
+    /// some method)? What a task's `describe` says it needs is checked so.
+    pub fn reaches(&self, wanted: &HttpGrant) -> bool {
+        self.scheme == wanted.scheme && self.port == wanted.port && wanted.host.within(&self.host)
     }
 
     /// May a request this grant allowed connect to `addr`? A public address

@@ -24,6 +24,7 @@ pub mod determinism;
 pub mod failure;
 pub mod grants;
 pub mod host;
+pub mod http;
 pub mod http_grant;
 pub mod limits;
 pub mod pipe;
@@ -164,6 +165,8 @@ pub struct SandboxConfig {
     pub scratch_root: PathBuf,
     /// How much one managed scratch directory may hold.
     pub scratch_quota: ScratchQuota,
+    /// Resolves the host names of tasks' HTTP requests.
+    pub resolver: Arc<dyn http::Resolve>,
 }
 
 impl SandboxConfig {
@@ -175,6 +178,7 @@ impl SandboxConfig {
             max_instances: (cores * 4).clamp(8, 256),
             scratch_root: std::env::temp_dir().join("cairn-scratch"),
             scratch_quota: ScratchQuota::default(),
+            resolver: Arc::new(http::SystemResolver),
         }
     }
 }
@@ -237,6 +241,7 @@ pub struct Sandbox {
     /// makes the next attempt wait for a slot instead of failing it.
     slots: tokio::sync::Semaphore,
     max_slots: usize,
+    resolver: Arc<dyn http::Resolve>,
 }
 
 impl Sandbox {
@@ -246,12 +251,17 @@ impl Sandbox {
         artifacts: Arc<dyn ArtifactStore>,
     ) -> Result<Self, SandboxError> {
         let (scratch_root, scratch_quota) = (config.scratch_root.clone(), config.scratch_quota);
+        let resolver = config.resolver.clone();
         let config_slots = config.max_instances as usize;
         let slots = tokio::sync::Semaphore::new(config_slots);
         let engine = Engine::new(&engine_config(config))
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        // Every task may import wasi:http; each request is checked against
+        // its step's grants when it is sent (none granted: all refused).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         host::CairnTask::add_to_linker::<RunState, wasmtime::component::HasSelf<RunState>>(
             &mut linker,
@@ -270,6 +280,7 @@ impl Sandbox {
             scratch_quota,
             slots,
             max_slots: config_slots,
+            resolver,
         })
     }
 
@@ -587,6 +598,14 @@ impl Sandbox {
             wasi.insecure_random_seed(determinism::insecure_seed(&seed));
         }
         let memory_cap = usize::try_from(request.limits.memory.bytes()).unwrap_or(usize::MAX);
+        let started = Instant::now();
+        let deadline = started + request.limits.timeout;
+        let http_hooks = http::HttpHooks::new(
+            &grants.http,
+            grants.http_limits,
+            self.resolver.clone(),
+            deadline,
+        );
         let state = RunState {
             wasi: wasi.build(),
             table: resource_table(),
@@ -594,14 +613,14 @@ impl Sandbox {
             log: TaskLog::default(),
             observer: request.observer.clone(),
             redactor: request.secrets.redactor(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store
             .set_fuel(request.limits.fuel)
             .map_err(|e| SandboxError::Setup(format!("{e:#}")))?;
-        let started = Instant::now();
-        let deadline = started + request.limits.timeout;
         store.set_epoch_deadline(1);
         let mut watched = scratch
             .as_ref()
@@ -770,6 +789,29 @@ impl PreparedRun {
                 Err(full) => Err(Failure::Denied { message: full.0 }),
             },
             (_, result) => result,
+        };
+        // A refused request or an HTTP limit explains a task that then
+        // failed, whatever the task made of the error it was handed.
+        let (fault, refused) = self.store.data().http_hooks.outcome();
+        for line in refused {
+            self.store
+                .data_mut()
+                .record_log(Level::Warn, format!("http: refused {line}"));
+        }
+        let result = match (result, fault) {
+            (
+                Err(
+                    Failure::Task { .. }
+                    | Failure::Trap { .. }
+                    | Failure::InvalidOutput { .. }
+                    | Failure::Denied { .. },
+                ),
+                Some(fault),
+            ) => Err(match fault {
+                http::HttpFault::Denied(message) => Failure::Denied { message },
+                http::HttpFault::Limit(message) => Failure::HttpLimit { message },
+            }),
+            (result, _) => result,
         };
         let state = self.store.data_mut();
         let result = match result {

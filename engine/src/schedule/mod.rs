@@ -102,6 +102,23 @@ pub fn cache_key(step: &Step, input: &[u8], secrets: &Resolved) -> CacheKey {
         field(b"\0cwd");
         field(cwd.as_os_str().as_encoded_bytes());
     }
+    // Which hosts a step may reach, and what it may spend there, decide
+    // what it can produce (a step with http is cached only when it opts
+    // in). Last, and only when granted, so other keys are unchanged.
+    if !grants.http.is_empty() {
+        field(b"\0http");
+        field(&(grants.http.len() as u64).to_le_bytes());
+        for grant in &grants.http {
+            field(grant.to_string().as_bytes());
+        }
+        let l = &grants.http_limits;
+        field(&u64::from(l.requests).to_le_bytes());
+        field(&l.received.bytes().to_le_bytes());
+        field(&l.sent.bytes().to_le_bytes());
+        for wait in [l.connect_timeout, l.first_byte_timeout, l.between_bytes_timeout] {
+            field(&wait.as_nanos().to_le_bytes());
+        }
+    }
     CacheKey(hasher.finalize())
 }
 

@@ -1,0 +1,623 @@
+//! Outbound HTTP for tasks: the host side of `wasi:http/outgoing-handler`.
+//!
+//! A task's request reaches the network only through
+//! [`HttpHooks::send_request`], which Cairn implements itself instead of
+//! wasmtime-wasi-http's default sender (that one connects wherever DNS
+//! points, with 600 s timeouts). Here a request is sent only when:
+//! - one of the step's [`HttpGrant`]s allows its scheme, host, port and
+//!   method, taken from the request URI (never from a `Host` header, which
+//!   is set here from that URI);
+//! - the attempt has requests left under its [`HttpLimits`];
+//! - the address actually connected to passes [`HttpGrant::may_connect`]:
+//!   names are resolved here, each address is checked, and the socket is
+//!   opened to the checked address, so DNS rebinding has no gap between
+//!   check and use.
+//!
+//! Redirects are never followed here: a 3xx goes back to the task, and a
+//! request it sends to the new location is checked like any other.
+//! Bytes sent and received are counted across the attempt, and the connect,
+//! first-byte and between-bytes waits are bounded; all of it also lies
+//! within the attempt's own deadline (the sandbox stops the whole call).
+//!
+//! The first refusal or limit an attempt hits is kept ([`HttpFault`]): a
+//! task that then fails is classified by it (`denied`, `http-limit`), not by
+//! how the task reported the error it was handed.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::http_grant::{HttpGrant, Request, RequestHost, Scheme};
+use super::limits::ByteSize;
+
+/// What one attempt may spend on outbound HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HttpLimits {
+    /// Requests sent (refused ones are not counted).
+    pub requests: u32,
+    /// Response body bytes received, over all requests.
+    pub received: ByteSize,
+    /// Request body bytes sent, over all requests.
+    pub sent: ByteSize,
+    /// Longest wait to connect (DNS, TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Longest wait from sending a request to its response's head.
+    pub first_byte_timeout: Duration,
+    /// Longest silence while a response body streams.
+    pub between_bytes_timeout: Duration,
+}
+
+impl HttpLimits {
+    pub const DEFAULT: HttpLimits = HttpLimits {
+        requests: 1000,
+        received: ByteSize::mib(256),
+        sent: ByteSize::mib(64),
+        connect_timeout: Duration::from_secs(10),
+        first_byte_timeout: Duration::from_secs(30),
+        between_bytes_timeout: Duration::from_secs(30),
+    };
+}
+
+impl Default for HttpLimits {
+    /// 1000 requests, 256 MiB received, 64 MiB sent, 10 s to connect, 30 s
+    /// to the first byte, 30 s between bytes.
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Why an attempt's HTTP stopped short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFault {
+    /// A request no grant allows, or an address a grant may not reach.
+    Denied(String),
+    /// A limit of [`HttpLimits`] was reached.
+    Limit(String),
+}
+
+/// Resolves host names for outbound requests. The system resolver in
+/// production; a test gives a fixed table to make a name point anywhere.
+pub trait Resolve: Send + Sync + std::fmt::Debug {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+}
+
+/// The operating system's resolver (through tokio).
+#[derive(Debug, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>> {
+        let host = host.to_owned();
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
+
+/// What an attempt's HTTP did: counters, and what it was refused.
+#[derive(Debug, Default)]
+pub(crate) struct HttpLedger {
+    requests: u32,
+    sent: u64,
+    received: u64,
+    /// The first refusal or limit hit.
+    fault: Option<HttpFault>,
+    /// One line per refused request, for the task's log.
+    refused: Vec<String>,
+}
+
+type Shared = Arc<Mutex<HttpLedger>>;
+
+fn lock(ledger: &Shared) -> std::sync::MutexGuard<'_, HttpLedger> {
+    ledger.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HttpLedger {
+    fn deny(&mut self, message: String) -> Error {
+        self.refused.push(message.clone());
+        self.fault.get_or_insert(HttpFault::Denied(message));
+        Error::HttpRequestDenied
+    }
+
+    fn limit(&mut self, message: String, error: Error) -> Error {
+        self.fault.get_or_insert(HttpFault::Limit(message));
+        error
+    }
+}
+
+/// The `wasi:http` hooks of one attempt.
+pub(crate) struct HttpHooks {
+    grants: Arc<[HttpGrant]>,
+    limits: HttpLimits,
+    resolver: Arc<dyn Resolve>,
+    ledger: Shared,
+    deadline: Instant,
+}
+
+impl HttpHooks {
+    pub(crate) fn new(
+        grants: &[HttpGrant],
+        limits: HttpLimits,
+        resolver: Arc<dyn Resolve>,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            grants: grants.into(),
+            limits,
+            resolver,
+            ledger: Shared::default(),
+            deadline,
+        }
+    }
+
+    /// The first refusal or limit the attempt hit, and every refused
+    /// request (taken: asked once, when the attempt is over).
+    pub(crate) fn outcome(&self) -> (Option<HttpFault>, Vec<String>) {
+        let mut ledger = lock(&self.ledger);
+        (ledger.fault.clone(), std::mem::take(&mut ledger.refused))
+    }
+
+    /// The grant that allows `request`, counted against the request limit;
+    /// or the refusal, recorded.
+    fn admit(&self, request: &http::Request<WasiBody>) -> Result<(HttpGrant, Target), Error> {
+        let mut ledger = lock(&self.ledger);
+        let uri = request.uri();
+        let shown = shown_url(uri);
+        let method = request.method().as_str();
+        let scheme = match uri.scheme_str() {
+            Some("https") => Scheme::Https,
+            Some("http") => Scheme::Http,
+            _ => {
+                return Err(ledger.deny(format!(
+                    "{method} {shown}: only http and https requests can be granted"
+                )));
+            }
+        };
+        let Some(authority) = uri.authority() else {
+            return Err(ledger.deny(format!("{method} {shown}: the request names no host")));
+        };
+        if authority.as_str().contains('@') {
+            return Err(ledger.deny(format!(
+                "{method} {shown}: a URL with user information is refused"
+            )));
+        }
+        let port = authority.port_u16().unwrap_or(scheme.default_port());
+        let host = RequestHost::parse(authority.host());
+        let asked = Request {
+            scheme,
+            host: host.clone(),
+            port,
+            method: method.to_owned(),
+        };
+        let Some(grant) = self.grants.iter().find(|g| g.allows(&asked)) else {
+            let what = format!("{}://{}:{port}", scheme.as_str(), authority.host());
+            return Err(ledger.deny(if self.grants.is_empty() {
+                format!(
+                    "{method} {shown}: the step has no http grant; grant it with \
+                     `grants = {{ http = [\"{what}\"] }}` (or --allow-http {what})"
+                )
+            } else {
+                format!("{method} {shown}: {what} is not granted to this step (http grants: {})",
+                    self.grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            }));
+        };
+        if ledger.requests >= self.limits.requests {
+            return Err(ledger.limit(
+                format!(
+                    "{method} {shown}: the attempt already sent {} requests (http_limits.requests)",
+                    self.limits.requests
+                ),
+                Error::ConnectionLimitReached,
+            ));
+        }
+        ledger.requests += 1;
+        Ok((
+            grant.clone(),
+            Target {
+                scheme,
+                host,
+                name: authority.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
+                port,
+                shown: format!("{method} {shown}"),
+            },
+        ))
+    }
+}
+
+/// Where a request goes, as its URI says.
+struct Target {
+    scheme: Scheme,
+    host: RequestHost,
+    /// The host as written (without IPv6 brackets): what TLS verifies.
+    name: String,
+    port: u16,
+    /// `METHOD url` for messages (no query: it may hold tokens).
+    shown: String,
+}
+
+/// `scheme://authority/path` of `uri`, without its query.
+fn shown_url(uri: &http::Uri) -> String {
+    let mut shown = String::new();
+    if let Some(scheme) = uri.scheme_str() {
+        shown.push_str(scheme);
+        shown.push_str("://");
+    }
+    if let Some(authority) = uri.authority() {
+        shown.push_str(authority.host());
+        if let Some(port) = authority.port() {
+            shown.push(':');
+            shown.push_str(port.as_str());
+        }
+    }
+    shown.push_str(uri.path());
+    shown
+}
+
+type ResponseFuture = Box<
+    dyn Future<
+            Output = Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = Result<(), Error>> + Send>,
+            ), Error>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> ResponseFuture {
+        let admitted = self.admit(&request);
+        let limits = narrowed(self.limits, options);
+        let (resolver, ledger, deadline) =
+            (self.resolver.clone(), self.ledger.clone(), self.deadline);
+        Box::new(async move {
+            let (grant, target) = admitted?;
+            send(request, &grant, target, limits, resolver, ledger, deadline).await
+        })
+    }
+}
+
+/// `limits` with any shorter timeout the task asked for.
+fn narrowed(mut limits: HttpLimits, options: Option<RequestOptions>) -> HttpLimits {
+    if let Some(o) = options {
+        let min = |ours: &mut Duration, theirs: Option<Duration>| {
+            if let Some(t) = theirs {
+                *ours = (*ours).min(t);
+            }
+        };
+        min(&mut limits.connect_timeout, o.connect_timeout);
+        min(&mut limits.first_byte_timeout, o.first_byte_timeout);
+        min(&mut limits.between_bytes_timeout, o.between_bytes_timeout);
+    }
+    limits
+}
+
+/// The TLS client configuration: webpki's roots, ring, certificates verified.
+fn tls() -> Result<Arc<rustls::ClientConfig>, Error> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+            .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| Error::InternalError(Some(format!("cannot set up TLS: {e}"))))
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Resolve, check, connect, and send one admitted request.
+async fn send(
+    mut request: http::Request<WasiBody>,
+    grant: &HttpGrant,
+    target: Target,
+    limits: HttpLimits,
+    resolver: Arc<dyn Resolve>,
+    ledger: Shared,
+    deadline: Instant,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    let connect_by = (Instant::now() + limits.connect_timeout).min(deadline);
+    let connect_timeout = || {
+        lock(&ledger).limit(
+            format!(
+                "{}: no connection within {} (http_limits.connect_timeout)",
+                target.shown,
+                humantime::format_duration(limits.connect_timeout)
+            ),
+            Error::ConnectionTimeout,
+        )
+    };
+    let stream = tokio::time::timeout_at(connect_by.into(), async {
+        let addrs = match &target.host {
+            RequestHost::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+            RequestHost::Name(name) => resolver
+                .resolve(name, target.port)
+                .await
+                .map_err(|_| Error::DnsError {
+                    rcode: Some("lookup failed".into()),
+                    info_code: None,
+                })?,
+        };
+        let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addrs.into_iter().partition(|a| grant.may_connect(a.ip()));
+        if allowed.is_empty() {
+            if refused.is_empty() {
+                return Err(Error::DestinationNotFound);
+            }
+            let ips: Vec<String> = refused.iter().map(|a| a.ip().to_string()).collect();
+            lock(&ledger).deny(format!(
+                "{}: {} resolves to {}, which is not on the public internet; only a grant \
+                 naming that address itself (e.g. http://{}:{}) may reach it",
+                target.shown,
+                target.name,
+                ips.join(", "),
+                display_ip(refused[0].ip()),
+                target.port
+            ));
+            return Err(Error::DestinationIpProhibited);
+        }
+        let mut last = None;
+        for addr in allowed {
+            // The socket goes to this checked address, never to a name.
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    let stream: Box<dyn Stream> = match target.scheme {
+                        Scheme::Http => Box::new(tcp),
+                        Scheme::Https => {
+                            let name = rustls::pki_types::ServerName::try_from(target.name.clone())
+                                .map_err(|_| Error::TlsCertificateError)?;
+                            let tls = tokio_rustls::TlsConnector::from(tls()?)
+                                .connect(name, tcp)
+                                .await
+                                .map_err(Error::Tls)?;
+                            Box::new(tls)
+                        }
+                    };
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::Connect(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into())))
+    })
+    .await
+    .map_err(|_| connect_timeout())??;
+    let (mut sender, conn) = tokio::time::timeout_at(
+        connect_by.into(),
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| connect_timeout())??;
+
+    // The request line carries the path only; the host is the URI's.
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Error::HttpRequestUriInvalid)?;
+    let host = http::HeaderValue::from_str(&authority).map_err(|_| Error::HttpRequestUriInvalid)?;
+    request.headers_mut().insert(http::header::HOST, host);
+    let request = request.map(|body| {
+        Counted {
+            inner: body,
+            ledger: ledger.clone(),
+            direction: Direction::Sent(limits.sent.bytes()),
+            idle: None,
+            shown: target.shown.clone(),
+        }
+        .boxed_unsync()
+    });
+
+    let first_byte_by = (Instant::now() + limits.first_byte_timeout).min(deadline);
+    let mut conn = Box::pin(conn);
+    let respond = sender.send_request(request);
+    tokio::pin!(respond);
+    let response = tokio::time::timeout_at(
+        first_byte_by.into(),
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = respond.as_mut().poll(cx) {
+                return Poll::Ready(result.map_err(Error::from));
+            }
+            // Drive the connection until the response head arrives.
+            match conn.as_mut().poll(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Error::from(e))),
+                _ => Poll::Pending,
+            }
+        }),
+    )
+    .await
+    .map_err(|_| {
+        lock(&ledger).limit(
+            format!(
+                "{}: no response within {} (http_limits.first_byte_timeout)",
+                target.shown,
+                humantime::format_duration(limits.first_byte_timeout)
+            ),
+            Error::ConnectionReadTimeout,
+        )
+    })??;
+
+    let remaining = limits.received.bytes().saturating_sub(lock(&ledger).received);
+    if let Some(length) = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && length > remaining
+    {
+        return Err(lock(&ledger).limit(
+            format!(
+                "{}: the response is {} and the attempt may receive {} more (http_limits.received = {})",
+                target.shown,
+                ByteSize(length),
+                ByteSize(remaining),
+                limits.received
+            ),
+            Error::HttpResponseBodySize(Some(length)),
+        ));
+    }
+    let idle = limits.between_bytes_timeout;
+    let response = response.map(|body| {
+        Counted {
+            inner: body.map_err(Error::from),
+            ledger: ledger.clone(),
+            direction: Direction::Received(limits.received.bytes(), limits.received),
+            idle: Some((idle, Box::pin(tokio::time::sleep(idle)))),
+            shown: target.shown.clone(),
+        }
+        .boxed_unsync()
+    });
+    // The connection's remaining I/O, bounded by the attempt's deadline.
+    let io = async move {
+        match tokio::time::timeout_at(deadline.into(), conn).await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::ConnectionReadTimeout),
+        }
+    };
+    Ok((response, Box::new(io)))
+}
+
+fn display_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    }
+}
+
+enum Direction {
+    /// Request bytes, with the attempt's cap.
+    Sent(u64),
+    /// Response bytes, with the attempt's cap (and as written).
+    Received(u64, ByteSize),
+}
+
+/// A body whose bytes are counted against the attempt's caps, and (for a
+/// response) whose silences are bounded.
+struct Counted<B> {
+    inner: B,
+    ledger: Shared,
+    direction: Direction,
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    shown: String,
+}
+
+impl<B> Body for Counted<B>
+where
+    B: Body<Data = Bytes, Error = Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+                let mut ledger = lock(&this.ledger);
+                let over = match this.direction {
+                    Direction::Sent(cap) => {
+                        ledger.sent += size;
+                        (ledger.sent > cap).then(|| {
+                            ledger.limit(
+                                format!(
+                                    "{}: request bodies passed {} (http_limits.sent)",
+                                    this.shown,
+                                    ByteSize(cap)
+                                ),
+                                Error::HttpRequestBodySize(Some(cap)),
+                            )
+                        })
+                    }
+                    Direction::Received(cap, written) => {
+                        ledger.received += size;
+                        (ledger.received > cap).then(|| {
+                            ledger.limit(
+                                format!(
+                                    "{}: responses passed {written} (http_limits.received)",
+                                    this.shown
+                                ),
+                                Error::HttpResponseBodySize(Some(cap)),
+                            )
+                        })
+                    }
+                };
+                drop(ledger);
+                if let Some(error) = over {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                if let Some((idle, sleep)) = this.idle.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                if let Some((idle, sleep)) = this.idle.as_mut()
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    let idle = *idle;
+                    return Poll::Ready(Some(Err(lock(&this.ledger).limit(
+                        format!(
+                            "{}: the response body was silent for {} (http_limits.between_bytes_timeout)",
+                            this.shown,
+                            humantime::format_duration(idle)
+                        ),
+                        Error::ConnectionReadTimeout,
+                    ))));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
