@@ -11,6 +11,7 @@ mod bundles;
 mod determinism;
 mod examples;
 mod host_streams;
+mod http;
 mod live_display;
 mod malformed;
 mod manifest_errors;
