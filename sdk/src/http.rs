@@ -87,6 +87,15 @@ fn from_code(code: &ErrorCode, url: &str) -> HttpError {
         | ErrorCode::HttpRequestBodySize(_)
         | ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout => HttpError::Limit(format!("{url}: {code:?}")),
+        ErrorCode::DnsError(_) | ErrorCode::DnsTimeout | ErrorCode::DestinationNotFound => {
+            HttpError::Network(format!("{url}: the host name could not be resolved"))
+        }
+        ErrorCode::ConnectionRefused => {
+            HttpError::Network(format!("{url}: the server refused the connection"))
+        }
+        ErrorCode::TlsCertificateError | ErrorCode::TlsProtocolError => {
+            HttpError::Network(format!("{url}: TLS failed (is the certificate valid for the host?)"))
+        }
         other => HttpError::Network(format!("{url}: {other:?}")),
     }
 }
