@@ -99,6 +99,7 @@ fn requests(c: &mut Criterion) {
                 grants: &grants,
                 secrets: &Default::default(),
                 observer: None,
+                tape: None,
             };
             let attempt = sandbox.run(&pages, request).await.unwrap();
             assert!(attempt.result.is_ok(), "{:?}", attempt.result);

@@ -114,6 +114,7 @@ impl Executor for Noop {
     async fn execute(
         &self,
         _: &Step,
+        _: Option<usize>,
         input: &[u8],
         _: &Resolved,
         _: Option<Arc<dyn Observer>>,
@@ -124,6 +125,7 @@ impl Executor for Noop {
             duration: Duration::ZERO,
             peak_memory: 0,
             log: TaskLog::default(),
+            http: Vec::new(),
         })
     }
 }
@@ -211,6 +213,7 @@ fn pipelines(c: &mut Criterion) {
         sandbox: sandbox.clone(),
         share: None,
         secrets: Arc::new(EngineEnv),
+        tapes: None,
     });
     group.bench_function("run-echo/10k-fan-out", |b| {
         b.iter(|| runtime.block_on(run(fan_plan.clone(), executor.clone(), 2)))

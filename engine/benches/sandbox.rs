@@ -136,6 +136,7 @@ fn instantiate_and_run(c: &mut Criterion) {
                 grants: &grants,
                 secrets: &Default::default(),
                 observer: None,
+                tape: None,
             };
             let attempt = sandbox.run(&loaded, request).await.unwrap();
             assert_eq!(attempt.result.as_deref().unwrap(), input);
@@ -218,6 +219,7 @@ fn compute(c: &mut Criterion) {
                     grants: &grants,
                     secrets: &Default::default(),
                     observer: None,
+                    tape: None,
                 };
                 let attempt = sandbox.run(&loaded, request).await.unwrap();
                 assert_eq!(attempt.result.as_deref().unwrap(), expected);

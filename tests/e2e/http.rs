@@ -433,6 +433,7 @@ async fn refused_by_address(loopback_port: u16) {
                     grants: &grants,
                     secrets: &Default::default(),
                     observer: None,
+                    tape: None,
                 },
             )
             .await
@@ -445,4 +446,57 @@ async fn refused_by_address(loopback_port: u16) {
             other => panic!("{address}: expected a denial, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_replay_serves_the_recorded_responses_with_the_server_gone_and_names_a_request_that_differs() {
+    let api = Api::start();
+    let cairn = Cairn::new();
+    let manifest = |page: u32| {
+        format!(
+            r#"
+            name = "api-report"
+            [steps.fetch]
+            component = "{{wasm:http_pages}}"
+            input = {{ url = "{}" }}
+            grants = {{ http = ["{}"] }}
+            [steps.by_region]
+            component = "{{wasm:aggregate}}"
+            input = {{ rows = "${{fetch.items}}", group_by = "region", sum = ["amount"] }}
+            "#,
+            api.url(&format!("/items?page={page}")),
+            api.grant()
+        )
+    };
+    let p = Pipeline::new(&manifest(1));
+    let run = cairn.run(&["run", p.path(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let original = run.json();
+    let id = original["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(api.hits(), 3);
+    let text = std::fs::read_to_string(p.dir.path().join("pipeline.toml")).unwrap();
+    drop(api); // the server is gone: nothing answers on its port now
+
+    let replay = cairn.run(&["replay", &id, "--verify", "--json"]);
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    let mut lines = replay.stdout.lines();
+    let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let verified: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(verified["verified"], 2, "{verified}");
+    assert_eq!(verified["nondeterministic"], json!([]));
+    assert_eq!(report["output"], original["output"], "bit for bit");
+
+    // The step now asks for another page: the replay names that request.
+    let changed = text.replace("page=1", "page=2");
+    assert_ne!(changed, text);
+    std::fs::write(p.dir.path().join("pipeline.toml"), changed).unwrap();
+    let replay = cairn.run(&["replay", &id, "--verify", "--allow-changed"]);
+    assert_eq!(replay.code, 4, "{}", replay.stderr);
+    assert!(
+        replay.stderr.contains("mismatch: step `fetch`")
+            && replay.stderr.contains("request 1 is GET http://127.0.0.1:")
+            && replay.stderr.contains("/items?page=2, the recorded run sent GET"),
+        "{}",
+        replay.stderr
+    );
 }

@@ -230,6 +230,7 @@ async fn a_full_sandbox_pool_makes_attempts_wait_for_a_slot_instead_of_failing()
                     grants: &grants,
                     secrets: &Default::default(),
                     observer: None,
+                    tape: None,
                 };
                 let attempt = sandbox.run(&burn, request).await;
                 (attempt.map(|a| a.result.map(|_| ())), sandbox.in_flight())

@@ -59,6 +59,7 @@ async fn fill(
                 grants: &grants,
                 secrets: &Default::default(),
                 observer: None,
+                tape: None,
             },
         )
         .await

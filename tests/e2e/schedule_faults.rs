@@ -22,6 +22,7 @@ impl Executor for PanicsOnBoom {
     async fn execute(
         &self,
         step: &Step,
+        _: Option<usize>,
         input: &[u8],
         _: &Resolved,
         _: Option<Arc<dyn Observer>>,
@@ -33,6 +34,7 @@ impl Executor for PanicsOnBoom {
             duration: std::time::Duration::ZERO,
             peak_memory: 0,
             log: TaskLog::default(),
+            http: Vec::new(),
         })
     }
 }
@@ -214,6 +216,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
             sandbox: Arc::new(sandbox),
             share: None,
             secrets: Arc::new(EngineEnv),
+            tapes: None,
         }),
         RunOptions {
             jobs: 1,
@@ -275,6 +278,7 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
             sandbox: Arc::new(sandbox),
             share: None,
             secrets: Arc::new(EngineEnv),
+            tapes: None,
         }),
         RunOptions {
             jobs: 2,
@@ -324,6 +328,7 @@ impl Executor for HoldsTheFirst {
     async fn execute(
         &self,
         _: &Step,
+        _: Option<usize>,
         input: &[u8],
         _: &Resolved,
         _: Option<Arc<dyn Observer>>,
@@ -344,6 +349,7 @@ impl Executor for HoldsTheFirst {
             duration: std::time::Duration::ZERO,
             peak_memory: 0,
             log: TaskLog::default(),
+            http: Vec::new(),
         })
     }
 }

@@ -68,6 +68,13 @@ pub struct ReplayArgs {
     /// difference as nondeterminism (exit code 4).
     #[arg(long)]
     verify: bool,
+    /// Send networked steps' HTTP requests to the network again. By
+    /// default a replay serves each request the response the original run
+    /// recorded, in order, and fails a step whose request differs (a
+    /// replay mismatch naming the request), so it runs with the network
+    /// unplugged.
+    #[arg(long)]
+    live: bool,
     /// Most steps running at once (default: the number of CPU cores).
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     jobs: Option<u32>,
@@ -319,6 +326,11 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
             {
                 return code;
             }
+            if args.live {
+                return report_error(
+                    "--live applies to replays in a local store; a server replays from its recordings",
+                );
+            }
             return remote::replay(&server, &args.run, args.verify, args.json, args.quiet);
         }
         Err(code) => return code,
@@ -342,11 +354,14 @@ pub async fn replay(args: ReplayArgs, store: &Path) -> u8 {
         Continuation::Replay { of } => of.id.clone(),
         _ => unreachable!("a replay's continuation is a replay"),
     };
-    let launch = Launch {
+    let mut launch = Launch {
         jobs: args.jobs,
         allow_changed: args.allow_changed,
         ..replay.continued.launch
     };
+    if args.live {
+        launch.tapes = None;
+    }
     let shown = Shown {
         json: args.json,
         quiet: args.quiet || args.json,
@@ -377,12 +392,18 @@ pub(super) fn report_verification(
         );
     } else {
         for m in &verification.mismatches {
-            say!(
-                "nondeterministic: step `{}` produced different output (run {original}: {}…, replay: {}…)",
-                m.step,
-                short(&m.original),
-                short(&m.replay)
-            );
+            match m.replay.strip_prefix("failed: ") {
+                Some(why) => say!(
+                    "mismatch: step `{}` succeeded in run {original} and failed in the replay: {why}",
+                    m.step
+                ),
+                None => say!(
+                    "nondeterministic: step `{}` produced different output (run {original}: {}…, replay: {}…)",
+                    m.step,
+                    short(&m.original),
+                    short(&m.replay)
+                ),
+            }
         }
         if verification.mismatches.is_empty() {
             say!(

@@ -227,6 +227,7 @@ async fn run(args: RunArgs, store: &Path) -> Result<u8, String> {
         grants: &grants,
         secrets: &secrets,
         observer,
+        tape: None,
     };
     let interrupted = super::interrupted();
     let attempt = tokio::select! {

@@ -30,6 +30,8 @@ use crate::model::RunStatus;
 use crate::plan::{Plan, PlanErrors, Sources};
 use crate::policy::{Denial, Policy};
 use crate::sandbox::grants::Scratch;
+use crate::sandbox::http::{Exchange, Recorded};
+use crate::schedule::Tapes;
 use crate::sandbox::{FailureClass, Sandbox, SandboxConfig, SandboxError, SecretSource};
 use crate::schedule::{
     self, JournalWriter, Ledger, RunObserver, RunOptions, RunReport, SandboxExecutor, StepStatus,
@@ -431,6 +433,9 @@ pub struct Launch {
     /// `None`: the engine's environment. Planning checks each granted
     /// secret is there; its value is read when each unit of work starts.
     pub secrets: Option<Arc<dyn SecretSource>>,
+    /// A replay's recorded HTTP exchanges, served instead of the network
+    /// (see [`Runner::replay`]); `None`: granted requests go out.
+    pub tapes: Option<Arc<Tapes>>,
 }
 
 impl Launch {
@@ -446,6 +451,7 @@ impl Launch {
             allow_changed: false,
             tenant: None,
             secrets: None,
+            tapes: None,
         }
     }
 }
@@ -511,23 +517,24 @@ impl Original {
         )
     }
 
-    /// Compare a replay's report with the original run.
+    /// Compare a replay's report with the original run. A step that
+    /// succeeded there and failed here is a mismatch too (a networked step
+    /// whose request differs from the recorded one fails so).
     pub fn verify(&self, report: &RunReport) -> Verification {
-        self.compare(
-            report
-                .steps
-                .iter()
-                .filter_map(|s| Some((s.name.as_str(), s.output_hash.as_deref()?))),
-        )
+        self.compare(report.steps.iter().filter_map(|s| match (&s.status, &s.output_hash) {
+            (_, Some(hash)) => Some((s.name.as_str(), hash.clone())),
+            (StepStatus::Failed(f), None) => Some((s.name.as_str(), format!("failed: {}", f.message))),
+            _ => None,
+        }))
     }
 
     /// Compare a recorded replay (its steps' output hashes, from its
     /// journal) with the original run.
     pub fn verify_recorded(&self, replay: &Original) -> Verification {
-        self.compare(replay.0.iter().map(|(s, h)| (s.as_str(), h.as_str())))
+        self.compare(replay.0.iter().map(|(s, h)| (s.as_str(), h.clone())))
     }
 
-    fn compare<'s>(&self, replay: impl Iterator<Item = (&'s str, &'s str)>) -> Verification {
+    fn compare<'s>(&self, replay: impl Iterator<Item = (&'s str, String)>) -> Verification {
         let mut verification = Verification {
             compared: 0,
             mismatches: Vec::new(),
@@ -537,11 +544,11 @@ impl Original {
                 continue;
             };
             verification.compared += 1;
-            if before != after {
+            if *before != after {
                 verification.mismatches.push(Mismatch {
                     step: step.to_owned(),
                     original: before.clone(),
-                    replay: after.to_owned(),
+                    replay: after,
                 });
             }
         }
@@ -676,11 +683,14 @@ impl Runner {
     pub fn replay(&self, run: &str, given: Option<Policy>) -> Result<Replay, RunError> {
         let record = self.find(run)?;
         let (policy, warnings) = readmission(&record, given)?;
-        let original = Original::of_journal(self.db.journal(&record.id)?);
+        let journal = self.db.journal(&record.id)?;
+        let tapes = self.tapes(&journal)?;
+        let original = Original::of_journal(journal);
         let launch = Launch {
             policy,
             tenant: record.tenant.clone(),
             refresh: true,
+            tapes: Some(Arc::new(tapes)),
             continuation: Continuation::Replay { of: record.clone() },
             ..Launch::new(record.manifest.clone())
         };
@@ -688,6 +698,53 @@ impl Runner {
             continued: Continued { launch, warnings },
             original,
         })
+    }
+
+    /// The HTTP exchanges of each unit of work's successful attempt in a
+    /// run's journal, their responses read back from the store.
+    fn tapes(&self, journal: &[JournalEvent]) -> Result<Tapes, RunError> {
+        let mut tapes = Tapes::new();
+        for event in journal {
+            let JournalEvent::AttemptFinished {
+                step,
+                index,
+                class: None,
+                http,
+                ..
+            } = event
+            else {
+                continue;
+            };
+            let mut exchanges = Vec::with_capacity(http.len());
+            for record in http {
+                let lost = |reason: &str| {
+                    RunError::Store(StoreError::Corrupt {
+                        path: self.store_dir.join("recorded").join(&record.response),
+                        reason: format!(
+                            "the recorded response to {} {} (step {step}) {reason}; \
+                             replay with --live to use the network instead",
+                            record.method, record.url
+                        ),
+                    })
+                };
+                let (Some(response), Some(request)) = (
+                    blake3::Hash::from_hex(&record.response).ok(),
+                    blake3::Hash::from_hex(&record.request).ok(),
+                ) else {
+                    return Err(lost("is not named by a hash"));
+                };
+                let bytes = self.db.recording(&response)?.ok_or_else(|| lost("is gone"))?;
+                let response = Recorded::decode(&bytes).ok_or_else(|| lost("cannot be read"))?;
+                exchanges.push(Exchange {
+                    method: record.method.clone(),
+                    url: record.url.clone(),
+                    request,
+                    response,
+                });
+            }
+            tapes.insert((step.clone(), *index), Arc::from(exchanges));
+        }
+        Ok(tapes)
     }
 
     /// Plan `launch`'s source and check it against its policy. Nothing is
@@ -791,6 +848,7 @@ impl Runner {
             done,
             resumed,
             refresh: launch.refresh,
+            tapes: launch.tapes.clone(),
             options,
             tenant: launch
                 .tenant
@@ -815,6 +873,7 @@ pub struct Admitted {
     done: HashSet<CacheKey>,
     resumed: bool,
     refresh: bool,
+    tapes: Option<Arc<Tapes>>,
     options: RunOptions,
     /// For the audit log: the policy's tenant, or `-` without a policy.
     tenant: String,
@@ -917,6 +976,7 @@ impl Started {
                     mut record,
                     done,
                     refresh,
+                    tapes,
                     options,
                     tenant,
                     secrets,
@@ -935,6 +995,7 @@ impl Started {
             sandbox: runner.sandbox.clone(),
             share: runner.share.clone(),
             secrets,
+            tapes,
         });
         let report = schedule::run_draining(
             plan,

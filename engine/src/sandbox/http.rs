@@ -81,6 +81,8 @@ pub enum HttpFault {
     Denied(String),
     /// A limit of [`HttpLimits`] was reached.
     Limit(String),
+    /// In a replay: a request that is not the one the recorded run sent.
+    Replay(String),
 }
 
 /// Resolves host names for outbound requests. The system resolver in
@@ -108,7 +110,58 @@ impl Resolve for SystemResolver {
     }
 }
 
-/// What an attempt's HTTP did: counters, and what it was refused.
+/// One request a task sent and the response it got: what a replay serves
+/// back, in order, instead of the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub method: String,
+    /// The URL as sent, query included.
+    pub url: String,
+    /// blake3 over the method, the URL, the task's headers and the body.
+    pub request: blake3::Hash,
+    pub response: Recorded,
+}
+
+/// A response as the task received it: status, headers, and the body bytes
+/// it read (all of them, unless it stopped early).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    pub status: u16,
+    /// Names and values; a value that is not visible ASCII is kept lossily.
+    pub headers: Vec<(String, String)>,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// One line of JSON (status, headers), a newline, then the body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("a recorded head always encodes");
+        out.push(b'\n');
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let end = bytes.iter().position(|b| *b == b'\n')?;
+        let mut recorded: Recorded = serde_json::from_slice(&bytes[..end]).ok()?;
+        recorded.body = bytes[end + 1..].to_vec();
+        Some(recorded)
+    }
+}
+
+/// An exchange being recorded while its bodies stream.
+#[derive(Debug)]
+struct Pending {
+    method: String,
+    url: String,
+    headers: blake3::Hash,
+    body: blake3::Hasher,
+    response: Option<Recorded>,
+}
+
+/// What an attempt's HTTP did: counters, what it was refused, and what it
+/// sent and received.
 #[derive(Debug, Default)]
 pub(crate) struct HttpLedger {
     requests: u32,
@@ -118,6 +171,9 @@ pub(crate) struct HttpLedger {
     fault: Option<HttpFault>,
     /// One line per refused request, for the task's log.
     refused: Vec<String>,
+    exchanges: Vec<Pending>,
+    /// Requests sent so far in a replay (the next recorded one to serve).
+    replayed: usize,
 }
 
 type Shared = Arc<Mutex<HttpLedger>>;
@@ -146,6 +202,19 @@ pub(crate) struct HttpHooks {
     resolver: Arc<dyn Resolve>,
     ledger: Shared,
     deadline: Instant,
+    /// A replay's recorded exchanges: served in order, no network.
+    tape: Option<Arc<[Exchange]>>,
+}
+
+/// What an attempt's HTTP came to, once it is over.
+#[derive(Debug, Default)]
+pub(crate) struct HttpOutcome {
+    /// The first refusal, limit or replay mismatch.
+    pub fault: Option<HttpFault>,
+    /// Every refused request.
+    pub refused: Vec<String>,
+    /// Every request that got a response, in the order sent.
+    pub exchanges: Vec<Exchange>,
 }
 
 impl HttpHooks {
@@ -154,6 +223,7 @@ impl HttpHooks {
         limits: HttpLimits,
         resolver: Arc<dyn Resolve>,
         deadline: Instant,
+        tape: Option<Arc<[Exchange]>>,
     ) -> Self {
         Self {
             grants: grants.into(),
@@ -161,14 +231,29 @@ impl HttpHooks {
             resolver,
             ledger: Shared::default(),
             deadline,
+            tape,
         }
     }
 
-    /// The first refusal or limit the attempt hit, and every refused
-    /// request (taken: asked once, when the attempt is over).
-    pub(crate) fn outcome(&self) -> (Option<HttpFault>, Vec<String>) {
+    /// What the attempt's HTTP came to (taken: asked once, at its end).
+    pub(crate) fn outcome(&self) -> HttpOutcome {
         let mut ledger = lock(&self.ledger);
-        (ledger.fault.clone(), std::mem::take(&mut ledger.refused))
+        let exchanges = std::mem::take(&mut ledger.exchanges)
+            .into_iter()
+            .filter_map(|p| {
+                Some(Exchange {
+                    request: request_hash(&p.method, &p.url, &p.headers, &p.body.finalize()),
+                    response: p.response?,
+                    method: p.method,
+                    url: p.url,
+                })
+            })
+            .collect();
+        HttpOutcome {
+            fault: ledger.fault.clone(),
+            refused: std::mem::take(&mut ledger.refused),
+            exchanges,
+        }
     }
 
     /// The grant that allows `request`, counted against the request limit;
@@ -225,6 +310,14 @@ impl HttpHooks {
             ));
         }
         ledger.requests += 1;
+        let exchange = ledger.exchanges.len();
+        ledger.exchanges.push(Pending {
+            method: method.to_owned(),
+            url: uri.to_string(),
+            headers: headers_hash(request.headers()),
+            body: blake3::Hasher::new(),
+            response: None,
+        });
         Ok((
             grant.clone(),
             Target {
@@ -233,9 +326,38 @@ impl HttpHooks {
                 name: authority.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
                 port,
                 shown: format!("{method} {shown}"),
+                exchange,
             },
         ))
     }
+}
+
+/// blake3 of the task's headers, sorted (the host sets `Host` itself).
+fn headers_hash(headers: &http::HeaderMap) -> blake3::Hash {
+    let mut pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .filter(|(name, _)| **name != http::header::HOST)
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
+    pairs.sort();
+    let mut hasher = blake3::Hasher::new_derive_key("cairn http request headers v1");
+    for (name, value) in pairs {
+        for part in [name.as_bytes(), value] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.finalize()
+}
+
+/// What identifies a request for replay: method, URL, headers and body.
+fn request_hash(method: &str, url: &str, headers: &blake3::Hash, body: &blake3::Hash) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new_derive_key("cairn http request v1");
+    for part in [method.as_bytes(), url.as_bytes(), headers.as_bytes(), body.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()
 }
 
 /// Where a request goes, as its URI says.
@@ -247,6 +369,8 @@ struct Target {
     port: u16,
     /// `METHOD url` for messages (no query: it may hold tokens).
     shown: String,
+    /// Its place in the attempt's exchanges.
+    exchange: usize,
 }
 
 /// `scheme://authority/path` of `uri`, without its query.
@@ -287,6 +411,13 @@ impl WasiHttpHooks for HttpHooks {
         let limits = narrowed(self.limits, options);
         let (resolver, ledger, deadline) =
             (self.resolver.clone(), self.ledger.clone(), self.deadline);
+        if let Some(tape) = &self.tape {
+            let tape = tape.clone();
+            return Box::new(async move {
+                let (_, target) = admitted?;
+                replay(request, target, limits, &tape, ledger).await
+            });
+        }
         Box::new(async move {
             let (grant, target) = admitted?;
             send(request, &grant, target, limits, resolver, ledger, deadline).await
@@ -445,6 +576,7 @@ async fn send(
             direction: Direction::Sent(limits.sent.bytes()),
             idle: None,
             shown: target.shown.clone(),
+            exchange: target.exchange,
         }
         .boxed_unsync()
     });
@@ -496,6 +628,11 @@ async fn send(
             Error::HttpResponseBodySize(Some(length)),
         ));
     }
+    lock(&ledger).exchanges[target.exchange].response = Some(Recorded {
+        status: response.status().as_u16(),
+        headers: recorded_headers(response.headers()),
+        body: Vec::new(),
+    });
     let idle = limits.between_bytes_timeout;
     let response = response.map(|body| {
         Counted {
@@ -504,6 +641,7 @@ async fn send(
             direction: Direction::Received(limits.received.bytes(), limits.received),
             idle: Some((idle, Box::pin(tokio::time::sleep(idle)))),
             shown: target.shown.clone(),
+            exchange: target.exchange,
         }
         .boxed_unsync()
     });
@@ -539,6 +677,8 @@ struct Counted<B> {
     direction: Direction,
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     shown: String,
+    /// The exchange whose bytes these are.
+    exchange: usize,
 }
 
 impl<B> Body for Counted<B>
@@ -560,6 +700,11 @@ where
                 let over = match this.direction {
                     Direction::Sent(cap) => {
                         ledger.sent += size;
+                        if let (Some(data), Some(pending)) =
+                            (frame.data_ref(), ledger.exchanges.get_mut(this.exchange))
+                        {
+                            pending.body.update(data);
+                        }
                         (ledger.sent > cap).then(|| {
                             ledger.limit(
                                 format!(
@@ -573,6 +718,14 @@ where
                     }
                     Direction::Received(cap, written) => {
                         ledger.received += size;
+                        let within = ledger.received <= cap;
+                        if let (true, Some(data), Some(Some(response))) = (
+                            within,
+                            frame.data_ref(),
+                            ledger.exchanges.get_mut(this.exchange).map(|p| p.response.as_mut()),
+                        ) {
+                            response.body.extend_from_slice(data);
+                        }
                         (ledger.received > cap).then(|| {
                             ledger.limit(
                                 format!(
@@ -620,4 +773,98 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Header names and values as recorded.
+fn recorded_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Serve a replayed request from the tape: the request must be the one the
+/// recorded run sent at this point (method, URL, headers and body).
+async fn replay(
+    request: http::Request<WasiBody>,
+    target: Target,
+    limits: HttpLimits,
+    tape: &[Exchange],
+    ledger: Shared,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    let position = {
+        let mut ledger = lock(&ledger);
+        ledger.replayed += 1;
+        ledger.replayed - 1
+    };
+    // The body is read whole (within the sent limit) to compare it.
+    let body = Counted {
+        inner: request.into_body(),
+        ledger: ledger.clone(),
+        direction: Direction::Sent(limits.sent.bytes()),
+        idle: None,
+        shown: target.shown.clone(),
+        exchange: target.exchange,
+    };
+    body.collect().await?;
+    let mut ledger = lock(&ledger);
+    let pending = &ledger.exchanges[target.exchange];
+    let sent = request_hash(
+        &pending.method,
+        &pending.url,
+        &pending.headers,
+        &pending.body.finalize(),
+    );
+    let number = position + 1;
+    let recorded = match tape.get(position) {
+        None => {
+            let message = format!(
+                "replay mismatch: request {number}, {}, was not sent by the recorded run \
+                 (it sent {} requests); replay with --live to use the network",
+                target.shown,
+                tape.len()
+            );
+            ledger.fault.get_or_insert(HttpFault::Replay(message));
+            return Err(Error::HttpRequestDenied);
+        }
+        Some(recorded) if recorded.request != sent => {
+            let what = if recorded.method == pending.method && recorded.url == pending.url {
+                "the same URL with other headers or another body".to_owned()
+            } else {
+                format!("{} {}", recorded.method, recorded.url)
+            };
+            let message = format!(
+                "replay mismatch: request {number} is {} {}, the recorded run sent {what}",
+                pending.method, pending.url
+            );
+            ledger.fault.get_or_insert(HttpFault::Replay(message));
+            return Err(Error::HttpRequestDenied);
+        }
+        Some(recorded) => recorded.response.clone(),
+    };
+    ledger.received += recorded.body.len() as u64;
+    ledger.exchanges[target.exchange].response = Some(recorded.clone());
+    drop(ledger);
+    let mut response = http::Response::builder().status(recorded.status);
+    for (name, value) in &recorded.headers {
+        response = response.header(name.as_str(), value.as_str());
+    }
+    let body = http_body_util::Full::new(Bytes::from(recorded.body))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let response = response
+        .body(body)
+        .map_err(|e| Error::InternalError(Some(format!("a recorded response: {e}"))))?;
+    Ok((response, Box::new(std::future::ready(Ok(())))))
 }

@@ -201,6 +201,9 @@ pub struct RunRequest<'a> {
     pub secrets: &'a Resolved,
     /// Receives logs and progress live.
     pub observer: Option<Arc<dyn Observer>>,
+    /// In a replay: the HTTP exchanges the recorded attempt had, served in
+    /// order instead of the network. `None`: requests go out (if granted).
+    pub tape: Option<Arc<[http::Exchange]>>,
 }
 
 /// What one attempt did, successful or not.
@@ -213,6 +216,9 @@ pub struct Attempt<T = Vec<u8>> {
     /// Highest total linear memory, in bytes.
     pub peak_memory: u64,
     pub log: TaskLog,
+    /// Every HTTP request that got a response, with that response, in the
+    /// order sent: what a replay of this attempt serves back.
+    pub http: Vec<http::Exchange>,
 }
 
 /// The error a deadline callback raises once the attempt's time is up.
@@ -464,6 +470,7 @@ impl Sandbox {
             grants: &grants,
             secrets: &Resolved::default(),
             observer: None,
+            tape: None,
         };
         let _slot = self
             .slots
@@ -605,6 +612,7 @@ impl Sandbox {
             grants.http_limits,
             self.resolver.clone(),
             deadline,
+            request.tape.clone(),
         );
         let state = RunState {
             wasi: wasi.build(),
@@ -792,7 +800,11 @@ impl PreparedRun {
         };
         // A refused request or an HTTP limit explains a task that then
         // failed, whatever the task made of the error it was handed.
-        let (fault, refused) = self.store.data().http_hooks.outcome();
+        let http::HttpOutcome {
+            fault,
+            refused,
+            exchanges,
+        } = self.store.data().http_hooks.outcome();
         for line in refused {
             self.store
                 .data_mut()
@@ -808,7 +820,9 @@ impl PreparedRun {
                 ),
                 Some(fault),
             ) => Err(match fault {
-                http::HttpFault::Denied(message) => Failure::Denied { message },
+                http::HttpFault::Denied(message) | http::HttpFault::Replay(message) => {
+                    Failure::Denied { message }
+                }
                 http::HttpFault::Limit(message) => Failure::HttpLimit { message },
             }),
             (result, _) => result,
@@ -824,6 +838,7 @@ impl PreparedRun {
             duration,
             peak_memory: state.memory.peak as u64,
             log: std::mem::take(&mut state.log),
+            http: exchanges,
         }
     }
 

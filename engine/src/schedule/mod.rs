@@ -41,6 +41,8 @@ use crate::sandbox::{
     RunRequest, Sandbox, SandboxError, SecretSource,
 };
 use crate::store::records::now_ms;
+use crate::sandbox::http::Exchange;
+use crate::store::records::HttpRecord;
 use crate::store::{CacheKey, JournalEvent, LoggedLine, NewResult, ResultMeta, StepSource};
 
 mod ledger;
@@ -124,11 +126,12 @@ pub fn cache_key(step: &Step, input: &[u8], secrets: &Resolved) -> CacheKey {
 
 /// Runs one attempt of one step. The scheduler's only way to execute work.
 pub trait Executor: Send + Sync + 'static {
-    /// One attempt of `step` on `input`, with the values of its secrets
-    /// taken for this attempt.
+    /// One attempt of `step` (of its element `index`, if mapped) on
+    /// `input`, with the values of its secrets taken for this attempt.
     fn execute(
         &self,
         step: &Step,
+        index: Option<usize>,
         input: &[u8],
         secrets: &Resolved,
         observer: Option<Arc<dyn Observer>>,
@@ -149,12 +152,20 @@ pub struct SandboxExecutor {
     pub share: Option<Arc<Semaphore>>,
     /// Where the run's secrets come from.
     pub secrets: Arc<dyn SecretSource>,
+    /// In a replay: each unit of work's recorded HTTP exchanges, served
+    /// instead of the network. `None`: requests go out.
+    pub tapes: Option<Arc<Tapes>>,
 }
+
+/// The HTTP exchanges of a recorded run's successful attempts, by step and
+/// element.
+pub type Tapes = HashMap<(String, Option<usize>), Arc<[Exchange]>>;
 
 impl Executor for SandboxExecutor {
     async fn execute(
         &self,
         step: &Step,
+        index: Option<usize>,
         input: &[u8],
         secrets: &Resolved,
         observer: Option<Arc<dyn Observer>>,
@@ -177,6 +188,14 @@ impl Executor for SandboxExecutor {
             grants: &step.grants,
             secrets,
             observer,
+            // A unit the recorded run made no request in gets an empty
+            // tape: in a replay nothing goes out.
+            tape: self.tapes.as_ref().map(|tapes| {
+                tapes
+                    .get(&(step.name.clone(), index))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(Vec::new()))
+            }),
         };
         self.sandbox.run(&step.component, request).await
     }
@@ -1479,11 +1498,19 @@ async fn attempt_loop<E: Executor>(
             });
             // Boxed: the sandbox's future is large, and inline it would make
             // every spawned unit of work that large, cache hits included.
-            Box::pin(executor.execute(step, &input, &secrets, Some(logs.clone()))).await
+            Box::pin(executor.execute(step, index, &input, &secrets, Some(logs.clone()))).await
         };
-        if let (Some(ledger), Ok(attempt)) = (&ledger, &attempt) {
-            ledger.append(attempt_finished(step, index, done.attempts, attempt));
-        }
+        // Recorded responses are durable before the journal points at them.
+        let attempt = match (&ledger, attempt) {
+            (Some(ledger), Ok(attempt)) => match keep_recordings(ledger, &secrets, &attempt) {
+                Ok(http) => {
+                    ledger.append(attempt_finished(step, index, done.attempts, &attempt, http));
+                    Ok(attempt)
+                }
+                Err(e) => Err(e),
+            },
+            (_, attempt) => attempt,
+        };
         let failure = match attempt {
             Err(e) => StepFailure {
                 class: StepFailureClass::Engine(EngineFailure::Engine),
@@ -1597,11 +1624,44 @@ fn record(
     ledger.stage(result, event);
 }
 
+/// Keep each response the attempt received in the store; what its
+/// journal event says of its requests.
+fn keep_recordings(
+    ledger: &Ledger,
+    secrets: &Resolved,
+    attempt: &Attempt,
+) -> Result<Vec<HttpRecord>, SandboxError> {
+    if attempt.http.is_empty() {
+        return Ok(Vec::new());
+    }
+    let redactor = secrets.redactor();
+    attempt
+        .http
+        .iter()
+        .map(|exchange| {
+            let hash = ledger
+                .store
+                .put_recording(&exchange.response.encode())
+                .map_err(|e| {
+                    SandboxError::Setup(format!("cannot keep a recorded HTTP response: {e}"))
+                })?;
+            Ok(HttpRecord {
+                method: exchange.method.clone(),
+                url: redactor.redact(exchange.url.clone()),
+                request: exchange.request.to_hex().to_string(),
+                status: exchange.response.status,
+                response: hash.to_hex().to_string(),
+            })
+        })
+        .collect()
+}
+
 fn attempt_finished(
     step: &Step,
     index: Option<usize>,
     attempt: u32,
     outcome: &Attempt,
+    http: Vec<HttpRecord>,
 ) -> JournalEvent {
     let (class, message) = match &outcome.result {
         Ok(_) => (None, None),
@@ -1625,6 +1685,7 @@ fn attempt_finished(
                 message: l.message.clone(),
             })
             .collect(),
+        http,
     }
 }
 

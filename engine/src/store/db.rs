@@ -320,6 +320,12 @@ impl SledStore {
             .map_err(|e| self.sled_error(e))
     }
 
+    /// Where recorded HTTP responses are kept (beside `blobs/`, which
+    /// `cache gc` sweeps).
+    fn recordings_dir(&self) -> PathBuf {
+        self.blobs.with_file_name("recorded")
+    }
+
     fn blob_path(&self, hash: &blake3::Hash) -> PathBuf {
         self.blobs.join(hash.to_hex().as_str())
     }
@@ -466,6 +472,40 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
 }
 
 impl Store for SledStore {
+    fn put_recording(&self, bytes: &[u8]) -> Result<blake3::Hash, StoreError> {
+        let dir = self.recordings_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let hash = blake3::hash(bytes);
+        let path = dir.join(hash.to_hex().as_str());
+        if path.exists() {
+            return Ok(hash);
+        }
+        let mut file =
+            tempfile::NamedTempFile::new_in(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.as_file().sync_data())
+            .map_err(|e| StoreError::io(file.path(), e))?;
+        file.persist(&path)
+            .map_err(|e| StoreError::io(&path, e.error))?;
+        Ok(hash)
+    }
+
+    fn recording(&self, hash: &blake3::Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.recordings_dir().join(hash.to_hex().as_str());
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io(&path, e)),
+        };
+        if blake3::hash(&bytes) != *hash {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: "the recorded response fails its checksum".into(),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
     fn result(
         &self,
         key: &CacheKey,

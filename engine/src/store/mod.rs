@@ -71,6 +71,20 @@ pub trait Store: Send + Sync {
     fn cache_gc(&self, older_than: Option<Duration>) -> Result<u64, StoreError>;
     /// Make everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Keep a recorded HTTP response, durably, by its blake3 hash (which
+    /// is returned). Kept apart from cached results: `cache gc` leaves it.
+    fn put_recording(&self, bytes: &[u8]) -> Result<blake3::Hash, StoreError> {
+        let _ = bytes;
+        Err(StoreError::Unencodable {
+            what: "a recorded HTTP response".into(),
+            reason: "this store keeps no recordings".into(),
+        })
+    }
+    /// A recorded response by hash, if kept and intact.
+    fn recording(&self, hash: &blake3::Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = hash;
+        Ok(None)
+    }
     /// A run has ended: make its journal durable and release what the
     /// store holds open for it (a later append opens it again).
     fn close_run(&self, _run: &RunId) -> Result<(), StoreError> {

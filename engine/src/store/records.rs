@@ -122,6 +122,10 @@ pub enum JournalEvent {
         fuel: u64,
         duration_us: u64,
         logs: Vec<LoggedLine>,
+        /// The HTTP requests the attempt sent that got a response, in order,
+        /// each with its response kept in the store: what a replay serves.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        http: Vec<HttpRecord>,
     },
     /// One element of a mapped step (or a whole step) has its result stored.
     ItemSucceeded {
@@ -158,6 +162,19 @@ pub enum JournalEvent {
         at_ms: u64,
         status: RunStatus,
     },
+}
+
+/// One HTTP request of an attempt, as its journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRecord {
+    pub method: String,
+    /// The URL as sent, the run's secrets masked.
+    pub url: String,
+    /// blake3 (hex) over the method, URL, headers and body as sent.
+    pub request: String,
+    pub status: u16,
+    /// blake3 (hex) of the recorded response in the store.
+    pub response: String,
 }
 
 /// A task's log line as kept in the journal.
