@@ -256,10 +256,20 @@ pub struct GrantSpec {
 #[serde(untagged)]
 pub enum HttpSpec {
     Host(String),
-    Methods {
-        host: String,
-        methods: Vec<String>,
-    },
+    Full(HttpSpecTable),
+}
+
+/// `{ host = "...", methods = ["GET"], headers = { authorization = "Bearer ${secrets.TOKEN}" } }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpecTable {
+    pub host: String,
+    pub methods: Option<Vec<String>>,
+    /// Headers the host attaches to the requests this grant allows; a
+    /// value may hold `${secrets.NAME}`, filled in by the host (the task
+    /// never sees it).
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
 }
 
 impl HttpSpec {
@@ -268,7 +278,14 @@ impl HttpSpec {
         use crate::sandbox::http_grant::HttpGrant;
         match self {
             HttpSpec::Host(host) => HttpGrant::parse(host, None),
-            HttpSpec::Methods { host, methods } => HttpGrant::parse(host, Some(methods)),
+            HttpSpec::Full(table) => {
+                let headers: Vec<(String, String)> = table
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                HttpGrant::parse(&table.host, table.methods.as_deref())?.with_headers(&headers)
+            }
         }
     }
 }

@@ -212,7 +212,13 @@ impl Policy {
             Some((specs, at)) => (
                 specs
                     .iter()
-                    .map(|spec| spec.parse().map_err(|e| format!("{at}: allow_http: {e}")))
+                    .map(|spec| match spec.parse() {
+                        Ok(grant) if grant.has_headers() => Err(format!(
+                            "{at}: allow_http: {grant}: a policy caps hosts and methods; headers belong in a step's grant"
+                        )),
+                        Ok(grant) => Ok(grant),
+                        Err(e) => Err(format!("{at}: allow_http: {e}")),
+                    })
                     .collect::<Result<_, _>>()?,
                 at,
             ),

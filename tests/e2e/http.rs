@@ -16,15 +16,22 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use serde_json::{Value, json};
 
-use crate::support::{Cairn, Pipeline, assert_failed, guest, step};
+use crate::support::{Cairn, Pipeline, Run, assert_failed, guest, step};
 
 /// A JSON API on 127.0.0.1: `/items?page=N` (three pages), `/echo` (method
 /// and body back), `/redirect?to=URL`, `/big` (2 MiB), `/hang` (never
 /// answers). Counts the requests it serves.
 struct Api {
     addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
+    seen: Arc<Seen>,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// What the server saw: how many requests, and each `Authorization` sent.
+#[derive(Default)]
+struct Seen {
+    hits: AtomicUsize,
+    authorization: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -40,7 +47,7 @@ impl Api {
             .enable_all()
             .build()
             .unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Seen::default());
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -57,11 +64,11 @@ impl Api {
                     ""
                 }),
             )
-            .with_state(hits.clone());
+            .with_state(seen.clone());
         runtime.spawn(async move { axum::serve(listener, app).await });
         Self {
             addr,
-            hits,
+            seen,
             _runtime: runtime,
         }
     }
@@ -76,12 +83,12 @@ impl Api {
     }
 
     fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        self.seen.hits.load(Ordering::SeqCst)
     }
 }
 
-async fn items(State(hits): State<Arc<AtomicUsize>>, Query(q): Query<PageQuery>) -> Json {
-    hits.fetch_add(1, Ordering::SeqCst);
+async fn items(State(seen): State<Arc<Seen>>, Query(q): Query<PageQuery>) -> Json {
+    seen.hits.fetch_add(1, Ordering::SeqCst);
     let page = q.page.unwrap_or(1);
     let next = (page < 3).then(|| format!("/items?page={}", page + 1));
     let items: Vec<Value> = (0..2)
@@ -92,8 +99,11 @@ async fn items(State(hits): State<Arc<AtomicUsize>>, Query(q): Query<PageQuery>)
 
 type Json = axum::Json<Value>;
 
-async fn echo(State(hits): State<Arc<AtomicUsize>>, method: Method, headers: HeaderMap, body: String) -> Json {
-    hits.fetch_add(1, Ordering::SeqCst);
+async fn echo(State(seen): State<Arc<Seen>>, method: Method, headers: HeaderMap, body: String) -> Json {
+    seen.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
+        seen.authorization.lock().unwrap().push(auth.to_owned());
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -102,8 +112,8 @@ async fn echo(State(hits): State<Arc<AtomicUsize>>, method: Method, headers: Hea
     axum::Json(json!({ "method": method.as_str(), "body": body, "host": host }))
 }
 
-async fn redirect(State(hits): State<Arc<AtomicUsize>>, Query(q): Query<PageQuery>) -> impl IntoResponse {
-    hits.fetch_add(1, Ordering::SeqCst);
+async fn redirect(State(seen): State<Arc<Seen>>, Query(q): Query<PageQuery>) -> impl IntoResponse {
+    seen.hits.fetch_add(1, Ordering::SeqCst);
     (
         StatusCode::FOUND,
         [(header::LOCATION, q.to.unwrap_or_default())],
@@ -498,5 +508,72 @@ fn a_replay_serves_the_recorded_responses_with_the_server_gone_and_names_a_reque
             && replay.stderr.contains("/items?page=2, the recorded run sent GET"),
         "{}",
         replay.stderr
+    );
+}
+
+#[test]
+fn a_secret_header_reaches_the_server_but_never_the_task_the_journal_or_the_store() {
+    let api = Api::start();
+    let cairn = Cairn::new();
+    let secret = "tok-7d1f0c2a9e";
+    let p = Pipeline::new(&format!(
+        r#"
+        name = "auth"
+        [steps.call]
+        component = "{{wasm:http_probe}}"
+        input = {{ url = "{echo}" }}
+        grants = {{ http = ["https://api.example.com", {{ host = "{grant}", headers = {{ Authorization = "Bearer ${{secrets.API_TOKEN}}" }} }}] }}
+        [steps.peek]
+        component = "{{wasm:hostile}}"
+        input = {{ attack = "read-env" }}
+        allow_failure = true
+        grants = {{ http = [{{ host = "{grant}", headers = {{ Authorization = "Bearer ${{secrets.API_TOKEN}}" }} }}] }}
+        "#,
+        echo = api.url("/echo?q=1"),
+        grant = api.grant(),
+    ));
+    let run = Run::from(
+        cairn
+            .command()
+            .args(["run", p.path(), "--json"])
+            .env("API_TOKEN", secret)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        *api.seen.authorization.lock().unwrap(),
+        vec![format!("Bearer {secret}")],
+        "the host attached the header"
+    );
+    let report = run.json();
+    assert_eq!(step(&report, "call")["status"], "succeeded");
+    // The other step, granted the same header, finds no variable at all.
+    assert!(
+        step(&report, "peek")["message"]
+            .as_str()
+            .unwrap()
+            .contains("no environment variables are visible"),
+        "{report}"
+    );
+    assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
+    // A replay works from the recording without the secret's value
+    // reaching it either.
+    let id = report["run_id"].as_str().unwrap();
+    let replay = Run::from(
+        cairn
+            .command()
+            .args(["replay", id, "--verify"])
+            .env("API_TOKEN", secret)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    assert_eq!(api.seen.authorization.lock().unwrap().len(), 1, "the replay sent nothing");
+    let holding = crate::secrets::files_holding(cairn.store.path(), secret.as_bytes());
+    assert!(holding.is_empty(), "the secret is in {holding:?}");
+    assert!(
+        cairn.store.path().join("recorded").read_dir().unwrap().count() > 0,
+        "the responses were recorded"
     );
 }

@@ -1040,7 +1040,18 @@ fn grants(spec: &GrantSpec, base: &Path, secrets: &dyn SecretSource) -> Result<G
     grants.wall_clock = spec.clock;
     grants.random = spec.random;
     for http in &spec.http {
-        grants.http.push(http.parse().map_err(|e| e.to_string())?);
+        let grant = http.parse().map_err(|e| e.to_string())?;
+        // A secret a header uses is granted like any other (the policy's
+        // allow_secrets, the cache key, masking), but not as a variable.
+        for name in grant.header_secrets() {
+            if !grants.secrets.iter().any(|s| s == name) {
+                grants
+                    .allow_secret(name, secrets)
+                    .map_err(|e| format!("http header: {e}"))?;
+                grants.header_secrets.push(name.to_owned());
+            }
+        }
+        grants.http.push(grant);
     }
     if let Some(limits) = &spec.http_limits {
         if spec.http.is_empty() {

@@ -36,6 +36,9 @@ pub struct Grants {
     /// refused), and what it may spend on them.
     pub http: Vec<HttpGrant>,
     pub http_limits: HttpLimits,
+    /// Secrets (also in `secrets`) used only in the headers the host
+    /// attaches to HTTP requests: the task does not get them as variables.
+    pub header_secrets: Vec<String>,
     /// The task's working directory, resolved like a grant: relative paths
     /// the task opens (`data/notes.txt` in its argv) are taken from here.
     /// Only applied when a directory is granted (see [`Grants::guest_cwd`]):
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Grants {
             .field("random", &self.random)
             .field("http", &self.http)
             .field("http_limits", &self.http_limits)
+            .field("header_secrets", &self.header_secrets)
             .field("cwd", &self.cwd)
             .finish()
     }

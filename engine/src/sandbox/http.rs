@@ -198,6 +198,9 @@ impl HttpLedger {
 /// The `wasi:http` hooks of one attempt.
 pub(crate) struct HttpHooks {
     grants: Arc<[HttpGrant]>,
+    /// The headers each grant attaches, its secrets filled in (or the name
+    /// of a secret that had no value).
+    headers: Vec<Result<Vec<(http::HeaderName, http::HeaderValue)>, String>>,
     limits: HttpLimits,
     resolver: Arc<dyn Resolve>,
     ledger: Shared,
@@ -220,13 +223,35 @@ pub(crate) struct HttpOutcome {
 impl HttpHooks {
     pub(crate) fn new(
         grants: &[HttpGrant],
+        secrets: &super::Resolved,
         limits: HttpLimits,
         resolver: Arc<dyn Resolve>,
         deadline: Instant,
         tape: Option<Arc<[Exchange]>>,
     ) -> Self {
+        let value = |name: &str| {
+            secrets
+                .0
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let headers = grants
+            .iter()
+            .map(|grant| {
+                grant.render_headers(value)?.into_iter().map(|(name, text)| {
+                    let value = http::HeaderValue::from_str(&text)
+                        .map_err(|_| format!("its value for header {name} cannot be sent"))?;
+                    let name = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| format!("header {name} cannot be sent"))?;
+                    Ok((name, value))
+                })
+                .collect()
+            })
+            .collect();
         Self {
             grants: grants.into(),
+            headers,
             limits,
             resolver,
             ledger: Shared::default(),
@@ -258,7 +283,7 @@ impl HttpHooks {
 
     /// The grant that allows `request`, counted against the request limit;
     /// or the refusal, recorded.
-    fn admit(&self, request: &http::Request<WasiBody>) -> Result<(HttpGrant, Target), Error> {
+    fn admit(&self, request: &mut http::Request<WasiBody>) -> Result<(HttpGrant, Target), Error> {
         let mut ledger = lock(&self.ledger);
         let uri = request.uri();
         let shown = shown_url(uri);
@@ -288,7 +313,7 @@ impl HttpHooks {
             port,
             method: method.to_owned(),
         };
-        let Some(grant) = self.grants.iter().find(|g| g.allows(&asked)) else {
+        let Some(at) = self.grants.iter().position(|g| g.allows(&asked)) else {
             let what = format!("{}://{}:{port}", scheme.as_str(), authority.host());
             return Err(ledger.deny(if self.grants.is_empty() {
                 format!(
@@ -299,6 +324,15 @@ impl HttpHooks {
                 format!("{method} {shown}: {what} is not granted to this step (http grants: {})",
                     self.grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
             }));
+        };
+        let grant = &self.grants[at];
+        let attach = match &self.headers[at] {
+            Ok(headers) => headers,
+            Err(secret) => {
+                return Err(ledger.deny(format!(
+                    "{method} {shown}: the grant's headers need secret {secret}, which has no usable value"
+                )));
+            }
         };
         if ledger.requests >= self.limits.requests {
             return Err(ledger.limit(
@@ -311,6 +345,8 @@ impl HttpHooks {
         }
         ledger.requests += 1;
         let exchange = ledger.exchanges.len();
+        // Hashed before the host's own headers go on: a recording holds
+        // nothing of a secret.
         ledger.exchanges.push(Pending {
             method: method.to_owned(),
             url: uri.to_string(),
@@ -318,14 +354,19 @@ impl HttpHooks {
             body: blake3::Hasher::new(),
             response: None,
         });
+        let (port, name) = (port, authority.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+        let shown = format!("{method} {shown}");
+        for (header, value) in attach {
+            request.headers_mut().insert(header.clone(), value.clone());
+        }
         Ok((
             grant.clone(),
             Target {
                 scheme,
                 host,
-                name: authority.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
+                name,
                 port,
-                shown: format!("{method} {shown}"),
+                shown,
                 exchange,
             },
         ))
@@ -407,7 +448,8 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> ResponseFuture {
-        let admitted = self.admit(&request);
+        let mut request = request;
+        let admitted = self.admit(&mut request);
         let limits = narrowed(self.limits, options);
         let (resolver, ledger, deadline) =
             (self.resolver.clone(), self.ledger.clone(), self.deadline);
@@ -867,4 +909,40 @@ async fn replay(
         .body(body)
         .map_err(|e| Error::InternalError(Some(format!("a recorded response: {e}"))))?;
     Ok((response, Box::new(std::future::ready(Ok(())))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_response_reads_back_byte_for_byte() {
+        let recorded = Recorded {
+            status: 206,
+            headers: vec![("content-type".into(), "application/octet-stream".into())],
+            body: b"\n\0binary\nbody\xff".to_vec(),
+        };
+        assert_eq!(Recorded::decode(&recorded.encode()), Some(recorded));
+        assert_eq!(Recorded::decode(b"no head line"), None);
+        assert_eq!(Recorded::decode(b"{\"status\": \"x\"}\nbody"), None);
+    }
+
+    #[test]
+    fn a_request_is_identified_by_method_url_headers_and_body() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("accept", http::HeaderValue::from_static("application/json"));
+        headers.insert("x-b", http::HeaderValue::from_static("2"));
+        let mut reordered = http::HeaderMap::new();
+        reordered.insert("x-b", http::HeaderValue::from_static("2"));
+        reordered.insert("accept", http::HeaderValue::from_static("application/json"));
+        // The host's own Host header is not the task's.
+        reordered.insert(http::header::HOST, http::HeaderValue::from_static("elsewhere"));
+        assert_eq!(headers_hash(&headers), headers_hash(&reordered));
+        let (h, body) = (headers_hash(&headers), blake3::hash(b""));
+        let base = request_hash("GET", "http://a/x", &h, &body);
+        assert_ne!(base, request_hash("POST", "http://a/x", &h, &body));
+        assert_ne!(base, request_hash("GET", "http://a/y", &h, &body));
+        assert_ne!(base, request_hash("GET", "http://a/x", &blake3::hash(b"h"), &body));
+        assert_ne!(base, request_hash("GET", "http://a/x", &h, &blake3::hash(b"b")));
+    }
 }

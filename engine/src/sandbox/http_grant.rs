@@ -96,6 +96,16 @@ pub struct HttpGrant {
     port: u16,
     /// Upper-case method names; `None`: any method.
     methods: Option<Vec<String>>,
+    /// Headers the host attaches to every request this grant allows
+    /// (lower-case names), their values templates over the run's secrets.
+    headers: Vec<(String, Vec<Part>)>,
+}
+
+/// A piece of a header template: text, or a secret's value by name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    Text(String),
+    Secret(String),
 }
 
 /// A grant that cannot be read.
@@ -230,7 +240,94 @@ impl HttpGrant {
             host,
             port,
             methods,
+            headers: Vec::new(),
         })
+    }
+
+    /// This grant, attaching `headers` (name, template) to the requests it
+    /// allows. A template is text with `${secrets.NAME}` in it: the host
+    /// puts the secret's value there when it sends the request, so the task
+    /// never holds it.
+    pub fn with_headers(mut self, headers: &[(String, String)]) -> Result<Self, HttpGrantError> {
+        let shown = self.to_string();
+        let fail = |reason: String| HttpGrantError {
+            input: shown.clone(),
+            reason,
+        };
+        for (name, template) in headers {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
+                || matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding" | "connection")
+            {
+                return Err(fail(format!("{name:?} is not a header the host can attach")));
+            }
+            let mut parts = Vec::new();
+            let mut rest = template.as_str();
+            while let Some(start) = rest.find("${") {
+                if start > 0 {
+                    parts.push(Part::Text(rest[..start].to_owned()));
+                }
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| fail(format!("header {name}: an unclosed ${{ in {template:?}")))?;
+                let secret = after[..end].strip_prefix("secrets.").filter(|n| is_token(&n.replace('_', "-")));
+                let Some(secret) = secret else {
+                    return Err(fail(format!(
+                        "header {name}: write ${{secrets.NAME}} to put a secret in it, not ${{{}}}",
+                        &after[..end]
+                    )));
+                };
+                parts.push(Part::Secret(secret.to_owned()));
+                rest = &after[end + 1..];
+            }
+            if !rest.is_empty() {
+                parts.push(Part::Text(rest.to_owned()));
+            }
+            if template.contains(['\r', '\n', '\0']) {
+                return Err(fail(format!("header {name}: a value cannot hold line breaks or NUL")));
+            }
+            self.headers.push((lower, parts));
+        }
+        Ok(self)
+    }
+
+    /// Does the host attach headers to what this grant allows?
+    pub fn has_headers(&self) -> bool {
+        !self.headers.is_empty()
+    }
+
+    /// The secrets this grant's headers use, by name.
+    pub fn header_secrets(&self) -> impl Iterator<Item = &str> {
+        self.headers.iter().flat_map(|(_, parts)| {
+            parts.iter().filter_map(|p| match p {
+                Part::Secret(name) => Some(name.as_str()),
+                Part::Text(_) => None,
+            })
+        })
+    }
+
+    /// The headers to attach, their secrets filled in from `value`;
+    /// `Err(name)` names a secret that has no value.
+    pub fn render_headers<'v>(
+        &self,
+        value: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.headers
+            .iter()
+            .map(|(name, parts)| {
+                let mut text = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => text.push_str(t),
+                        Part::Secret(secret) => {
+                            text.push_str(value(secret).ok_or_else(|| secret.clone())?)
+                        }
+                    }
+                }
+                Ok((name.clone(), text))
+            })
+            .collect()
     }
 
     pub fn host(&self) -> &HostPattern {
@@ -279,6 +376,10 @@ impl fmt::Display for HttpGrant {
         write!(f, "{}://{}:{}", self.scheme.as_str(), self.host, self.port)?;
         if let Some(methods) = &self.methods {
             write!(f, " ({})", methods.join(", "))?;
+        }
+        if !self.headers.is_empty() {
+            let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+            write!(f, " with {}", names.join(", "))?;
         }
         Ok(())
     }
@@ -462,5 +563,43 @@ mod tests {
         assert!(e.to_string().contains("allows nothing"), "{e}");
         let e = HttpGrant::parse("example.com", Some(&["GE T".to_owned()])).unwrap_err();
         assert!(e.to_string().contains("not an HTTP method"), "{e}");
+    }
+
+    #[test]
+    fn header_templates_fill_in_secrets_and_refuse_what_cannot_be_sent() {
+        let headers = [
+            ("Authorization".to_owned(), "Bearer ${secrets.API_TOKEN}".to_owned()),
+            ("X-Pair".to_owned(), "${secrets.A}:${secrets.B}!".to_owned()),
+        ];
+        let g = grant("api.example.com").with_headers(&headers).unwrap();
+        assert_eq!(g.header_secrets().collect::<Vec<_>>(), ["API_TOKEN", "A", "B"]);
+        let values = |name: &str| match name {
+            "API_TOKEN" => Some("t0k"),
+            "A" => Some("a"),
+            "B" => Some("b"),
+            _ => None,
+        };
+        assert_eq!(
+            g.render_headers(values).unwrap(),
+            [
+                ("authorization".to_owned(), "Bearer t0k".to_owned()),
+                ("x-pair".to_owned(), "a:b!".to_owned())
+            ]
+        );
+        assert_eq!(g.render_headers(|_| None).unwrap_err(), "API_TOKEN");
+        // Named in the grant as written, without any value.
+        assert_eq!(g.to_string(), "https://api.example.com:443 with authorization, x-pair");
+        for (name, value) in [
+            ("Host", "x"),
+            ("bad name", "x"),
+            ("x-a", "${env.HOME}"),
+            ("x-a", "${secrets.A"),
+            ("x-a", "a\r\nInjected: yes"),
+        ] {
+            let e = grant("api.example.com")
+                .with_headers(&[(name.to_owned(), value.to_owned())])
+                .unwrap_err();
+            assert!(e.to_string().contains("write e.g."), "{name}: {value}: {e}");
+        }
     }
 }

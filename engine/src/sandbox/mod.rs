@@ -562,7 +562,12 @@ impl Sandbox {
             wasi.args(&argv);
         }
         wasi.envs(&grants.env);
-        wasi.envs(&request.secrets.0);
+        for (name, value) in &request.secrets.0 {
+            // A secret meant only for HTTP headers stays with the host.
+            if !grants.header_secrets.contains(name) {
+                wasi.env(name, value);
+            }
+        }
         // Each directory is opened once, checked to be the one the grant
         // (and the policy) named, and preopened through that handle, so a
         // symlink swapped in since planning cannot redirect the task.
@@ -609,6 +614,7 @@ impl Sandbox {
         let deadline = started + request.limits.timeout;
         let http_hooks = http::HttpHooks::new(
             &grants.http,
+            request.secrets,
             grants.http_limits,
             self.resolver.clone(),
             deadline,
