@@ -126,6 +126,7 @@ impl Executor for Noop {
             peak_memory: 0,
             log: TaskLog::default(),
             http: Vec::new(),
+            http_refused: Vec::new(),
         })
     }
 }

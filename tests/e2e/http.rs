@@ -216,6 +216,17 @@ fn a_granted_host_is_reached_and_every_other_scheme_host_port_and_method_is_deni
     );
     assert_eq!(api.hits(), 2, "only the granted GET arrived");
     assert_eq!(other.hits(), 0);
+    // The refused request is in the audit log, with its run and step.
+    let audit = cairn.run(&["audit", "--json"]).json();
+    let refused = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "denied" && e["capability"] == "http")
+        .unwrap_or_else(|| panic!("no refused request audited: {audit}"));
+    assert_eq!(refused["step"], "post");
+    assert_eq!(refused["run"], report["run_id"]);
+    assert!(refused["detail"].as_str().unwrap().starts_with("POST http://127.0.0.1:"), "{refused}");
 }
 
 #[test]
@@ -495,6 +506,11 @@ fn a_replay_serves_the_recorded_responses_with_the_server_gone_and_names_a_reque
     assert_eq!(verified["verified"], 2, "{verified}");
     assert_eq!(verified["nondeterministic"], json!([]));
     assert_eq!(report["output"], original["output"], "bit for bit");
+
+    // --live sends the requests again: with the server gone, they fail.
+    let live = cairn.run(&["replay", &id, "--live"]);
+    assert_eq!(live.code, 3, "{}", live.stderr);
+    assert!(live.stderr.contains("fetch"), "{}", live.stderr);
 
     // The step now asks for another page: the replay names that request.
     let changed = text.replace("page=1", "page=2");

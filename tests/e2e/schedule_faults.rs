@@ -35,6 +35,7 @@ impl Executor for PanicsOnBoom {
             peak_memory: 0,
             log: TaskLog::default(),
             http: Vec::new(),
+            http_refused: Vec::new(),
         })
     }
 }
@@ -217,6 +218,7 @@ async fn a_store_that_cannot_write_fails_the_run_and_reports_nothing_done_that_i
             share: None,
             secrets: Arc::new(EngineEnv),
             tapes: None,
+            on_refused: None,
         }),
         RunOptions {
             jobs: 1,
@@ -279,6 +281,7 @@ async fn steps_in_flight_together_may_not_pass_the_runs_input_limit() {
             share: None,
             secrets: Arc::new(EngineEnv),
             tapes: None,
+            on_refused: None,
         }),
         RunOptions {
             jobs: 2,
@@ -350,6 +353,7 @@ impl Executor for HoldsTheFirst {
             peak_memory: 0,
             log: TaskLog::default(),
             http: Vec::new(),
+            http_refused: Vec::new(),
         })
     }
 }

@@ -996,6 +996,26 @@ impl Started {
             share: runner.share.clone(),
             secrets,
             tapes,
+            on_refused: Some({
+                let (audit, tenant, run) = (runner.audit.clone(), tenant.clone(), record.id.0.clone());
+                Arc::new(move |step: &str, lines: &[String]| {
+                    let entries: Vec<AuditEntry> = lines
+                        .iter()
+                        .map(|line| AuditEntry {
+                            at_ms: now_ms(),
+                            run: Some(run.clone()),
+                            tenant: tenant.clone(),
+                            step: Some(step.to_owned()),
+                            event: "denied".into(),
+                            capability: "http".into(),
+                            detail: line.clone(),
+                        })
+                        .collect();
+                    if let Err(e) = audit.append(&entries) {
+                        tracing::warn!("cannot audit a refused request of step {step}: {e}");
+                    }
+                })
+            }),
         });
         let report = schedule::run_draining(
             plan,

@@ -219,6 +219,8 @@ pub struct Attempt<T = Vec<u8>> {
     /// Every HTTP request that got a response, with that response, in the
     /// order sent: what a replay of this attempt serves back.
     pub http: Vec<http::Exchange>,
+    /// Every HTTP request the host refused (also in `log`), for the audit log.
+    pub http_refused: Vec<String>,
 }
 
 /// The error a deadline callback raises once the attempt's time is up.
@@ -811,7 +813,7 @@ impl PreparedRun {
             refused,
             exchanges,
         } = self.store.data().http_hooks.outcome();
-        for line in refused {
+        for line in &refused {
             self.store
                 .data_mut()
                 .record_log(Level::Warn, format!("http: refused {line}"));
@@ -845,6 +847,10 @@ impl PreparedRun {
             peak_memory: state.memory.peak as u64,
             log: std::mem::take(&mut state.log),
             http: exchanges,
+            http_refused: refused
+                .into_iter()
+                .map(|line| failure::printable(state.redactor.redact(line)))
+                .collect(),
         }
     }
 

@@ -155,7 +155,13 @@ pub struct SandboxExecutor {
     /// In a replay: each unit of work's recorded HTTP exchanges, served
     /// instead of the network. `None`: requests go out.
     pub tapes: Option<Arc<Tapes>>,
+    /// Told of every HTTP request the host refused (step name, one line
+    /// each): the run's audit log.
+    pub on_refused: Option<Arc<RefusalSink>>,
 }
+
+/// Where refused HTTP requests are reported: step name, lines.
+pub type RefusalSink = dyn Fn(&str, &[String]) + Send + Sync;
 
 /// The HTTP exchanges of a recorded run's successful attempts, by step and
 /// element.
@@ -197,7 +203,13 @@ impl Executor for SandboxExecutor {
                     .unwrap_or_else(|| Arc::from(Vec::new()))
             }),
         };
-        self.sandbox.run(&step.component, request).await
+        let attempt = self.sandbox.run(&step.component, request).await?;
+        if let Some(sink) = &self.on_refused
+            && !attempt.http_refused.is_empty()
+        {
+            sink(&step.name, &attempt.http_refused);
+        }
+        Ok(attempt)
     }
 
     fn secrets(&self) -> &dyn SecretSource {
