@@ -433,7 +433,20 @@ impl Policy {
                 .env
                 .iter()
                 .map(|var| var.split_once('=').map_or(var.as_str(), |(name, _)| name));
-            let secrets = spec.grants.secrets.iter().map(String::as_str);
+            // Secrets a grant's HTTP headers use are asked for too.
+            let in_headers: Vec<String> = spec
+                .grants
+                .http
+                .iter()
+                .filter_map(|h| h.parse().ok())
+                .flat_map(|g| g.header_secrets().map(str::to_owned).collect::<Vec<_>>())
+                .collect();
+            let secrets = spec
+                .grants
+                .secrets
+                .iter()
+                .chain(&in_headers)
+                .map(String::as_str);
             self.check_names(Some(name), env, secrets, &mut deny);
         }
         drop(deny);

@@ -593,3 +593,36 @@ fn a_secret_header_reaches_the_server_but_never_the_task_the_journal_or_the_stor
         "the responses were recorded"
     );
 }
+
+#[test]
+fn a_policy_refuses_a_header_secret_it_does_not_list_before_looking_for_its_value() {
+    let cairn = Cairn::new();
+    let p = Pipeline::new(
+        r#"
+        name = "probe-secrets"
+        [steps.call]
+        component = "{wasm:http_pages}"
+        input = { url = "http://127.0.0.1:9/items" }
+        grants = { http = [{ host = "http://127.0.0.1:9", headers = { authorization = "Bearer ${secrets.HOST_ONLY_VAR}" } }] }
+        "#,
+    );
+    let policy = p.dir.path().join("policy.toml");
+    std::fs::write(&policy, "[default]\nallow_http = [\"http://127.0.0.1:9\"]\n").unwrap();
+    // Whether the variable is set or not, the answer is the same.
+    for set in [false, true] {
+        let mut command = cairn.command();
+        command.args(["run", p.path(), "--policy", policy.to_str().unwrap()]);
+        if set {
+            command.env("HOST_ONLY_VAR", "x");
+        } else {
+            command.env_remove("HOST_ONLY_VAR");
+        }
+        let run = Run::from(command.output().unwrap());
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("secret HOST_ONLY_VAR is not in allow_secrets"),
+            "{}",
+            run.stderr
+        );
+    }
+}

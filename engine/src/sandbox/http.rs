@@ -58,8 +58,8 @@ pub struct HttpLimits {
 impl HttpLimits {
     pub const DEFAULT: HttpLimits = HttpLimits {
         requests: 1000,
-        received: ByteSize::mib(256),
-        sent: ByteSize::mib(64),
+        received: ByteSize::mib(64),
+        sent: ByteSize::mib(16),
         connect_timeout: Duration::from_secs(10),
         first_byte_timeout: Duration::from_secs(30),
         between_bytes_timeout: Duration::from_secs(30),
@@ -67,8 +67,10 @@ impl HttpLimits {
 }
 
 impl Default for HttpLimits {
-    /// 1000 requests, 256 MiB received, 64 MiB sent, 10 s to connect, 30 s
-    /// to the first byte, 30 s between bytes.
+    /// 1000 requests, 64 MiB received, 16 MiB sent, 10 s to connect, 30 s
+    /// to the first byte, 30 s between bytes. What is received is also held
+    /// in memory until the attempt ends (it is recorded), so `received`
+    /// bounds that too.
     fn default() -> Self {
         Self::DEFAULT
     }
@@ -454,10 +456,19 @@ impl WasiHttpHooks for HttpHooks {
         let (resolver, ledger, deadline) =
             (self.resolver.clone(), self.ledger.clone(), self.deadline);
         if let Some(tape) = &self.tape {
+            // Its place on the tape is the order the task sent it in, taken
+            // now: the futures of requests in flight together may run in
+            // any order.
+            let position = admitted.as_ref().ok().map(|_| {
+                let mut ledger = lock(&self.ledger);
+                ledger.replayed += 1;
+                ledger.replayed - 1
+            });
             let tape = tape.clone();
             return Box::new(async move {
                 let (_, target) = admitted?;
-                replay(request, target, limits, &tape, ledger).await
+                let position = position.unwrap_or_default();
+                replay(request, target, position, limits, &tape, ledger).await
             });
         }
         Box::new(async move {
@@ -835,6 +846,7 @@ fn recorded_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
 async fn replay(
     request: http::Request<WasiBody>,
     target: Target,
+    position: usize,
     limits: HttpLimits,
     tape: &[Exchange],
     ledger: Shared,
@@ -845,11 +857,6 @@ async fn replay(
     ),
     Error,
 > {
-    let position = {
-        let mut ledger = lock(&ledger);
-        ledger.replayed += 1;
-        ledger.replayed - 1
-    };
     // The body is read whole (within the sent limit) to compare it.
     let body = Counted {
         inner: request.into_body(),
