@@ -626,3 +626,26 @@ fn a_policy_refuses_a_header_secret_it_does_not_list_before_looking_for_its_valu
         );
     }
 }
+
+#[test]
+fn a_plain_wasi_cli_command_reaches_a_granted_host_and_only_that() {
+    let api = Api::start();
+    let cairn = Cairn::new();
+    let fetch = guest("fetch_url");
+    let url = api.url("/items?page=3");
+    let run = cairn.run(&[
+        "task",
+        "run",
+        fetch.to_str().unwrap(),
+        "--allow-http",
+        &api.grant(),
+        "--",
+        &url,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let page: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(page["items"][0]["id"], 30, "{page}");
+    let (run, report) = cairn.task_json(&fetch, "", &["--", &url]);
+    assert_failed(&report, &run, "denied", 16);
+    assert_eq!(api.hits(), 1);
+}
