@@ -58,6 +58,16 @@ impl Api {
             .route("/redirect", get(redirect))
             .route("/big", get(|| async { "x".repeat(2 << 20) }))
             .route(
+                "/stall",
+                get(|| async {
+                    use futures_util::StreamExt;
+                    let first = futures_util::stream::once(async {
+                        Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"items\": ["))
+                    });
+                    axum::body::Body::from_stream(first.chain(futures_util::stream::pending()))
+                }),
+            )
+            .route(
                 "/hang",
                 get(|| async {
                     std::future::pending::<()>().await;
@@ -276,6 +286,10 @@ fn an_oversized_response_and_a_server_that_never_answers_stop_at_their_limit() {
         component = "{{wasm:http_probe}}"
         input = {{ url = "{hang}" }}
         grants = {{ http = ["https://api.example.com", "{grant}"], http_limits = {{ first_byte_timeout = "300ms" }} }}
+        [steps.stall]
+        component = "{{wasm:http_probe}}"
+        input = {{ url = "{stall}" }}
+        grants = {{ http = ["https://api.example.com", "{grant}"], http_limits = {{ between_bytes_timeout = "300ms" }} }}
         [steps.many]
         component = "{{wasm:http_pages}}"
         input = {{ url = "{items}" }}
@@ -283,6 +297,7 @@ fn an_oversized_response_and_a_server_that_never_answers_stop_at_their_limit() {
         "#,
         big = api.url("/big"),
         hang = api.url("/hang"),
+        stall = api.url("/stall"),
         items = api.url("/items?page=1"),
         grant = api.grant(),
     ));
@@ -291,6 +306,7 @@ fn an_oversized_response_and_a_server_that_never_answers_stop_at_their_limit() {
     for (name, says) in [
         ("big", "http_limits.received"),
         ("hang", "http_limits.first_byte_timeout"),
+        ("stall", "http_limits.between_bytes_timeout"),
         ("many", "http_limits.requests"),
     ] {
         let s = step(&report, name);

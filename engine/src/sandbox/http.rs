@@ -687,25 +687,35 @@ async fn send(
         body: Vec::new(),
     });
     let idle = limits.between_bytes_timeout;
-    let response = response.map(|body| {
-        Counted {
-            inner: body.map_err(Error::from),
-            ledger: ledger.clone(),
-            direction: Direction::Received(limits.received.bytes(), limits.received),
-            idle: Some((idle, Box::pin(tokio::time::sleep(idle)))),
-            shown: target.shown.clone(),
-            exchange: target.exchange,
-        }
-        .boxed_unsync()
-    });
-    // The connection's remaining I/O, bounded by the attempt's deadline.
-    let io = async move {
-        match tokio::time::timeout_at(deadline.into(), conn).await {
-            Ok(result) => result.map_err(Error::from),
-            Err(_) => Err(Error::ConnectionReadTimeout),
-        }
+    // The body is read here, whole, while the connection is driven, and
+    // handed to the task from memory: it is held for the recording anyway
+    // (bounded by `received`), and the task's reads then wait on no other
+    // task of the runtime.
+    drop(sender);
+    let (parts, body) = response.into_parts();
+    let body = Counted {
+        inner: body.map_err(Error::from),
+        ledger: ledger.clone(),
+        direction: Direction::Received(limits.received.bytes(), limits.received),
+        idle: Some((idle, Box::pin(tokio::time::sleep(idle)))),
+        shown: target.shown.clone(),
+        exchange: target.exchange,
     };
-    Ok((response, Box::new(io)))
+    let read = async {
+        let (collected, _) = tokio::join!(body.collect(), conn);
+        collected
+    };
+    let bytes = tokio::time::timeout_at(deadline.into(), read)
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)??
+        .to_bytes();
+    let body = http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok((
+        http::Response::from_parts(parts, body),
+        Box::new(std::future::ready(Ok(()))),
+    ))
 }
 
 fn display_ip(ip: IpAddr) -> String {
