@@ -132,7 +132,7 @@ pub struct Recorded {
     /// Names and values; a value that is not visible ASCII is kept lossily.
     pub headers: Vec<(String, String)>,
     #[serde(skip)]
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 impl Recorded {
@@ -147,7 +147,7 @@ impl Recorded {
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let end = bytes.iter().position(|b| *b == b'\n')?;
         let mut recorded: Recorded = serde_json::from_slice(&bytes[..end]).ok()?;
-        recorded.body = bytes[end + 1..].to_vec();
+        recorded.body = Bytes::copy_from_slice(&bytes[end + 1..]);
         Some(recorded)
     }
 }
@@ -684,7 +684,7 @@ async fn send(
     lock(&ledger).exchanges[target.exchange].response = Some(Recorded {
         status: response.status().as_u16(),
         headers: recorded_headers(response.headers()),
-        body: Vec::new(),
+        body: Bytes::new(),
     });
     let idle = limits.between_bytes_timeout;
     // The body is read here, whole, while the connection is driven, and
@@ -709,6 +709,14 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionReadTimeout)??
         .to_bytes();
+    // One buffer for the task and the recording.
+    if let Some(Some(response)) = lock(&ledger)
+        .exchanges
+        .get_mut(target.exchange)
+        .map(|p| p.response.as_mut())
+    {
+        response.body = bytes.clone();
+    }
     let body = http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync();
@@ -781,14 +789,6 @@ where
                     }
                     Direction::Received(cap, written) => {
                         ledger.received += size;
-                        let within = ledger.received <= cap;
-                        if let (true, Some(data), Some(Some(response))) = (
-                            within,
-                            frame.data_ref(),
-                            ledger.exchanges.get_mut(this.exchange).map(|p| p.response.as_mut()),
-                        ) {
-                            response.body.extend_from_slice(data);
-                        }
                         (ledger.received > cap).then(|| {
                             ledger.limit(
                                 format!(
@@ -919,7 +919,7 @@ async fn replay(
     for (name, value) in &recorded.headers {
         response = response.header(name.as_str(), value.as_str());
     }
-    let body = http_body_util::Full::new(Bytes::from(recorded.body))
+    let body = http_body_util::Full::new(recorded.body)
         .map_err(|never| match never {})
         .boxed_unsync();
     let response = response
@@ -937,7 +937,7 @@ mod tests {
         let recorded = Recorded {
             status: 206,
             headers: vec![("content-type".into(), "application/octet-stream".into())],
-            body: b"\n\0binary\nbody\xff".to_vec(),
+            body: Bytes::from_static(b"\n\0binary\nbody\xff"),
         };
         assert_eq!(Recorded::decode(&recorded.encode()), Some(recorded));
         assert_eq!(Recorded::decode(b"no head line"), None);
