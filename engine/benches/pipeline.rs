@@ -215,6 +215,7 @@ fn pipelines(c: &mut Criterion) {
         share: None,
         secrets: Arc::new(EngineEnv),
         tapes: None,
+        on_refused: None,
     });
     group.bench_function("run-echo/10k-fan-out", |b| {
         b.iter(|| runtime.block_on(run(fan_plan.clone(), executor.clone(), 2)))

@@ -8,6 +8,7 @@ mod support;
 
 mod artifacts;
 mod bundles;
+mod dashboard;
 mod determinism;
 mod examples;
 mod host_streams;

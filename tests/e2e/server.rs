@@ -42,7 +42,7 @@ allow_random = true
 "#;
 
 /// A `cairn serve` on a free loopback port with its own data directory.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     pub url: String,
     pub dir: tempfile::TempDir,
@@ -53,26 +53,26 @@ struct Served {
 }
 
 impl Served {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("server.toml"), CONFIG).unwrap();
         std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
         Self::start_in(dir)
     }
 
-    fn start_in(dir: tempfile::TempDir) -> Self {
+    pub(crate) fn start_in(dir: tempfile::TempDir) -> Self {
         Self::start_in_with(dir, &[])
     }
 
     /// With these environment variables set for the server process.
-    fn start_in_with(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_in_with(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         Self::start_in_with_args(dir, env, &[], false)
     }
 
     /// With these environment variables and extra `cairn serve` arguments;
     /// with `hang_up`, its stderr is closed once it listens (a log reader
     /// that went away).
-    fn start_in_with_args(
+    pub(crate) fn start_in_with_args(
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
         args: &[&str],
@@ -127,7 +127,7 @@ impl Served {
     }
 
     /// Wait for a line of the server's stderr that contains `text`.
-    fn wait_for_line(&self, text: &str) -> String {
+    pub(crate) fn wait_for_line(&self, text: &str) -> String {
         let lines = self.stderr.as_ref().expect("stderr is still read");
         let lines = lines.lock().unwrap();
         loop {
@@ -140,7 +140,7 @@ impl Served {
         }
     }
 
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -178,12 +178,12 @@ impl Served {
         (status, value)
     }
 
-    fn get(&self, path: &str, token: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call("GET", path, Some(token), None)
     }
 
     /// `cairn ARGS` against this server with `token`.
-    fn cli(&self, args: &[&str], token: &str) -> crate::support::Run {
+    pub(crate) fn cli(&self, args: &[&str], token: &str) -> crate::support::Run {
         crate::support::Run::from(
             Command::new(env!("CARGO_BIN_EXE_cairn"))
                 .args(args)
@@ -197,7 +197,7 @@ impl Served {
     }
 
     /// Send SIGTERM and wait for the server to exit; its exit code.
-    fn terminate(&mut self) -> Option<i32> {
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -210,13 +210,13 @@ impl Served {
     }
 
     /// Stop this server (it must have exited) and start one on its data.
-    fn restart(mut self) -> Self {
+    pub(crate) fn restart(mut self) -> Self {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         drop(self);
         Self::start_in(dir)
     }
 
-    fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         self.call(
             "POST",
             path,
@@ -225,7 +225,7 @@ impl Served {
         )
     }
 
-    fn token(&self, tenant: &str, role: &str) -> String {
+    pub(crate) fn token(&self, tenant: &str, role: &str) -> String {
         let (status, created) = self.post(
             "/v1/tokens",
             &self.admin,
@@ -235,12 +235,12 @@ impl Served {
         created["token"].as_str().unwrap().to_owned()
     }
 
-    fn upload(&self, token: &str, bytes: Vec<u8>) -> (u16, Value) {
+    pub(crate) fn upload(&self, token: &str, bytes: Vec<u8>) -> (u16, Value) {
         self.call("POST", "/v1/bundles", Some(token), Some(bytes))
     }
 
     /// Wait until the run has ended (the server records the end).
-    fn finished(&self, token: &str, run: &str) -> Value {
+    pub(crate) fn finished(&self, token: &str, run: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (status, shown) = self.get(&format!("/v1/runs/{run}"), token);
@@ -254,7 +254,7 @@ impl Served {
     }
 
     /// `kill -9` the server, then start it again on the same data.
-    fn kill_and_restart(mut self) -> Self {
+    pub(crate) fn kill_and_restart(mut self) -> Self {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
@@ -263,7 +263,7 @@ impl Served {
     }
 
     /// Files stored for a tenant's bundles.
-    fn stored_bundles(&self, tenant: &str) -> Vec<String> {
+    pub(crate) fn stored_bundles(&self, tenant: &str) -> Vec<String> {
         std::fs::read_dir(
             self.dir
                 .path()
@@ -284,7 +284,7 @@ impl Drop for Served {
     }
 }
 
-fn chain_bundle(name: &str) -> Vec<u8> {
+pub(crate) fn chain_bundle(name: &str) -> Vec<u8> {
     let p = Pipeline::new(&format!(
         "name = \"{name}\"\n\
          [steps.a]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ n = 1 }}\n\
@@ -785,7 +785,7 @@ fn a_server_admin_adds_a_tenant_that_runs_at_once_and_is_kept_across_restarts() 
 
 /// A chain of `n` steps, each burning a few milliseconds and depending on
 /// the one before.
-fn burn_chain(n: usize, rounds: u64) -> Vec<u8> {
+pub(crate) fn burn_chain(n: usize, rounds: u64) -> Vec<u8> {
     let mut manifest = String::from("name = \"burn-chain\"\n");
     for i in 0..n {
         let seed = if i == 0 {

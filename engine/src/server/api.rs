@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use utoipa::{OpenApi, ToSchema};
 
 use super::auth::{Caller, Role, Scope};
-use super::{Server, StartError, Tenant};
+use super::{Server, StartError, Tenant, session};
 use crate::model::RunStatus;
 use crate::runner::describe::{StepView, step_views};
 use crate::runner::{Launch, Resumption, RunError};
@@ -124,8 +124,21 @@ impl IntoResponse for ApiError {
 
 type Shared = State<Arc<Server>>;
 
-/// The caller behind the request's bearer token.
+/// The caller behind the request's bearer token, or else its session
+/// cookie (whose CSRF token [`csrf_guard`] has checked already).
 fn caller(server: &Server, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return session::session_caller(
+            &server.sessions,
+            &server.tokens,
+            &axum::http::Method::GET,
+            headers,
+            (server.clock)(),
+        )
+        .ok()
+        .flatten()
+        .ok_or_else(ApiError::unauthorized);
+    }
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1652,15 +1665,125 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
+        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
 
+/// Refuse a change authorized by a session cookie that does not carry the
+/// session's CSRF token, before any handler sees it.
+async fn csrf_guard(
+    State(server): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let refused = session::session_caller(
+        &server.sessions,
+        &server.tokens,
+        request.method(),
+        request.headers(),
+        (server.clock)(),
+    );
+    match refused {
+        Err(session::Refusal::Csrf) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a change made with a session cookie must carry the session's {} header",
+                session::CSRF_HEADER
+            ),
+        )
+        .into_response(),
+        Ok(_) => next.run(request).await,
+    }
+}
+
+/// Who a browser is signed in as.
+#[derive(Serialize, ToSchema)]
+pub struct SessionView {
+    pub tenant: String,
+    pub role: Role,
+    /// Send this in `X-CSRF-Token` with every change made through the
+    /// session cookie. Absent when the request used a bearer token.
+    pub csrf: Option<String>,
+}
+
+/// Sign in: exchange the bearer token for a session cookie (`HttpOnly`,
+/// `SameSite=Strict`, `Secure` behind a TLS proxy). The answer's `csrf`
+/// must accompany every change made with the cookie.
+#[utoipa::path(post, path = "/v1/session", tag = "viewer",
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn sign_in(State(server): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(ApiError::unauthorized());
+    }
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let opened = server.sessions.open(&caller.token_id, (server.clock)());
+    let view = SessionView {
+        tenant: tenant.name.clone(),
+        role: caller.role,
+        csrf: Some(opened.csrf),
+    };
+    let mut response = Json(view).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session::set_cookie(Some(&opened.id), session::behind_tls(&headers)),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Who the request is from: its tenant, role and (for a session) the
+/// CSRF token, so a reloaded page can go on.
+#[utoipa::path(get, path = "/v1/session", tag = "viewer",
+    responses((status = 200, body = SessionView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn whoami(State(server): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let csrf = if headers.contains_key(header::AUTHORIZATION) {
+        None
+    } else {
+        session::cookie(&headers)
+            .and_then(|id| server.sessions.find(&id, (server.clock)()))
+            .map(|(_, csrf)| csrf)
+    };
+    let mut response = Json(SessionView {
+        tenant: tenant.name.clone(),
+        role: caller.role,
+        csrf,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Sign out: the session ends on the server, and the cookie is cleared.
+#[utoipa::path(delete, path = "/v1/session", tag = "viewer",
+    responses((status = 200, description = "signed out"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn sign_out(State(server): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    tenant_for(&server, &headers, Role::Viewer)?;
+    let ended = session::cookie(&headers).is_some_and(|id| server.sessions.close(&id));
+    let mut response = Json(json!({ "signed_out": ended })).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session::set_cookie(None, session::behind_tls(&headers)),
+    );
+    Ok(response)
+}
+
 /// Every route, with the server as its state.
 pub fn router(server: Arc<Server>) -> Router {
     Router::new()
+        .route("/", get(super::ui::index))
+        .route("/ui/{file}", get(super::ui::asset))
         .route("/healthz", get(healthz))
+        .route("/v1/session", post(sign_in).get(whoami).delete(sign_out))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{id}/revoke", post(revoke_token))
@@ -1684,5 +1807,6 @@ pub fn router(server: Arc<Server>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read with each route's own cap.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(server.clone(), csrf_guard))
         .with_state(server)
 }

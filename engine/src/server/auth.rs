@@ -243,6 +243,21 @@ impl Tokens {
         })
     }
 
+    /// The caller of token `id` if it is still valid now (not revoked, not
+    /// expired): what a session signed in with it may still do.
+    pub fn still_valid(&self, id: &str, now_ms: u64) -> Option<Caller> {
+        let table = self.lock();
+        let entry = table.values().find(|e| e.id == id)?;
+        if entry.revoked || entry.expires_ms.is_some_and(|at| at <= now_ms) {
+            return None;
+        }
+        Some(Caller {
+            token_id: entry.id.clone(),
+            scope: entry.tenant.clone().map_or(Scope::Server, Scope::Tenant),
+            role: entry.role,
+        })
+    }
+
     fn save(&self, table: &BTreeMap<String, TokenEntry>) -> Result<(), TokenError> {
         let rows: Vec<&TokenEntry> = table.values().collect();
         let bytes = serde_json::to_vec_pretty(&rows).expect("token entries always serialize");

@@ -22,6 +22,8 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod session;
+pub mod ui;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -459,6 +461,8 @@ pub struct Server {
     /// The tenants added while the server ran (what `tenants.toml` holds);
     /// held while one is added, so two adds cannot race.
     added: Mutex<BTreeMap<String, Quotas>>,
+    /// The dashboard's signed-in browsers.
+    pub sessions: session::Sessions,
 }
 
 /// A running server: its state and the address it listens on.
@@ -551,6 +555,7 @@ impl Server {
             clock,
             source,
             added: Mutex::new(added),
+            sessions: session::Sessions::default(),
         });
         Ok(Started {
             server,

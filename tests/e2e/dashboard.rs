@@ -1,0 +1,350 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over WebDriver), against a real `cairn serve`
+//! on loopback: sign-in and sign-out, what a viewer may not do, the session
+//! cookie out of page script's reach, a run followed live, a failed step's
+//! class and log line, and one tenant's page never showing another's run.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::server::{Served, chain_bundle};
+use crate::support::Pipeline;
+
+/// How long the page may take to show what a test waits for. A bound, not a
+/// pause: each wait returns as soon as the element is there.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A chromedriver on a free loopback port and a headless Chromium session.
+struct Browser {
+    driver: Child,
+    client: Client,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (apt-get install chromium chromium-driver)");
+        // Wait for it to listen (bounded: it takes well under a second).
+        let deadline = Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--no-first-run",
+                    "--disable-dev-shm-usage"],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a Chromium session starts");
+        Self { driver, client }
+    }
+
+    async fn wait(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
+    }
+
+    async fn sign_in(&self, url: &str, token: &str) {
+        self.client.goto(url).await.unwrap();
+        let input = self.wait("#token").await;
+        input.send_keys(token).await.unwrap();
+        self.client
+            .find(Locator::Css("#sign-in button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn script(&self, code: &str) -> serde_json::Value {
+        self.client.execute(code, vec![]).await.unwrap()
+    }
+
+    async fn end(mut self) {
+        let _ = self.client.close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// An HTTP server on loopback whose `/gate` answers only once the test
+/// opens it: a run whose step waits on it stays running exactly as long as
+/// the test wants, with no guess at how long a step takes.
+struct Gate {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<tokio::sync::Notify>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    async fn start() -> Self {
+        let open = std::sync::Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = open.clone();
+        let app = axum::Router::new().route(
+            "/gate",
+            axum::routing::get(move || {
+                let waiting = waiting.clone();
+                async move {
+                    waiting.notified().await;
+                    "open"
+                }
+            }),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            open,
+            _server: server,
+        }
+    }
+
+    /// A server whose tenant `a` may reach this gate (and the host the
+    /// probe says it wants).
+    fn served(&self) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.toml"), "policy = \"policy.toml\"\n[tenants.a]\n[tenants.b]\n")
+            .unwrap();
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            format!(
+                "[default]\nmax_timeout = \"10m\"\nallow_http = [\"https://api.example.com\", \"http://{}\"]\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+        Served::start_in(dir)
+    }
+
+    /// A pipeline whose first step waits at the gate, then two more.
+    fn pipeline(&self) -> Vec<u8> {
+        let p = Pipeline::new(&format!(
+            r#"
+            name = "gated"
+            [steps.wait]
+            component = "{{wasm:http_probe}}"
+            input = {{ url = "http://{addr}/gate" }}
+            timeout = "10m"
+            grants = {{ http = ["https://api.example.com", "http://{addr}"], http_limits = {{ first_byte_timeout = "10m" }} }}
+            [steps.then]
+            component = "{{wasm:echo}}"
+            input = {{ status = "${{wait.status}}" }}
+            [steps.last]
+            component = "{{wasm:echo}}"
+            input = {{ from = "${{then.status}}" }}
+            "#,
+            addr = self.addr
+        ));
+        cairn::bundle::pack(p.dir.path()).unwrap()
+    }
+
+    fn open(&self) {
+        self.open.notify_waiters();
+    }
+}
+
+/// Start a run of `bundle` for `token`'s tenant; its id.
+fn start_run(s: &Served, token: &str, bundle: Vec<u8>) -> String {
+    let (status, uploaded) = s.upload(token, bundle);
+    assert_eq!(status, 201, "{uploaded}");
+    let (status, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    started["id"].as_str().unwrap().to_owned()
+}
+
+/// `GET path` with only a `Cookie` header; the status.
+fn with_cookie(s: &Served, path: &str, cookie: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .get(&format!("{}{path}", s.url))
+        .header("Cookie", &format!("cairn_session={cookie}"))
+        .call()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_ends_the_session() {
+    let s = Served::start();
+    let operator = s.token("a", "operator");
+    let viewer = s.token("a", "viewer");
+    let run = start_run(&s, &operator, chain_bundle("looked-at"));
+    s.finished(&operator, &run);
+    let browser = Browser::start().await;
+
+    // Before sign-in the page shows the form and nothing else.
+    browser.client.goto(&s.url).await.unwrap();
+    browser.wait("#sign-in").await;
+    assert!(browser.client.find(Locator::Css("#runs")).await.is_err());
+    browser
+        .sign_in(&s.url, &format!("cairn_{}", "0".repeat(64)))
+        .await;
+    let error = browser.wait("#sign-in-error").await;
+    browser
+        .client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath("//*[@id='sign-in-error'][contains(., 'refused')]"))
+        .await
+        .unwrap();
+    assert!(error.text().await.unwrap().contains("refused"));
+
+    // A viewer sees the run, and no button that would act on it.
+    browser.sign_in(&s.url, &viewer).await;
+    browser.wait(&format!("#runs tr[data-run='{run}']")).await;
+    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser.wait("#steps tbody tr").await;
+    let buttons = browser
+        .client
+        .find_all(Locator::Css("button[data-action]"))
+        .await
+        .unwrap();
+    assert!(buttons.is_empty(), "a viewer got {} action buttons", buttons.len());
+
+    // The session cookie is HttpOnly: page script cannot read it.
+    assert_eq!(browser.script("return document.cookie").await, json!(""));
+    let cookies = browser.client.get_all_cookies().await.unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c.name() == "cairn_session")
+        .expect("a session cookie");
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(session.same_site(), Some(cookie::SameSite::Strict));
+    let value = session.value().to_owned();
+    assert_eq!(with_cookie(&s, "/v1/runs", &value), 200, "the cookie signs in");
+
+    // Signing out ends the session on the server, not only in the browser.
+    browser.wait("#sign-out").await.click().await.unwrap();
+    browser.wait("#sign-in").await;
+    assert_eq!(with_cookie(&s, "/v1/runs", &value), 401, "the old cookie is dead");
+    browser.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and_log() {
+    let gate = Gate::start().await;
+    let s = gate.served();
+    let operator = s.token("a", "operator");
+    let browser = Browser::start().await;
+    browser.sign_in(&s.url, &operator).await;
+    browser.wait("#runs").await;
+
+    let run = start_run(&s, &operator, gate.pipeline());
+    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser.wait("#run-status [data-status='running']").await;
+    browser.wait("#dag g.node[data-step='wait'][data-status='running']").await;
+    // Marks this page: a reload would lose it.
+    browser.script("window.notReloaded = true").await;
+    gate.open();
+    browser.wait("#run-status [data-status='succeeded']").await;
+    assert_eq!(
+        browser.script("return window.notReloaded === true").await,
+        json!(true),
+        "the page followed the run without reloading"
+    );
+    let nodes = browser
+        .client
+        .find_all(Locator::Css("#dag g.node"))
+        .await
+        .unwrap();
+    assert_eq!(nodes.len(), 3, "one node per step");
+    for node in nodes {
+        assert_eq!(node.attr("data-status").await.unwrap().as_deref(), Some("succeeded"));
+    }
+    // An operator may act: the finished run offers a replay.
+    browser.wait("button[data-action='Replay']").await;
+
+    // A failing pipeline: the failed step, its class and its log line.
+    let p = Pipeline::new(
+        "name = \"breaks\"\n[steps.ok]\ncomponent = \"{wasm:echo}\"\ninput = { n = 1 }\n\
+         [steps.boom]\ncomponent = \"{wasm:hostile}\"\ninput = { attack = \"panic\" }\nafter = [\"ok\"]\n",
+    );
+    let failed = start_run(&s, &operator, cairn::bundle::pack(p.dir.path()).unwrap());
+    s.finished(&operator, &failed);
+    browser.client.goto(&format!("{}/#/runs/{failed}", s.url)).await.unwrap();
+    browser.wait("#dag g.node[data-step='boom'][data-status='failed']").await;
+    let attempt = browser.wait("#failures article[data-step='boom']").await;
+    let text = attempt.text().await.unwrap();
+    assert!(text.contains("trap"), "{text}");
+    assert!(text.contains("panicked"), "the task's own words: {text}");
+    browser.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_session_never_shows_anothers_run() {
+    let s = Served::start();
+    let a = s.token("a", "operator");
+    let b = s.token("b", "viewer");
+    let run = start_run(&s, &a, chain_bundle("a-only"));
+    s.finished(&a, &run);
+    let browser = Browser::start().await;
+    browser.sign_in(&s.url, &b).await;
+    browser.wait("#runs").await;
+    let rows = browser.client.find_all(Locator::Css("#runs tbody tr")).await.unwrap();
+    assert!(rows.is_empty(), "tenant b sees {} runs", rows.len());
+    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser.wait("#not-found").await;
+    let source = browser.client.source().await.unwrap();
+    assert!(!source.contains("a-only"), "a's pipeline name leaked into b's page");
+    browser.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_with_the_cookie_but_without_the_csrf_token_is_refused() {
+    let gate = Gate::start().await;
+    let s = gate.served();
+    let operator = s.token("a", "operator");
+    let run = start_run(&s, &operator, gate.pipeline());
+    let browser = Browser::start().await;
+    browser.sign_in(&s.url, &operator).await;
+    browser.wait("#runs").await;
+    // Page script that leaves out the CSRF token, as a forged request would.
+    let answer = browser
+        .script(&format!(
+            "return fetch('/v1/runs/{run}/cancel', {{method: 'POST', credentials: 'same-origin'}}).then(r => r.status)"
+        ))
+        .await;
+    assert_eq!(answer, json!(403));
+    let (_, shown) = s.get(&format!("/v1/runs/{run}"), &operator);
+    assert_eq!(shown["run"]["live"], true, "nothing was cancelled: {shown}");
+    // The page's own button sends it, after asking.
+    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser.wait("button[data-action='Cancel']").await.click().await.unwrap();
+    browser.client.accept_alert().await.unwrap();
+    browser.wait("#run-status [data-status='cancelled']").await;
+    browser.end().await;
+}
