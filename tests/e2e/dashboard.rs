@@ -70,6 +70,20 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
     }
 
+    /// Click the element `css` names; found again if the page re-drew it
+    /// between finding and clicking (a live page re-draws as events come).
+    async fn click(&self, css: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let clicked = self.wait(css).await.click().await;
+            match clicked {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline && e.to_string().contains("stale") => continue,
+                Err(e) => panic!("cannot click {css}: {e}"),
+            }
+        }
+    }
+
     async fn sign_in(&self, url: &str, token: &str) {
         self.client.goto(url).await.unwrap();
         let input = self.wait("#token").await;
@@ -248,7 +262,7 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
     assert_eq!(with_cookie(&s, "/v1/runs", &value), 200, "the cookie signs in");
 
     // Signing out ends the session on the server, not only in the browser.
-    browser.wait("#sign-out").await.click().await.unwrap();
+    browser.click("#sign-out").await;
     browser.wait("#sign-in").await;
     assert_eq!(with_cookie(&s, "/v1/runs", &value), 401, "the old cookie is dead");
     browser.end().await;
@@ -287,6 +301,13 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     }
     // An operator may act: the finished run offers a replay.
     browser.wait("button[data-action='Replay']").await;
+    // The timeline has a bar for each step's one attempt.
+    let bars = browser
+        .client
+        .find_all(Locator::Css("#timeline rect.bar-ok"))
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 3, "one bar per attempt");
 
     // A failing pipeline: the failed step, its class and its log line.
     let p = Pipeline::new(
@@ -343,8 +364,47 @@ async fn a_change_made_with_the_cookie_but_without_the_csrf_token_is_refused() {
     assert_eq!(shown["run"]["live"], true, "nothing was cancelled: {shown}");
     // The page's own button sends it, after asking.
     browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
-    browser.wait("button[data-action='Cancel']").await.click().await.unwrap();
+    browser.click("button[data-action='Cancel']").await;
     browser.client.accept_alert().await.unwrap();
     browser.wait("#run-status [data-status='cancelled']").await;
+    browser.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins() {
+    let s = Served::start();
+    let admin = s.token("a", "admin");
+    let viewer = s.token("a", "viewer");
+    let run = start_run(&s, &admin, chain_bundle("listed"));
+    s.finished(&admin, &run);
+    let other = s.token("b", "operator");
+    let hidden = start_run(&s, &other, chain_bundle("b-secret-pipeline"));
+    s.finished(&other, &hidden);
+
+    let browser = Browser::start().await;
+    browser.sign_in(&s.url, &admin).await;
+    browser.wait("#runs").await;
+    browser.click("#nav a[href='#/audit']").await;
+    browser.wait("#audit tbody tr").await;
+    let audit = browser.wait("#audit").await.text().await.unwrap();
+    assert!(audit.contains(&run), "the run's entries: {audit}");
+    assert!(!audit.contains(&hidden), "b's run in a's audit log: {audit}");
+    browser.click("#nav a[href='#/bundles']").await;
+    let bundles = browser.wait("#bundles tbody tr").await.text().await.unwrap();
+    assert!(bundles.contains("listed"), "{bundles}");
+    let source = browser.client.source().await.unwrap();
+    assert!(!source.contains("b-secret-pipeline"));
+    browser.click("#nav a[href='#/usage']").await;
+    let usage = browser.wait("#usage").await.text().await.unwrap();
+    assert!(usage.contains("runs executing"), "{usage}");
+    browser.click("#sign-out").await;
+
+    // A viewer gets no audit link, and the page says so if asked directly.
+    browser.sign_in(&s.url, &viewer).await;
+    browser.wait("#runs").await;
+    assert!(browser.client.find(Locator::Css("#nav a[href='#/audit']")).await.is_err());
+    browser.client.goto(&format!("{}/#/audit", s.url)).await.unwrap();
+    browser.wait("main p[role='alert']").await;
+    assert!(browser.client.find(Locator::Css("#audit")).await.is_err());
     browser.end().await;
 }

@@ -61,12 +61,17 @@ async function api(method, path, { token } = {}) {
   return { ok: response.ok, status: response.status, body };
 }
 
+const nav = document.getElementById("nav");
+
 function signedIn(view) {
   session.tenant = view.tenant;
   session.role = view.role;
   session.csrf = view.csrf;
   who.textContent = `${view.tenant} · ${view.role}`;
   signOutButton.hidden = false;
+  const links = [["#/runs", "Runs"], ["#/bundles", "Bundles"], ["#/usage", "Usage"]];
+  if (session.role === "admin") links.push(["#/audit", "Audit"]);
+  nav.replaceChildren(...links.map(([href, text]) => el("a", { href }, text)));
   route();
 }
 
@@ -74,6 +79,7 @@ function signedOut() {
   stopView();
   session.tenant = session.role = session.csrf = null;
   who.textContent = "";
+  nav.replaceChildren();
   signOutButton.hidden = true;
   main.replaceChildren(signInForm);
   document.getElementById("token").focus();
@@ -153,6 +159,77 @@ function showRuns() {
   return () => { stopped = true; clearTimeout(timer); };
 }
 
+function size(bytes) {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
+  return `${i ? bytes.toFixed(1) : bytes} ${units[i]}`;
+}
+
+function tablePage(title, id, headings, rows) {
+  main.replaceChildren(el("section", {}, el("h1", {}, title),
+    el("table", { id },
+      el("thead", {}, el("tr", {}, headings.map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows))));
+}
+
+// The tenant's bundles: what each pipeline is, when it was pushed.
+function showBundles() {
+  let stopped = false;
+  api("GET", "/v1/bundles").then((answer) => {
+    if (stopped || !answer.ok) return;
+    tablePage("Bundles", "bundles", ["bundle", "pipeline", "steps", "size", "uploaded"],
+      answer.body.map((b) => el("tr", { "data-bundle": b.id },
+        el("td", { class: "mono" }, b.id.slice(0, 16)), el("td", {}, b.pipeline), el("td", {}, b.steps),
+        el("td", {}, size(b.size)), el("td", {}, when(b.uploaded_ms)))));
+  });
+  return () => { stopped = true; };
+}
+
+// The tenant's quotas and what is used now.
+function showUsage() {
+  let stopped = false;
+  api("GET", "/v1/quota").then((answer) => {
+    if (stopped || !answer.ok) return;
+    const { quotas: q, usage: u } = answer.body;
+    tablePage("Usage", "usage", ["", "in use", "quota"], [
+      ["runs executing", u.runs_in_flight, q.runs_in_flight],
+      ["runs waiting", u.queued_runs, q.queued_runs],
+      ["sandboxes", u.sandboxes_in_flight, q.sandboxes_in_flight],
+      ["bundle storage", size(u.bundle_storage_bytes), size(q.bundle_storage_bytes)],
+      ["largest upload", "", size(q.upload_bytes)],
+    ].map(([what, used, quota]) => el("tr", {}, el("th", { scope: "row" }, what), el("td", {}, used), el("td", {}, quota))));
+  });
+  return () => { stopped = true; };
+}
+
+// The tenant's audit log (admins), filtered by event as it is read.
+function showAudit() {
+  let stopped = false;
+  api("GET", "/v1/audit").then((answer) => {
+    if (stopped) return;
+    if (!answer.ok) {
+      main.replaceChildren(el("p", { role: "alert" }, answer.body?.message ?? "The audit log is for admins."));
+      return;
+    }
+    const entries = answer.body.slice().reverse();
+    const filter = el("select", { id: "filter-event", "aria-label": "event" },
+      ["", "granted", "denied", "api"].map((e) => el("option", { value: e }, e || "any event")));
+    const body = el("tbody");
+    const fill = () => body.replaceChildren(...entries.filter((e) => !filter.value || e.event === filter.value)
+      .map((e) => el("tr", { "data-event": e.event },
+        el("td", {}, when(e.at_ms)), el("td", {}, e.event), el("td", {}, e.capability),
+        el("td", { class: "mono" }, e.run ?? ""), el("td", {}, e.step ?? ""), el("td", { class: "detail" }, e.detail))));
+    filter.addEventListener("change", fill);
+    fill();
+    main.replaceChildren(el("section", {}, el("h1", {}, "Audit"), el("div", { class: "filters" }, filter),
+      el("table", { id: "audit" },
+        el("thead", {}, el("tr", {}, ["when", "event", "capability", "run", "step", "detail"].map((h) => el("th", { scope: "col" }, h)))),
+        body)));
+  });
+  return () => { stopped = true; };
+}
+
 // Steps in layers: each step one layer below the deepest step it runs after.
 function layers(graph) {
   const depth = new Map();
@@ -218,11 +295,88 @@ function dag(graph, steps) {
   return svg;
 }
 
+// The journal's events as a timeline: one row per step (and element), a
+// bar per attempt from its start to its end, the gaps between them the
+// waits and backoffs; a step answered from the cache is a diamond.
+function timeline(events) {
+  const t0 = events.find((e) => e.event === "run-started")?.at_ms;
+  if (t0 === undefined) return null;
+  const rows = new Map();
+  const row = (step, index) => {
+    const key = index === null || index === undefined ? step : `${step}[${index}]`;
+    if (!rows.has(key)) rows.set(key, []);
+    return rows.get(key);
+  };
+  const open = new Map();
+  let end = t0;
+  for (const e of events) {
+    end = Math.max(end, e.at_ms ?? end);
+    if (e.event === "attempt-started") open.set(`${e.step}/${e.index}/${e.attempt}`, e.at_ms);
+    if (e.event === "attempt-finished") {
+      const start = open.get(`${e.step}/${e.index}/${e.attempt}`) ?? e.at_ms - Math.round(e.duration_us / 1000);
+      open.delete(`${e.step}/${e.index}/${e.attempt}`);
+      row(e.step, e.index).push({ start, end: e.at_ms, class: e.class ?? "ok", attempt: e.attempt });
+    }
+    if (e.event === "step-succeeded" && e.source === "cached") {
+      row(e.step, null).push({ start: e.at_ms, end: e.at_ms, class: "cached", attempt: 0 });
+    }
+  }
+  for (const [key, start] of open) {
+    const [step, index] = key.split("/");
+    row(step, index === "null" ? null : index).push({ start, end: Date.now(), class: "running", attempt: 0 });
+    end = Math.max(end, Date.now());
+  }
+  const span = Math.max(1, end - t0);
+  const ns = "http://www.w3.org/2000/svg";
+  const label = 170, width = 900, h = 18, gap = 6;
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("id", "timeline");
+  svg.setAttribute("viewBox", `0 0 ${width} ${rows.size * (h + gap) + 24}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `attempts over ${took(span)}`);
+  const x = (t) => label + ((t - t0) / span) * (width - label - 10);
+  let y = 4;
+  for (const [key, bars] of rows) {
+    const name = document.createElementNS(ns, "text");
+    name.setAttribute("x", 0); name.setAttribute("y", y + 13);
+    name.textContent = key;
+    svg.append(name);
+    for (const bar of bars) {
+      const shape = document.createElementNS(ns, "rect");
+      shape.setAttribute("x", x(bar.start));
+      shape.setAttribute("y", y);
+      shape.setAttribute("width", Math.max(3, x(bar.end) - x(bar.start)));
+      shape.setAttribute("height", h);
+      shape.setAttribute("class", `bar bar-${bar.class === "ok" ? "ok" : bar.class === "cached" || bar.class === "running" ? bar.class : "failed"}`);
+      shape.setAttribute("data-step", key);
+      const tip = document.createElementNS(ns, "title");
+      tip.textContent = `${key} attempt ${bar.attempt}: ${bar.class}, ${took(bar.end - bar.start)}`;
+      shape.append(tip);
+      svg.append(shape);
+    }
+    y += h + gap;
+  }
+  const axis = document.createElementNS(ns, "text");
+  axis.setAttribute("x", width - 10); axis.setAttribute("y", y + 14);
+  axis.setAttribute("text-anchor", "end");
+  axis.textContent = took(span);
+  svg.append(axis);
+  return svg;
+}
+
+function parseEvents(text) {
+  return text.split("\n").filter((l) => l.startsWith("data:"))
+    .map((l) => { try { return JSON.parse(l.slice(5)); } catch { return null; } })
+    .filter(Boolean);
+}
+
 // One run: its DAG, its steps, the failed steps' logs, live while it runs.
 function showRun(id) {
   let stopped = false;
   let source = null;
   let pending = null;
+  let events = null;
+  let lastDrawn = null;
   const load = async () => {
     pending = null;
     const answer = await api("GET", `/v1/runs/${encodeURIComponent(id)}`);
@@ -233,6 +387,19 @@ function showRun(id) {
     }
     const { run, steps, graph } = answer.body;
     const shown = run.live ? "running" : run.status;
+    if (!run.live && !source) {
+      // An ended run's stream ends at once: the whole journal.
+      const stream = await fetch(`/v1/runs/${encodeURIComponent(id)}/events`, { credentials: "same-origin" });
+      events = stream.ok ? parseEvents(await stream.text()) : [];
+      if (stopped) return;
+    }
+    // Drawn again only when something changed: a redraw loses focus.
+    const drawn = JSON.stringify(answer.body) + (events?.length ?? 0);
+    if (drawn === lastDrawn) {
+      if (run.live && !source) follow();
+      return;
+    }
+    lastDrawn = drawn;
     const actions = el("div", { class: "actions" });
     if (canAct()) {
       const act = (label, path, question) => el("button", {
@@ -279,6 +446,8 @@ function showRun(id) {
         run.finished_ms ? ` · took ${took(run.finished_ms - run.started_ms)}` : ""),
       actions,
       graph ? dag(graph, steps) : el("p", {}, "The pipeline's graph is not available."),
+      el("h2", {}, "Timeline"),
+      (events && timeline(events)) ?? el("p", {}, "…"),
       el("table", { id: "steps" },
         el("thead", {}, el("tr", {}, ["step", "status", "attempts", "duration", "fuel", "detail"].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows)),
@@ -287,13 +456,23 @@ function showRun(id) {
   };
   const follow = () => {
     source = new EventSource(`/v1/runs/${encodeURIComponent(id)}/events`);
-    const changed = () => { if (!pending) pending = setTimeout(load, 150); };
+    events = [];
+    const seen = new Set();
+    const changed = (message) => {
+      // A reconnected stream goes on after the last event it had; an id
+      // seen already is not counted twice.
+      if (message?.data && !seen.has(message.lastEventId)) {
+        seen.add(message.lastEventId);
+        try { events.push(JSON.parse(message.data)); } catch { /* not an event */ }
+      }
+      if (!pending) pending = setTimeout(load, 150);
+    };
     source.onmessage = changed;
     for (const kind of ["step-scheduled", "attempt-started", "attempt-finished", "item-succeeded",
       "step-succeeded", "step-failed", "step-skipped", "step-cancelled"]) {
       source.addEventListener(kind, changed);
     }
-    source.addEventListener("run-finished", () => { source.close(); source = null; load(); });
+    source.addEventListener("run-finished", (message) => { changed(message); source.close(); source = null; load(); });
     // The stream ends when the run does; a dropped one reconnects by itself
     // and carries on from the last event it had.
     source.onerror = () => { if (source && source.readyState === EventSource.CLOSED) { source = null; load(); } };
@@ -307,7 +486,11 @@ function route() {
   stopView();
   const hash = location.hash || "#/runs";
   const run = hash.match(/^#\/runs\/([0-9a-f]{1,64})$/);
-  stopView = run ? showRun(run[1]) : showRuns();
+  if (run) stopView = showRun(run[1]);
+  else if (hash.startsWith("#/bundles")) stopView = showBundles();
+  else if (hash.startsWith("#/usage")) stopView = showUsage();
+  else if (hash.startsWith("#/audit")) stopView = showAudit();
+  else stopView = showRuns();
 }
 
 window.addEventListener("hashchange", route);
