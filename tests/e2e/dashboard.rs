@@ -309,6 +309,14 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         .unwrap();
     assert_eq!(bars.len(), 3, "one bar per attempt");
 
+    // Replay with verification, from the page: the gate's answer comes from
+    // the recording (a request reaching the gate now would wait forever: it
+    // was opened once), and nothing differs.
+    browser.click("button[data-action='Replay']").await;
+    browser.client.accept_alert().await.unwrap();
+    let verified = browser.wait("#verification").await.text().await.unwrap();
+    assert!(verified.contains("3 steps compared") && verified.contains("all identical"), "{verified}");
+
     // A failing pipeline: the failed step, its class and its log line.
     let p = Pipeline::new(
         "name = \"breaks\"\n[steps.ok]\ncomponent = \"{wasm:echo}\"\ninput = { n = 1 }\n\
@@ -322,6 +330,26 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     let text = attempt.text().await.unwrap();
     assert!(text.contains("trap"), "{text}");
     assert!(text.contains("panicked"), "the task's own words: {text}");
+
+    // The step panel, opened from the DAG with the keyboard: its attempt,
+    // class and logs, which a search narrows.
+    let node = browser.wait("#dag g.node[data-step='boom']").await;
+    node.send_keys("\u{E007}").await.unwrap(); // Enter
+    let attempts = browser.wait("#step-panel #attempts tbody tr").await.text().await.unwrap();
+    assert!(attempts.contains("trap"), "{attempts}");
+    let logs = browser.wait("#step-logs").await;
+    assert!(logs.text().await.unwrap().contains("panicked"));
+    browser.wait("#log-search").await.send_keys("no such words").await.unwrap();
+    assert_eq!(browser.wait("#step-logs").await.text().await.unwrap(), "(no lines)");
+    // A succeeded step's panel shows its output, read back from the store.
+    browser.client.goto(&format!("{}/#/runs/{failed}?step=ok", s.url)).await.unwrap();
+    browser
+        .client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath("//*[@id='step-output']//pre[contains(., '\"n\": 1')]"))
+        .await
+        .unwrap();
     browser.end().await;
 }
 

@@ -332,7 +332,8 @@ fn health_needs_no_token_and_every_other_route_refuses_bad_tokens_and_weak_roles
                 "/v1/bundles/{id}",
                 &format!("/v1/bundles/{}", "ab".repeat(32)),
             )
-            .replace("{id}", "0123456789abcdef");
+            .replace("{id}", "0123456789abcdef")
+            .replace("{step}", "a");
         for (method, operation) in methods.as_object().unwrap() {
             let method = method.to_uppercase();
             let role = operation["tags"][0].as_str().unwrap();

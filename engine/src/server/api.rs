@@ -1032,6 +1032,75 @@ pub async fn run_logs(
     Ok(Json(logs))
 }
 
+/// What one step of a run produced, from the store.
+#[derive(Serialize, ToSchema)]
+pub struct StepOutput {
+    pub step: String,
+    /// The cache key of each element (one for a plain step).
+    pub keys: Vec<String>,
+    /// The output: the document for a plain step, the list of the
+    /// elements' documents for a mapped one.
+    #[schema(value_type = Object)]
+    pub output: Value,
+}
+
+/// A succeeded step's output, read back from the tenant's store.
+#[utoipa::path(get, path = "/v1/runs/{id}/steps/{step}/output", tag = "viewer",
+    params(("id" = String, Path, description = "the run id"), ("step" = String, Path, description = "the step's name")),
+    responses((status = 200, body = StepOutput), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn step_output(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Json<StepOutput>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    let journal = journal(&tenant, &record)?;
+    let mapped = journal.iter().any(|e| {
+        matches!(e, JournalEvent::ItemSucceeded { step: s, index: Some(_), .. } if *s == step)
+    });
+    let keys = journal
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            JournalEvent::StepSucceeded { step: s, keys, .. } if *s == step => Some(keys.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| ApiError::not_found("succeeded step"))?;
+    let store = tenant.runner.store();
+    let mut outputs = Vec::with_capacity(keys.len());
+    for key in &keys {
+        let gone = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("step {step}'s result is no longer stored (the cache was collected)"),
+            )
+        };
+        let key = crate::store::CacheKey::from_hex(key).ok_or_else(gone)?;
+        let (_, bytes) = store
+            .result(&key, None)
+            .map_err(ApiError::internal)?
+            .ok_or_else(gone)?;
+        outputs.push(
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+        );
+    }
+    let output = if mapped || outputs.len() != 1 {
+        Value::Array(outputs)
+    } else {
+        outputs.pop().unwrap_or(Value::Null)
+    };
+    Ok(Json(StepOutput {
+        step,
+        keys,
+        output,
+    }))
+}
+
 /// The pipeline's output, once the run has succeeded.
 #[utoipa::path(get, path = "/v1/runs/{id}/output", tag = "viewer",
     params(("id" = String, Path, description = "the run id")),
@@ -1665,7 +1734,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
+        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1794,6 +1863,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/logs", get(run_logs))
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/runs/{id}/output", get(run_output))
+        .route("/v1/runs/{id}/steps/{step}/output", get(step_output))
         .route("/v1/runs/{id}/report", get(run_report))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/resume", post(resume_run))

@@ -48,17 +48,21 @@ function took(ms) {
   return `${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
 }
 
-async function api(method, path, { token } = {}) {
+async function api(method, path, { token, body } = {}) {
   const headers = {};
   if (token) headers.authorization = `Bearer ${token}`;
   if (method !== "GET" && session.csrf) headers["x-csrf-token"] = session.csrf;
-  const response = await fetch(path, { method, headers, credentials: "same-origin" });
-  let body = null;
-  try { body = await response.json(); } catch { body = null; }
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let answer = null;
+  try { answer = await response.json(); } catch { answer = null; }
   if (response.status === 401 && !token) {
     signedOut();
   }
-  return { ok: response.ok, status: response.status, body };
+  return { ok: response.ok, status: response.status, body: answer };
 }
 
 const nav = document.getElementById("nav");
@@ -276,6 +280,12 @@ function dag(graph, steps) {
     g.setAttribute("class", `node status-${state}`);
     g.setAttribute("data-step", node.name);
     g.setAttribute("data-status", state);
+    g.setAttribute("tabindex", "0");
+    g.setAttribute("role", "button");
+    g.setAttribute("aria-label", `${node.name}: ${state}`);
+    const open = () => { location.hash = `${location.hash.split("?")[0]}?step=${encodeURIComponent(node.name)}`; };
+    g.addEventListener("click", open);
+    g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
     const { x, y } = at.get(node.name);
     const rect = document.createElementNS(ns, "rect");
     rect.setAttribute("x", x); rect.setAttribute("y", y);
@@ -364,6 +374,60 @@ function timeline(events) {
   return svg;
 }
 
+// One step: where its result came from, every attempt, its output and its
+// logs (filtered by level, searched), from the run's journal events.
+function stepPanel(runId, name, view, events) {
+  const mine = events.filter((e) => e.step === name);
+  const succeeded = mine.filter((e) => e.event === "step-succeeded").pop();
+  const attempts = mine.filter((e) => e.event === "attempt-finished");
+  const lines = attempts.flatMap((a) => (a.logs ?? []).map((l) => ({ ...l, attempt: a.attempt, index: a.index })));
+  const source = succeeded ? { executed: "ran", cached: "from the cache (a hit on its key)", journal: "kept from the run it resumes" }[succeeded.source] ?? succeeded.source : null;
+  const level = el("select", { id: "log-level", "aria-label": "lowest level" },
+    ["trace", "debug", "info", "warn", "error"].map((l) => el("option", { value: l, ...(l === "trace" ? { selected: "" } : {}) }, l)));
+  const search = el("input", { id: "log-search", type: "search", placeholder: "search the logs", "aria-label": "search the logs" });
+  const order = ["trace", "debug", "info", "warn", "error"];
+  const logBox = el("pre", { id: "step-logs" });
+  const fill = () => {
+    const floor = order.indexOf(level.value);
+    const needle = search.value.toLowerCase();
+    logBox.textContent = lines
+      .filter((l) => order.indexOf(l.level) >= floor && (!needle || l.message.toLowerCase().includes(needle)))
+      .map((l) => `#${l.attempt}${l.index === null || l.index === undefined ? "" : "[" + l.index + "]"} ${l.level}: ${l.message}`)
+      .join("\n") || "(no lines)";
+  };
+  level.addEventListener("change", fill);
+  search.addEventListener("input", fill);
+  fill();
+  const output = el("div", { id: "step-output" }, succeeded ? "…" : "No output: the step has not succeeded.");
+  const outputUrl = `/v1/runs/${runId}/steps/${encodeURIComponent(name)}/output`;
+  if (succeeded) {
+    api("GET", outputUrl).then((answer) => {
+      if (!answer.ok) { output.textContent = answer.body?.message ?? "The output is not available."; return; }
+      const text = JSON.stringify(answer.body.output, null, 2);
+      const limit = 20000;
+      output.replaceChildren(
+        el("p", { class: "meta" }, `cache key${answer.body.keys.length > 1 ? "s" : ""}: `,
+          answer.body.keys.map((k) => el("code", { title: k }, k.slice(0, 16) + "… "))),
+        el("pre", {}, text.length > limit ? text.slice(0, limit) + "\n… (cut)" : text),
+        el("a", { href: outputUrl, download: `${name}.json` }, text.length > limit ? "download it whole" : "download"));
+    });
+  }
+  return el("section", { id: "step-panel", "aria-label": `step ${name}` },
+    el("h2", {}, `Step ${name} `, status(view?.status ?? "pending")),
+    el("p", { class: "meta" },
+      source ? `Result ${source}. ` : "",
+      view?.elements ? `${view.elements} elements. ` : "",
+      view?.detail ?? ""),
+    el("table", { id: "attempts" },
+      el("thead", {}, el("tr", {}, ["attempt", "element", "class", "fuel", "duration", "message"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, attempts.map((a) => el("tr", {},
+        el("td", {}, a.attempt), el("td", {}, a.index ?? ""), el("td", {}, a.class ?? "ok"),
+        el("td", {}, a.fuel.toLocaleString()), el("td", {}, took(Math.round(a.duration_us / 1000))),
+        el("td", { class: "detail" }, a.message ?? ""))))),
+    el("h3", {}, "Output"), output,
+    el("h3", {}, "Logs"), el("div", { class: "filters" }, level, search), logBox);
+}
+
 function parseEvents(text) {
   return text.split("\n").filter((l) => l.startsWith("data:"))
     .map((l) => { try { return JSON.parse(l.slice(5)); } catch { return null; } })
@@ -416,11 +480,37 @@ function showRun(id) {
         actions.append(act("Resume", "resume", `Resume run ${run.id}?`));
       }
       if (!run.live) actions.append(act("Replay", "replay", `Replay run ${run.id} and verify its outputs?`));
+      if (!run.live && run.bundle) {
+        actions.append(el("button", {
+          type: "button", "data-action": "Rerun",
+          onclick: async () => {
+            if (!confirm(`Start a new run of ${run.pipeline}?`)) return;
+            const result = await api("POST", "/v1/runs", { body: { bundle: run.bundle } });
+            if (result.ok) location.hash = `#/runs/${result.body.id}`;
+          },
+        }, "Rerun"));
+      }
     }
+    // A replay says how its outputs compare with the run it replayed.
+    let verification = null;
+    if (run.replay_of && !run.live) {
+      const answer = await api("GET", `/v1/runs/${run.id}/verification`);
+      if (stopped) return;
+      if (answer.ok) {
+        const v = answer.body;
+        verification = el("section", { id: "verification" },
+          el("h2", {}, "Verification"),
+          el("p", {}, `Replay of `, el("a", { href: `#/runs/${run.replay_of}` }, run.replay_of), `: ${v.compared} steps compared, `,
+            v.mismatches.length ? `${v.mismatches.length} differ.` : "all identical."),
+          v.mismatches.length ? el("ul", {}, v.mismatches.map((m) => el("li", { "data-step": m.step }, `${m.step}: `,
+            m.replay.startsWith("failed: ") ? m.replay : `output ${m.original.slice(0, 12)}… became ${m.replay.slice(0, 12)}…`))) : null);
+      }
+    }
+    const chosen = new URLSearchParams(location.hash.split("?")[1] ?? "").get("step");
     const rows = (graph ?? Object.keys(steps).map((name) => ({ name, after: [] }))).map((node) => {
       const s = steps[node.name] ?? { status: "pending", attempts: 0, fuel: 0, detail: "" };
       return el("tr", { "data-step": node.name },
-        el("th", { scope: "row" }, node.name),
+        el("th", { scope: "row" }, el("a", { href: `#/runs/${run.id}?step=${encodeURIComponent(node.name)}` }, node.name)),
         el("td", {}, status(s.status)),
         el("td", {}, s.attempts),
         el("td", {}, took(s.duration_ms)),
@@ -445,7 +535,9 @@ function showRun(id) {
       el("p", { class: "meta" }, `run ${run.id} · started ${when(run.started_ms)}`,
         run.finished_ms ? ` · took ${took(run.finished_ms - run.started_ms)}` : ""),
       actions,
+      verification,
       graph ? dag(graph, steps) : el("p", {}, "The pipeline's graph is not available."),
+      chosen ? stepPanel(run.id, chosen, steps[chosen], events ?? []) : null,
       el("h2", {}, "Timeline"),
       (events && timeline(events)) ?? el("p", {}, "…"),
       el("table", { id: "steps" },
@@ -485,7 +577,7 @@ function route() {
   if (!session.role) return;
   stopView();
   const hash = location.hash || "#/runs";
-  const run = hash.match(/^#\/runs\/([0-9a-f]{1,64})$/);
+  const run = hash.match(/^#\/runs\/([0-9a-f]{1,64})(\?.*)?$/);
   if (run) stopView = showRun(run[1]);
   else if (hash.startsWith("#/bundles")) stopView = showBundles();
   else if (hash.startsWith("#/usage")) stopView = showUsage();
