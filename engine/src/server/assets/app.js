@@ -248,8 +248,15 @@ function layers(graph) {
   return rows;
 }
 
+// At most this many nodes side by side; a wider layer wraps onto more rows.
+const PER_ROW = 24;
+
 function dag(graph, steps) {
-  const rows = layers(graph);
+  const rows = layers(graph).flatMap((layer) => {
+    const wrapped = [];
+    for (let i = 0; i < layer.length; i += PER_ROW) wrapped.push(layer.slice(i, i + PER_ROW));
+    return wrapped;
+  });
   const box = { w: 150, h: 44, gx: 24, gy: 36 };
   const width = Math.max(...rows.map((r) => r.length)) * (box.w + box.gx) + box.gx;
   const height = rows.length * (box.h + box.gy) + box.gy;
@@ -261,6 +268,8 @@ function dag(graph, steps) {
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("id", "dag");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", "the run's steps and what each waits for");
   for (const node of graph) {
@@ -302,7 +311,22 @@ function dag(graph, steps) {
     g.append(rect, name, label);
     svg.append(g);
   }
-  return svg;
+  // Zoom with the buttons, pan by scrolling (the box takes the keyboard too).
+  const box_ = el("div", { id: "dag-box", tabindex: "0", "aria-label": "the graph; scroll to pan" }, svg);
+  let scale = Math.min(1, 1100 / width);
+  const zoom = (factor) => {
+    scale = factor === 0 ? Math.min(1, 1100 / width) : Math.min(4, Math.max(0.05, scale * factor));
+    svg.setAttribute("width", Math.round(width * scale));
+    svg.setAttribute("height", Math.round(height * scale));
+  };
+  zoom(0);
+  return el("div", { class: "dag" },
+    el("div", { class: "filters" },
+      el("button", { type: "button", id: "zoom-in", "aria-label": "zoom in", onclick: () => zoom(1.25) }, "+"),
+      el("button", { type: "button", id: "zoom-out", "aria-label": "zoom out", onclick: () => zoom(0.8) }, "−"),
+      el("button", { type: "button", id: "zoom-fit", onclick: () => zoom(0) }, "fit"),
+      el("span", { class: "meta" }, `${graph.length} steps`)),
+    box_);
 }
 
 // The journal's events as a timeline: one row per step (and element), a
@@ -441,21 +465,39 @@ function showRun(id) {
   let pending = null;
   let events = null;
   let lastDrawn = null;
+  // The step panel's place, filled from what was last drawn: choosing
+  // another step fetches nothing but that step's output.
+  const panelSlot = el("div", { id: "panel-slot" });
+  let drawnRun = null;
+  const fillPanel = () => {
+    const chosen = new URLSearchParams(location.hash.split("?")[1] ?? "").get("step");
+    if (!chosen || !drawnRun) { panelSlot.replaceChildren(); return; }
+    panelSlot.replaceChildren(stepPanel(drawnRun.run.id, chosen, drawnRun.steps[chosen], events ?? []));
+  };
   const load = async () => {
     pending = null;
+    // The journal is asked for at once, beside the run: an ended run's
+    // stream ends by itself; a live run's is dropped (its events come
+    // through the EventSource).
+    const early = source ? null : new AbortController();
+    const journalText = early
+      ? fetch(`/v1/runs/${encodeURIComponent(id)}/events`, { credentials: "same-origin", signal: early.signal })
+        .then((r) => (r.ok ? r.text() : "")).catch(() => "")
+      : null;
     const answer = await api("GET", `/v1/runs/${encodeURIComponent(id)}`);
-    if (stopped) return;
+    if (stopped) { early?.abort(); return; }
     if (!answer.ok) {
+      early?.abort();
       main.replaceChildren(el("p", { role: "alert", id: "not-found" }, answer.body?.message ?? "No such run."));
       return;
     }
     const { run, steps, graph } = answer.body;
     const shown = run.live ? "running" : run.status;
-    if (!run.live && !source) {
-      // An ended run's stream ends at once: the whole journal.
-      const stream = await fetch(`/v1/runs/${encodeURIComponent(id)}/events`, { credentials: "same-origin" });
-      events = stream.ok ? parseEvents(await stream.text()) : [];
+    if (!run.live && journalText) {
+      events = parseEvents(await journalText);
       if (stopped) return;
+    } else {
+      early?.abort();
     }
     // Drawn again only when something changed: a redraw loses focus.
     const drawn = JSON.stringify(answer.body) + (events?.length ?? 0);
@@ -506,7 +548,8 @@ function showRun(id) {
             m.replay.startsWith("failed: ") ? m.replay : `output ${m.original.slice(0, 12)}… became ${m.replay.slice(0, 12)}…`))) : null);
       }
     }
-    const chosen = new URLSearchParams(location.hash.split("?")[1] ?? "").get("step");
+    drawnRun = { run, steps };
+    fillPanel();
     const rows = (graph ?? Object.keys(steps).map((name) => ({ name, after: [] }))).map((node) => {
       const s = steps[node.name] ?? { status: "pending", attempts: 0, fuel: 0, detail: "" };
       return el("tr", { "data-step": node.name },
@@ -537,7 +580,7 @@ function showRun(id) {
       actions,
       verification,
       graph ? dag(graph, steps) : el("p", {}, "The pipeline's graph is not available."),
-      chosen ? stepPanel(run.id, chosen, steps[chosen], events ?? []) : null,
+      panelSlot,
       el("h2", {}, "Timeline"),
       (events && timeline(events)) ?? el("p", {}, "…"),
       el("table", { id: "steps" },
@@ -570,14 +613,22 @@ function showRun(id) {
     source.onerror = () => { if (source && source.readyState === EventSource.CLOSED) { source = null; load(); } };
   };
   load();
-  return () => { stopped = true; if (source) source.close(); clearTimeout(pending); };
+  const stop = () => { stopped = true; if (source) source.close(); clearTimeout(pending); };
+  stop.runId = id;
+  stop.select = () => { fillPanel(); panelSlot.scrollIntoView?.({ block: "nearest" }); };
+  return stop;
 }
 
 function route() {
   if (!session.role) return;
-  stopView();
   const hash = location.hash || "#/runs";
   const run = hash.match(/^#\/runs\/([0-9a-f]{1,64})(\?.*)?$/);
+  // Another step of the run on show: only its panel changes.
+  if (run && stopView.runId === run[1]) {
+    stopView.select();
+    return;
+  }
+  stopView();
   if (run) stopView = showRun(run[1]);
   else if (hash.startsWith("#/bundles")) stopView = showBundles();
   else if (hash.startsWith("#/usage")) stopView = showUsage();
