@@ -237,9 +237,12 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
         .unwrap();
     assert!(error.text().await.unwrap().contains("refused"));
 
-    // A viewer sees the run, and no button that would act on it.
+    // A viewer sees the run (both steps done, none from the cache), and
+    // no button that would act on it.
     browser.sign_in(&s.url, &viewer).await;
-    browser.wait(&format!("#runs tr[data-run='{run}']")).await;
+    let row = browser.wait(&format!("#runs tr[data-run='{run}']")).await;
+    let cells = row.text().await.unwrap();
+    assert!(cells.contains("succeeded") && cells.contains("2/2"), "{cells}");
     browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
     browser.wait("#steps tbody tr").await;
     let buttons = browser
@@ -308,6 +311,8 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         .await
         .unwrap();
     assert_eq!(bars.len(), 3, "one bar per attempt");
+    let path = browser.wait("#critical-path").await.text().await.unwrap();
+    assert!(path.ends_with("wait → then → last"), "{path}");
 
     // Replay with verification, from the page: the gate's answer comes from
     // the recording (a request reaching the gate now would wait forever: it

@@ -1077,6 +1077,7 @@ mod tests {
             admission: None,
             tenant: None,
             bundle: None,
+            tally: None,
         }
     }
 

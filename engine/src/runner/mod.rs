@@ -826,6 +826,7 @@ impl Runner {
                     admission,
                     tenant,
                     bundle,
+                    tally: None,
                 },
                 HashSet::new(),
                 false,
@@ -1051,6 +1052,23 @@ impl Started {
         }
         record.status = report.status;
         record.finished_ms = Some(now_ms());
+        record.tally = Some(crate::store::records::Tally {
+            succeeded: report
+                .steps
+                .iter()
+                .filter(|s| s.status == StepStatus::Succeeded)
+                .count(),
+            cached: report
+                .steps
+                .iter()
+                .filter(|s| s.source == Some(crate::store::StepSource::Cached))
+                .count(),
+            failed: report
+                .steps
+                .iter()
+                .filter(|s| matches!(s.status, StepStatus::Failed(_)))
+                .count(),
+        });
         let finished = JournalEvent::RunFinished {
             at_ms: now_ms(),
             status: report.status,

@@ -737,6 +737,9 @@ pub struct RunView {
     pub finished_ms: Option<u64>,
     pub steps: usize,
     pub replay_of: Option<String>,
+    /// How its steps ended (once it has ended on this server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tally: Option<crate::store::records::Tally>,
 }
 
 fn run_view(tenant: &Tenant, record: &RunRecord) -> RunView {
@@ -752,6 +755,7 @@ fn run_view(tenant: &Tenant, record: &RunRecord) -> RunView {
         finished_ms: record.finished_ms,
         steps: record.steps,
         replay_of: record.replay_of.as_ref().map(|r| r.0.clone()),
+        tally: record.tally,
     }
 }
 

@@ -1170,6 +1170,7 @@ mod tests {
                     admission: None,
                     tenant: None,
                     bundle: None,
+                    tally: None,
                 })
                 .unwrap();
         }
@@ -1201,6 +1202,7 @@ mod tests {
             admission: None,
             tenant: None,
             bundle: None,
+            tally: None,
         }
     }
 

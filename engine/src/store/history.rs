@@ -125,6 +125,7 @@ impl JournalHistory {
                         admission: None,
                         tenant: None,
                         bundle: None,
+                        tally: None,
                     });
                     record.status = RunStatus::Running;
                     record.finished_ms = None;

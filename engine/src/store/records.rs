@@ -224,6 +224,19 @@ pub struct RunRecord {
     /// bundle rather than from a path on the machine that started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<String>,
+    /// How its steps ended, counted when the run ended (`None` before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tally: Option<Tally>,
+}
+
+/// How a finished run's steps ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Tally {
+    /// Steps that succeeded (the cached ones too).
+    pub succeeded: usize,
+    /// Of those, steps answered wholly from the cache.
+    pub cached: usize,
+    pub failed: usize,
 }
 
 /// The policy and tenant a run was admitted under.

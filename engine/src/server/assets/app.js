@@ -114,7 +114,10 @@ function canAct() {
   return session.role === "operator" || session.role === "admin";
 }
 
-// The runs list, filtered and refreshed while it is shown.
+// The runs list: filtered by status, pipeline and age on the server, a
+// page at a time, refreshed while it is shown.
+const AGES = { "": 0, "1h": 3600e3, "24h": 86400e3, "7d": 7 * 86400e3 };
+
 function showRuns() {
   const params = new URLSearchParams(location.hash.split("?")[1] ?? "");
   const statusFilter = el("select", { id: "filter-status", "aria-label": "status" },
@@ -124,27 +127,39 @@ function showRuns() {
     id: "filter-pipeline", placeholder: "pipeline", "aria-label": "pipeline",
     value: params.get("pipeline") ?? "",
   });
+  const ageFilter = el("select", { id: "filter-age", "aria-label": "started within" },
+    Object.keys(AGES).map((a) => el("option", { value: a, ...(params.get("age") === a ? { selected: "" } : {}) }, a ? `last ${a}` : "any time")));
   const apply = () => {
     const q = new URLSearchParams();
     if (statusFilter.value) q.set("status", statusFilter.value);
     if (pipelineFilter.value) q.set("pipeline", pipelineFilter.value);
+    if (ageFilter.value) q.set("age", ageFilter.value);
     location.hash = `#/runs${q.toString() ? "?" + q : ""}`;
   };
-  statusFilter.addEventListener("change", apply);
-  pipelineFilter.addEventListener("change", apply);
+  for (const f of [statusFilter, pipelineFilter, ageFilter]) f.addEventListener("change", apply);
   const body = el("tbody");
   const table = el("table", { id: "runs" },
-    el("thead", {}, el("tr", {}, ["run", "pipeline", "status", "started", "duration", "steps"].map((h) => el("th", { scope: "col" }, h)))),
+    el("thead", {}, el("tr", {}, ["run", "pipeline", "status", "started", "duration", "steps done", "cache hits"].map((h) => el("th", { scope: "col" }, h)))),
     body);
-  main.replaceChildren(el("section", {}, el("h1", {}, "Runs"), el("div", { class: "filters" }, statusFilter, pipelineFilter), table));
+  // Pages: the `before` cursor of each page shown, newest first.
+  const cursors = [null];
+  const pager = el("div", { class: "filters" });
+  main.replaceChildren(el("section", {}, el("h1", {}, "Runs"),
+    el("div", { class: "filters" }, statusFilter, pipelineFilter, ageFilter), table, pager));
 
   let stopped = false;
   let timer = null;
   const load = async () => {
+    clearTimeout(timer);
     const q = new URLSearchParams();
     if (params.get("status")) q.set("status", params.get("status"));
     if (params.get("pipeline")) q.set("pipeline", params.get("pipeline"));
-    const answer = await api("GET", `/v1/runs${q.toString() ? "?" + q : ""}`);
+    const age = AGES[params.get("age") ?? ""];
+    if (age) q.set("since_ms", String(Date.now() - age));
+    const before = cursors[cursors.length - 1];
+    if (before) q.set("before", before);
+    q.set("limit", "50");
+    const answer = await api("GET", `/v1/runs?${q}`);
     if (stopped || !answer.ok) return;
     body.replaceChildren(...answer.body.runs.map((run) => {
       const shown = run.live ? "running" : run.status;
@@ -155,9 +170,16 @@ function showRuns() {
         el("td", {}, status(shown)),
         el("td", {}, when(run.started_ms)),
         el("td", {}, end ? took(end - run.started_ms) : ""),
-        el("td", {}, run.steps));
+        el("td", {}, run.tally ? `${run.tally.succeeded}/${run.steps}` : `–/${run.steps}`),
+        el("td", {}, run.tally ? run.tally.cached : "–"));
     }));
-    timer = setTimeout(load, 2000);
+    const next = answer.body.next;
+    pager.replaceChildren(
+      cursors.length > 1 ? el("button", { type: "button", id: "newer", onclick: () => { cursors.pop(); load(); } }, "← newer") : null,
+      el("span", { class: "meta" }, `page ${cursors.length}`),
+      next ? el("button", { type: "button", id: "older", onclick: () => { cursors.push(next); load(); } }, "older →") : null);
+    // Only the first page changes as runs start and end.
+    if (cursors.length === 1) timer = setTimeout(load, 2000);
   };
   load();
   return () => { stopped = true; clearTimeout(timer); };
@@ -332,7 +354,24 @@ function dag(graph, steps) {
 // The journal's events as a timeline: one row per step (and element), a
 // bar per attempt from its start to its end, the gaps between them the
 // waits and backoffs; a step answered from the cache is a diamond.
-function timeline(events) {
+// The chain of steps that decided when the run ended: from the step that
+// finished last, back through the dependency of each that finished last.
+function criticalPath(graph, finish) {
+  const after = new Map((graph ?? []).map((n) => [n.name, n.after]));
+  // Times are in ms: on a tie, the step later in dependency order is the
+  // one that waited for the other.
+  const order = new Map((graph ?? []).map((n, i) => [n.name, i]));
+  const later = (a, b) => finish.get(b) - finish.get(a) || (order.get(b) ?? 0) - (order.get(a) ?? 0);
+  let step = [...finish.keys()].sort(later)[0];
+  const path = [];
+  while (step !== undefined && !path.includes(step)) {
+    path.unshift(step);
+    step = (after.get(step) ?? []).filter((d) => finish.has(d)).sort(later)[0];
+  }
+  return path;
+}
+
+function timeline(events, graph) {
   const t0 = events.find((e) => e.event === "run-started")?.at_ms;
   if (t0 === undefined) return null;
   const rows = new Map();
@@ -360,6 +399,12 @@ function timeline(events) {
     row(step, index === "null" ? null : index).push({ start, end: Date.now(), class: "running", attempt: 0 });
     end = Math.max(end, Date.now());
   }
+  const finish = new Map();
+  for (const [key, bars] of rows) {
+    const step = key.replace(/\[\d+\]$/, "");
+    for (const bar of bars) finish.set(step, Math.max(finish.get(step) ?? 0, bar.end));
+  }
+  const critical = new Set(criticalPath(graph, finish));
   const span = Math.max(1, end - t0);
   const ns = "http://www.w3.org/2000/svg";
   const label = 170, width = 900, h = 18, gap = 6;
@@ -371,9 +416,11 @@ function timeline(events) {
   const x = (t) => label + ((t - t0) / span) * (width - label - 10);
   let y = 4;
   for (const [key, bars] of rows) {
+    const onPath = critical.has(key.replace(/\[\d+\]$/, ""));
     const name = document.createElementNS(ns, "text");
     name.setAttribute("x", 0); name.setAttribute("y", y + 13);
-    name.textContent = key;
+    name.textContent = onPath ? `★ ${key}` : key;
+    if (onPath) name.setAttribute("class", "critical");
     svg.append(name);
     for (const bar of bars) {
       const shape = document.createElementNS(ns, "rect");
@@ -381,7 +428,7 @@ function timeline(events) {
       shape.setAttribute("y", y);
       shape.setAttribute("width", Math.max(3, x(bar.end) - x(bar.start)));
       shape.setAttribute("height", h);
-      shape.setAttribute("class", `bar bar-${bar.class === "ok" ? "ok" : bar.class === "cached" || bar.class === "running" ? bar.class : "failed"}`);
+      shape.setAttribute("class", `bar bar-${bar.class === "ok" ? "ok" : bar.class === "cached" || bar.class === "running" ? bar.class : "failed"}${onPath ? " on-path" : ""}`);
       shape.setAttribute("data-step", key);
       const tip = document.createElementNS(ns, "title");
       tip.textContent = `${key} attempt ${bar.attempt}: ${bar.class}, ${took(bar.end - bar.start)}`;
@@ -395,7 +442,9 @@ function timeline(events) {
   axis.setAttribute("text-anchor", "end");
   axis.textContent = took(span);
   svg.append(axis);
-  return svg;
+  return el("div", {},
+    el("p", { class: "meta", id: "critical-path" }, `critical path (★): ${[...critical].join(" → ")}`),
+    svg);
 }
 
 // One step: where its result came from, every attempt, its output and its
@@ -582,7 +631,7 @@ function showRun(id) {
       graph ? dag(graph, steps) : el("p", {}, "The pipeline's graph is not available."),
       panelSlot,
       el("h2", {}, "Timeline"),
-      (events && timeline(events)) ?? el("p", {}, "…"),
+      (events && timeline(events, graph)) ?? el("p", {}, "…"),
       el("table", { id: "steps" },
         el("thead", {}, el("tr", {}, ["step", "status", "attempts", "duration", "fuel", "detail"].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows)),
