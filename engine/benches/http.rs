@@ -62,7 +62,13 @@ async fn host_get(addr: SocketAddr, path: &str) -> Vec<u8> {
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let response = sender.send_request(request).await.unwrap();
-    response.into_body().collect().await.unwrap().to_bytes().to_vec()
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
 }
 
 fn requests(c: &mut Criterion) {
@@ -71,9 +77,9 @@ fn requests(c: &mut Criterion) {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move {
-        axum::serve(listener, Router::new().route("/items", get(page))).await
-    });
+    runtime.spawn(
+        async move { axum::serve(listener, Router::new().route("/items", get(page))).await },
+    );
 
     let artifacts = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(
@@ -86,7 +92,8 @@ fn requests(c: &mut Criterion) {
         http: vec![HttpGrant::parse(&format!("http://{addr}"), None).unwrap()],
         ..Grants::default()
     };
-    let input = json!({ "url": format!("http://{addr}/items?page=1"), "max_pages": PAGES }).to_string();
+    let input =
+        json!({ "url": format!("http://{addr}/items?page=1"), "max_pages": PAGES }).to_string();
 
     let mut group = c.benchmark_group("http");
     group.sample_size(20);

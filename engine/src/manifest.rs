@@ -274,7 +274,10 @@ pub struct HttpSpecTable {
 
 impl HttpSpec {
     /// The grant this spells.
-    pub fn parse(&self) -> Result<crate::sandbox::http_grant::HttpGrant, crate::sandbox::http_grant::HttpGrantError> {
+    pub fn parse(
+        &self,
+    ) -> Result<crate::sandbox::http_grant::HttpGrant, crate::sandbox::http_grant::HttpGrantError>
+    {
         use crate::sandbox::http_grant::HttpGrant;
         match self {
             HttpSpec::Host(host) => HttpGrant::parse(host, None),
@@ -310,15 +313,21 @@ impl HttpLimitsSpec {
         if let Some(n) = self.requests {
             limits.requests = n;
         }
-        let size = |field: &str, text: &Option<String>, into: &mut ByteSize| -> Result<(), String> {
-            if let Some(text) = text {
-                *into = text.parse().map_err(|e| format!("http_limits.{field}: {e}"))?;
-            }
-            Ok(())
-        };
+        let size =
+            |field: &str, text: &Option<String>, into: &mut ByteSize| -> Result<(), String> {
+                if let Some(text) = text {
+                    *into = text
+                        .parse()
+                        .map_err(|e| format!("http_limits.{field}: {e}"))?;
+                }
+                Ok(())
+            };
         size("received", &self.received, &mut limits.received)?;
         size("sent", &self.sent, &mut limits.sent)?;
-        let wait = |field: &str, text: &Option<String>, into: &mut std::time::Duration| -> Result<(), String> {
+        let wait = |field: &str,
+                    text: &Option<String>,
+                    into: &mut std::time::Duration|
+         -> Result<(), String> {
             if let Some(text) = text {
                 let d = parse_duration(text).map_err(|e| format!("http_limits.{field}: {e}"))?;
                 if d.is_zero() {
@@ -328,8 +337,16 @@ impl HttpLimitsSpec {
             }
             Ok(())
         };
-        wait("connect_timeout", &self.connect_timeout, &mut limits.connect_timeout)?;
-        wait("first_byte_timeout", &self.first_byte_timeout, &mut limits.first_byte_timeout)?;
+        wait(
+            "connect_timeout",
+            &self.connect_timeout,
+            &mut limits.connect_timeout,
+        )?;
+        wait(
+            "first_byte_timeout",
+            &self.first_byte_timeout,
+            &mut limits.first_byte_timeout,
+        )?;
         wait(
             "between_bytes_timeout",
             &self.between_bytes_timeout,

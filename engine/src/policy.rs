@@ -394,7 +394,12 @@ impl Policy {
                 );
             }
             for grant in &step.grants.http {
-                if !self.allow_http.0.iter().any(|allowed| grant.within(allowed)) {
+                if !self
+                    .allow_http
+                    .0
+                    .iter()
+                    .any(|allowed| grant.within(allowed))
+                {
                     deny(
                         name,
                         format!("http:{grant}"),

@@ -93,9 +93,9 @@ fn from_code(code: &ErrorCode, url: &str) -> HttpError {
         ErrorCode::ConnectionRefused => {
             HttpError::Network(format!("{url}: the server refused the connection"))
         }
-        ErrorCode::TlsCertificateError | ErrorCode::TlsProtocolError => {
-            HttpError::Network(format!("{url}: TLS failed (is the certificate valid for the host?)"))
-        }
+        ErrorCode::TlsCertificateError | ErrorCode::TlsProtocolError => HttpError::Network(
+            format!("{url}: TLS failed (is the certificate valid for the host?)"),
+        ),
         other => HttpError::Network(format!("{url}: {other:?}")),
     }
 }
@@ -194,7 +194,9 @@ impl Request {
             .map_err(|e| HttpError::Invalid(format!("{shown}: a header: {e:?}")))?;
         let outgoing = OutgoingRequest::new(fields);
         let invalid = |what: &str| HttpError::Invalid(format!("{shown}: bad {what}"));
-        outgoing.set_method(&self.method).map_err(|()| invalid("method"))?;
+        outgoing
+            .set_method(&self.method)
+            .map_err(|()| invalid("method"))?;
         outgoing
             .set_scheme(Some(&scheme))
             .map_err(|()| invalid("scheme"))?;
@@ -208,7 +210,8 @@ impl Request {
             Some(_) => Some(outgoing.body().map_err(|()| invalid("body"))?),
             None => None,
         };
-        let pending = outgoing_handler::handle(outgoing, None).map_err(|c| from_code(&c, &shown))?;
+        let pending =
+            outgoing_handler::handle(outgoing, None).map_err(|c| from_code(&c, &shown))?;
         if let (Some(out), Some(bytes)) = (body, &self.body) {
             {
                 let stream = out.write().map_err(|()| invalid("body"))?;
@@ -236,12 +239,10 @@ impl Request {
 fn stream_error(error: StreamError, url: &str) -> HttpError {
     match error {
         StreamError::Closed => HttpError::Network(format!("{url}: the stream closed early")),
-        StreamError::LastOperationFailed(e) => {
-            match wasip2::http::types::http_error_code(&e) {
-                Some(code) => from_code(&code, url),
-                None => HttpError::Network(format!("{url}: {}", e.to_debug_string())),
-            }
-        }
+        StreamError::LastOperationFailed(e) => match wasip2::http::types::http_error_code(&e) {
+            Some(code) => from_code(&code, url),
+            None => HttpError::Network(format!("{url}: {}", e.to_debug_string())),
+        },
     }
 }
 
@@ -405,7 +406,13 @@ mod tests {
         let (_, a, p) = split_url("http://127.0.0.1:9000?q=1").unwrap();
         assert_eq!((a, p), ("127.0.0.1:9000", "?q=1"));
         assert!(matches!(split_url("ftp://x/"), Err(HttpError::Invalid(_))));
-        assert!(matches!(split_url("example.com/x"), Err(HttpError::Invalid(_))));
-        assert!(matches!(split_url("https:///x"), Err(HttpError::Invalid(_))));
+        assert!(matches!(
+            split_url("example.com/x"),
+            Err(HttpError::Invalid(_))
+        ));
+        assert!(matches!(
+            split_url("https:///x"),
+            Err(HttpError::Invalid(_))
+        ));
     }
 }

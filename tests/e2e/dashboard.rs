@@ -147,8 +147,11 @@ impl Gate {
     /// probe says it wants).
     fn served(&self) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("server.toml"), "policy = \"policy.toml\"\n[tenants.a]\n[tenants.b]\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("server.toml"),
+            "policy = \"policy.toml\"\n[tenants.a]\n[tenants.b]\n",
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("policy.toml"),
             format!(
@@ -232,7 +235,9 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
         .client
         .wait()
         .at_most(PATIENCE)
-        .for_element(Locator::XPath("//*[@id='sign-in-error'][contains(., 'refused')]"))
+        .for_element(Locator::XPath(
+            "//*[@id='sign-in-error'][contains(., 'refused')]",
+        ))
         .await
         .unwrap();
     assert!(error.text().await.unwrap().contains("refused"));
@@ -242,15 +247,26 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
     browser.sign_in(&s.url, &viewer).await;
     let row = browser.wait(&format!("#runs tr[data-run='{run}']")).await;
     let cells = row.text().await.unwrap();
-    assert!(cells.contains("succeeded") && cells.contains("2/2"), "{cells}");
-    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    assert!(
+        cells.contains("succeeded") && cells.contains("2/2"),
+        "{cells}"
+    );
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}", s.url))
+        .await
+        .unwrap();
     browser.wait("#steps tbody tr").await;
     let buttons = browser
         .client
         .find_all(Locator::Css("button[data-action]"))
         .await
         .unwrap();
-    assert!(buttons.is_empty(), "a viewer got {} action buttons", buttons.len());
+    assert!(
+        buttons.is_empty(),
+        "a viewer got {} action buttons",
+        buttons.len()
+    );
 
     // The session cookie is HttpOnly: page script cannot read it.
     assert_eq!(browser.script("return document.cookie").await, json!(""));
@@ -262,12 +278,20 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
     assert_eq!(session.http_only(), Some(true));
     assert_eq!(session.same_site(), Some(cookie::SameSite::Strict));
     let value = session.value().to_owned();
-    assert_eq!(with_cookie(&s, "/v1/runs", &value), 200, "the cookie signs in");
+    assert_eq!(
+        with_cookie(&s, "/v1/runs", &value),
+        200,
+        "the cookie signs in"
+    );
 
     // Signing out ends the session on the server, not only in the browser.
     browser.click("#sign-out").await;
     browser.wait("#sign-in").await;
-    assert_eq!(with_cookie(&s, "/v1/runs", &value), 401, "the old cookie is dead");
+    assert_eq!(
+        with_cookie(&s, "/v1/runs", &value),
+        401,
+        "the old cookie is dead"
+    );
     browser.end().await;
 }
 
@@ -281,9 +305,15 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     browser.wait("#runs").await;
 
     let run = start_run(&s, &operator, gate.pipeline());
-    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}", s.url))
+        .await
+        .unwrap();
     browser.wait("#run-status [data-status='running']").await;
-    browser.wait("#dag g.node[data-step='wait'][data-status='running']").await;
+    browser
+        .wait("#dag g.node[data-step='wait'][data-status='running']")
+        .await;
     // Marks this page: a reload would lose it.
     browser.script("window.notReloaded = true").await;
     gate.open();
@@ -300,7 +330,10 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         .unwrap();
     assert_eq!(nodes.len(), 3, "one node per step");
     for node in nodes {
-        assert_eq!(node.attr("data-status").await.unwrap().as_deref(), Some("succeeded"));
+        assert_eq!(
+            node.attr("data-status").await.unwrap().as_deref(),
+            Some("succeeded")
+        );
     }
     // An operator may act: the finished run offers a replay.
     browser.wait("button[data-action='Replay']").await;
@@ -320,7 +353,10 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     browser.click("button[data-action='Replay']").await;
     browser.client.accept_alert().await.unwrap();
     let verified = browser.wait("#verification").await.text().await.unwrap();
-    assert!(verified.contains("3 steps compared") && verified.contains("all identical"), "{verified}");
+    assert!(
+        verified.contains("3 steps compared") && verified.contains("all identical"),
+        "{verified}"
+    );
 
     // A failing pipeline: the failed step, its class and its log line.
     let p = Pipeline::new(
@@ -329,8 +365,14 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     );
     let failed = start_run(&s, &operator, cairn::bundle::pack(p.dir.path()).unwrap());
     s.finished(&operator, &failed);
-    browser.client.goto(&format!("{}/#/runs/{failed}", s.url)).await.unwrap();
-    browser.wait("#dag g.node[data-step='boom'][data-status='failed']").await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{failed}", s.url))
+        .await
+        .unwrap();
+    browser
+        .wait("#dag g.node[data-step='boom'][data-status='failed']")
+        .await;
     let attempt = browser.wait("#failures article[data-step='boom']").await;
     let text = attempt.text().await.unwrap();
     assert!(text.contains("trap"), "{text}");
@@ -340,19 +382,38 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     // class and logs, which a search narrows.
     let node = browser.wait("#dag g.node[data-step='boom']").await;
     node.send_keys("\u{E007}").await.unwrap(); // Enter
-    let attempts = browser.wait("#step-panel #attempts tbody tr").await.text().await.unwrap();
+    let attempts = browser
+        .wait("#step-panel #attempts tbody tr")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(attempts.contains("trap"), "{attempts}");
     let logs = browser.wait("#step-logs").await;
     assert!(logs.text().await.unwrap().contains("panicked"));
-    browser.wait("#log-search").await.send_keys("no such words").await.unwrap();
-    assert_eq!(browser.wait("#step-logs").await.text().await.unwrap(), "(no lines)");
+    browser
+        .wait("#log-search")
+        .await
+        .send_keys("no such words")
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.wait("#step-logs").await.text().await.unwrap(),
+        "(no lines)"
+    );
     // A succeeded step's panel shows its output, read back from the store.
-    browser.client.goto(&format!("{}/#/runs/{failed}?step=ok", s.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{failed}?step=ok", s.url))
+        .await
+        .unwrap();
     browser
         .client
         .wait()
         .at_most(PATIENCE)
-        .for_element(Locator::XPath("//*[@id='step-output']//pre[contains(., '\"n\": 1')]"))
+        .for_element(Locator::XPath(
+            "//*[@id='step-output']//pre[contains(., '\"n\": 1')]",
+        ))
         .await
         .unwrap();
     browser.end().await;
@@ -368,12 +429,23 @@ async fn one_tenants_session_never_shows_anothers_run() {
     let browser = Browser::start().await;
     browser.sign_in(&s.url, &b).await;
     browser.wait("#runs").await;
-    let rows = browser.client.find_all(Locator::Css("#runs tbody tr")).await.unwrap();
+    let rows = browser
+        .client
+        .find_all(Locator::Css("#runs tbody tr"))
+        .await
+        .unwrap();
     assert!(rows.is_empty(), "tenant b sees {} runs", rows.len());
-    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}", s.url))
+        .await
+        .unwrap();
     browser.wait("#not-found").await;
     let source = browser.client.source().await.unwrap();
-    assert!(!source.contains("a-only"), "a's pipeline name leaked into b's page");
+    assert!(
+        !source.contains("a-only"),
+        "a's pipeline name leaked into b's page"
+    );
     browser.end().await;
 }
 
@@ -396,7 +468,11 @@ async fn a_change_made_with_the_cookie_but_without_the_csrf_token_is_refused() {
     let (_, shown) = s.get(&format!("/v1/runs/{run}"), &operator);
     assert_eq!(shown["run"]["live"], true, "nothing was cancelled: {shown}");
     // The page's own button sends it, after asking.
-    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}", s.url))
+        .await
+        .unwrap();
     browser.click("button[data-action='Cancel']").await;
     browser.client.accept_alert().await.unwrap();
     browser.wait("#run-status [data-status='cancelled']").await;
@@ -421,9 +497,17 @@ async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins()
     browser.wait("#audit tbody tr").await;
     let audit = browser.wait("#audit").await.text().await.unwrap();
     assert!(audit.contains(&run), "the run's entries: {audit}");
-    assert!(!audit.contains(&hidden), "b's run in a's audit log: {audit}");
+    assert!(
+        !audit.contains(&hidden),
+        "b's run in a's audit log: {audit}"
+    );
     browser.click("#nav a[href='#/bundles']").await;
-    let bundles = browser.wait("#bundles tbody tr").await.text().await.unwrap();
+    let bundles = browser
+        .wait("#bundles tbody tr")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(bundles.contains("listed"), "{bundles}");
     let source = browser.client.source().await.unwrap();
     assert!(!source.contains("b-secret-pipeline"));
@@ -435,8 +519,18 @@ async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins()
     // A viewer gets no audit link, and the page says so if asked directly.
     browser.sign_in(&s.url, &viewer).await;
     browser.wait("#runs").await;
-    assert!(browser.client.find(Locator::Css("#nav a[href='#/audit']")).await.is_err());
-    browser.client.goto(&format!("{}/#/audit", s.url)).await.unwrap();
+    assert!(
+        browser
+            .client
+            .find(Locator::Css("#nav a[href='#/audit']"))
+            .await
+            .is_err()
+    );
+    browser
+        .client
+        .goto(&format!("{}/#/audit", s.url))
+        .await
+        .unwrap();
     browser.wait("main p[role='alert']").await;
     assert!(browser.client.find(Locator::Css("#audit")).await.is_err());
     browser.end().await;
@@ -467,14 +561,24 @@ async fn a_2000_step_run_opens_and_answers_within_its_budget() {
     browser.sign_in(&s.url, &operator).await;
     browser.wait("#runs").await;
     let started = Instant::now();
-    browser.client.goto(&format!("{}/#/runs/{run}", s.url)).await.unwrap();
-    browser.wait("#dag g.node[data-step='s1999'][data-status='succeeded']").await;
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}", s.url))
+        .await
+        .unwrap();
+    browser
+        .wait("#dag g.node[data-step='s1999'][data-status='succeeded']")
+        .await;
     browser.wait("#steps tbody tr[data-step='s1999']").await;
     let opened = started.elapsed();
     // Interactive: a zoom answers, and a node opens its panel.
-    let before = browser.script("return document.getElementById('dag').getAttribute('width')").await;
+    let before = browser
+        .script("return document.getElementById('dag').getAttribute('width')")
+        .await;
     browser.click("#zoom-in").await;
-    let after = browser.script("return document.getElementById('dag').getAttribute('width')").await;
+    let after = browser
+        .script("return document.getElementById('dag').getAttribute('width')")
+        .await;
     assert_ne!(before, after, "the zoom changed nothing");
     browser.click("#dag g.node[data-step='s1234']").await;
     browser.wait("#step-panel #attempts tbody tr").await;
@@ -484,7 +588,9 @@ async fn a_2000_step_run_opens_and_answers_within_its_budget() {
         answered < LARGE_RUN_BUDGET,
         "the page took {answered:?} (budget {LARGE_RUN_BUDGET:?})"
     );
-    let nodes = browser.script("return document.querySelectorAll('#dag g.node').length").await;
+    let nodes = browser
+        .script("return document.querySelectorAll('#dag g.node').length")
+        .await;
     assert_eq!(nodes, json!(2000));
     browser.end().await;
 }

@@ -109,9 +109,17 @@ async fn items(State(seen): State<Arc<Seen>>, Query(q): Query<PageQuery>) -> Jso
 
 type Json = axum::Json<Value>;
 
-async fn echo(State(seen): State<Arc<Seen>>, method: Method, headers: HeaderMap, body: String) -> Json {
+async fn echo(
+    State(seen): State<Arc<Seen>>,
+    method: Method,
+    headers: HeaderMap,
+    body: String,
+) -> Json {
     seen.hits.fetch_add(1, Ordering::SeqCst);
-    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
+    if let Some(auth) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+    {
         seen.authorization.lock().unwrap().push(auth.to_owned());
     }
     let host = headers
@@ -141,7 +149,10 @@ fn api_example(api: &Api) -> Pipeline {
     let built = crate::support::repo_root().join("guest-examples/target/wasm32-wasip2/release/");
     let text = text
         .replace("127.0.0.1:8080", &api.addr.to_string())
-        .replace("../../target/wasm32-wasip2/release/", built.to_str().unwrap());
+        .replace(
+            "../../target/wasm32-wasip2/release/",
+            built.to_str().unwrap(),
+        );
     Pipeline::new(&text)
 }
 
@@ -176,7 +187,11 @@ fn a_granted_host_is_reached_and_every_other_scheme_host_port_and_method_is_deni
     // Each refused request names what was refused, and reaches nobody.
     let refused = [
         // No grant at all.
-        (json!({"url": api.url("/echo")}), vec![], format!("GET {}", api.url("/echo"))),
+        (
+            json!({"url": api.url("/echo")}),
+            vec![],
+            format!("GET {}", api.url("/echo")),
+        ),
         // Another port (a second server, listening, but not granted).
         (
             json!({"url": other.url("/echo")}),
@@ -251,7 +266,13 @@ fn a_granted_host_is_reached_and_every_other_scheme_host_port_and_method_is_deni
         .unwrap_or_else(|| panic!("no refused request audited: {audit}"));
     assert_eq!(refused["step"], "post");
     assert_eq!(refused["run"], report["run_id"]);
-    assert!(refused["detail"].as_str().unwrap().starts_with("POST http://127.0.0.1:"), "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("POST http://127.0.0.1:"),
+        "{refused}"
+    );
 }
 
 #[test]
@@ -266,17 +287,28 @@ fn redirects_are_not_followed_and_a_name_never_reaches_loopback_without_naming_t
         &[&api.grant()],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(report["output"]["status"], 302, "the task sees the redirect itself");
+    assert_eq!(
+        report["output"]["status"], 302,
+        "the task sees the redirect itself"
+    );
     assert_eq!(report["output"]["location"], target.as_str());
     // Following it is a new request, checked like any other.
     let (run, report) = probe(&cairn, json!({"url": target}), &[&api.grant()]);
     assert_failed(&report, &run, "denied", 16);
-    assert_eq!(elsewhere.hits(), 0, "the redirect's target was never reached");
+    assert_eq!(
+        elsewhere.hits(),
+        0,
+        "the redirect's target was never reached"
+    );
 
     // `localhost` is granted by name, but resolves to 127.0.0.1: refused
     // after resolution, naming the address and the grant that would reach it.
     let by_name = format!("http://localhost:{}", api.addr.port());
-    let (run, report) = probe(&cairn, json!({"url": format!("{by_name}/echo")}), &[&by_name]);
+    let (run, report) = probe(
+        &cairn,
+        json!({"url": format!("{by_name}/echo")}),
+        &[&by_name],
+    );
     assert_failed(&report, &run, "denied", 16);
     let message = report["failure"]["message"].as_str().unwrap();
     assert!(
@@ -440,7 +472,11 @@ fn a_name_resolving_to_the_cloud_metadata_or_loopback_address_is_refused_before_
     let api = Api::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(refused_by_address(api.addr.port()));
-    assert_eq!(api.hits(), 0, "the loopback server was never reached by name");
+    assert_eq!(
+        api.hits(),
+        0,
+        "the loopback server was never reached by name"
+    );
 }
 
 async fn refused_by_address(loopback_port: u16) {
@@ -542,7 +578,9 @@ fn a_replay_serves_the_recorded_responses_with_the_server_gone_and_names_a_reque
     assert!(
         replay.stderr.contains("mismatch: step `fetch`")
             && replay.stderr.contains("request 1 is GET http://127.0.0.1:")
-            && replay.stderr.contains("/items?page=2, the recorded run sent GET"),
+            && replay
+                .stderr
+                .contains("/items?page=2, the recorded run sent GET"),
         "{}",
         replay.stderr
     );
@@ -606,11 +644,22 @@ fn a_secret_header_reaches_the_server_but_never_the_task_the_journal_or_the_stor
             .unwrap(),
     );
     assert_eq!(replay.code, 0, "{}", replay.stderr);
-    assert_eq!(api.seen.authorization.lock().unwrap().len(), 1, "the replay sent nothing");
+    assert_eq!(
+        api.seen.authorization.lock().unwrap().len(),
+        1,
+        "the replay sent nothing"
+    );
     let holding = crate::secrets::files_holding(cairn.store.path(), secret.as_bytes());
     assert!(holding.is_empty(), "the secret is in {holding:?}");
     assert!(
-        cairn.store.path().join("recorded").read_dir().unwrap().count() > 0,
+        cairn
+            .store
+            .path()
+            .join("recorded")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0,
         "the responses were recorded"
     );
 }
@@ -628,7 +677,11 @@ fn a_policy_refuses_a_header_secret_it_does_not_list_before_looking_for_its_valu
         "#,
     );
     let policy = p.dir.path().join("policy.toml");
-    std::fs::write(&policy, "[default]\nallow_http = [\"http://127.0.0.1:9\"]\n").unwrap();
+    std::fs::write(
+        &policy,
+        "[default]\nallow_http = [\"http://127.0.0.1:9\"]\n",
+    )
+    .unwrap();
     // Whether the variable is set or not, the answer is the same.
     for set in [false, true] {
         let mut command = cairn.command();
@@ -641,7 +694,8 @@ fn a_policy_refuses_a_header_secret_it_does_not_list_before_looking_for_its_valu
         let run = Run::from(command.output().unwrap());
         assert_eq!(run.code, 1, "{}", run.stderr);
         assert!(
-            run.stderr.contains("secret HOST_ONLY_VAR is not in allow_secrets"),
+            run.stderr
+                .contains("secret HOST_ONLY_VAR is not in allow_secrets"),
             "{}",
             run.stderr
         );

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::bundle::Bundle;
-use crate::sandbox::http_grant::HttpGrant;
 use crate::manifest::{GrantSpec, Manifest, NameHasher, ScratchSpec, StepSettings, StepSpec};
 use crate::sandbox::grants::Scratch;
+use crate::sandbox::http_grant::HttpGrant;
 use crate::sandbox::limits::{ByteSize, parse_duration};
 use crate::sandbox::{
     ComponentKind, EngineEnv, Grants, Limits, LoadedComponent, Sandbox, SecretSource,

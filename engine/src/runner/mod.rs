@@ -31,8 +31,8 @@ use crate::plan::{Plan, PlanErrors, Sources};
 use crate::policy::{Denial, Policy};
 use crate::sandbox::grants::Scratch;
 use crate::sandbox::http::{Exchange, Recorded};
-use crate::schedule::Tapes;
 use crate::sandbox::{FailureClass, Sandbox, SandboxConfig, SandboxError, SecretSource};
+use crate::schedule::Tapes;
 use crate::schedule::{
     self, JournalWriter, Ledger, RunObserver, RunOptions, RunReport, SandboxExecutor, StepStatus,
 };
@@ -521,11 +521,18 @@ impl Original {
     /// succeeded there and failed here is a mismatch too (a networked step
     /// whose request differs from the recorded one fails so).
     pub fn verify(&self, report: &RunReport) -> Verification {
-        self.compare(report.steps.iter().filter_map(|s| match (&s.status, &s.output_hash) {
-            (_, Some(hash)) => Some((s.name.as_str(), hash.clone())),
-            (StepStatus::Failed(f), None) => Some((s.name.as_str(), format!("failed: {}", f.message))),
-            _ => None,
-        }))
+        self.compare(
+            report
+                .steps
+                .iter()
+                .filter_map(|s| match (&s.status, &s.output_hash) {
+                    (_, Some(hash)) => Some((s.name.as_str(), hash.clone())),
+                    (StepStatus::Failed(f), None) => {
+                        Some((s.name.as_str(), format!("failed: {}", f.message)))
+                    }
+                    _ => None,
+                }),
+        )
     }
 
     /// Compare a recorded replay (its steps' output hashes, from its
@@ -733,7 +740,10 @@ impl Runner {
                 ) else {
                     return Err(lost("is not named by a hash"));
                 };
-                let bytes = self.db.recording(&response)?.ok_or_else(|| lost("is gone"))?;
+                let bytes = self
+                    .db
+                    .recording(&response)?
+                    .ok_or_else(|| lost("is gone"))?;
                 let response = Recorded::decode(&bytes).ok_or_else(|| lost("cannot be read"))?;
                 exchanges.push(Exchange {
                     method: record.method.clone(),
@@ -998,7 +1008,8 @@ impl Started {
             secrets,
             tapes,
             on_refused: Some({
-                let (audit, tenant, run) = (runner.audit.clone(), tenant.clone(), record.id.0.clone());
+                let (audit, tenant, run) =
+                    (runner.audit.clone(), tenant.clone(), record.id.0.clone());
                 Arc::new(move |step: &str, lines: &[String]| {
                     let entries: Vec<AuditEntry> = lines
                         .iter()

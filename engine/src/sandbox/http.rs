@@ -241,14 +241,17 @@ impl HttpHooks {
         let headers = grants
             .iter()
             .map(|grant| {
-                grant.render_headers(value)?.into_iter().map(|(name, text)| {
-                    let value = http::HeaderValue::from_str(&text)
-                        .map_err(|_| format!("its value for header {name} cannot be sent"))?;
-                    let name = http::HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| format!("header {name} cannot be sent"))?;
-                    Ok((name, value))
-                })
-                .collect()
+                grant
+                    .render_headers(value)?
+                    .into_iter()
+                    .map(|(name, text)| {
+                        let value = http::HeaderValue::from_str(&text)
+                            .map_err(|_| format!("its value for header {name} cannot be sent"))?;
+                        let name = http::HeaderName::from_bytes(name.as_bytes())
+                            .map_err(|_| format!("header {name} cannot be sent"))?;
+                        Ok((name, value))
+                    })
+                    .collect()
             })
             .collect();
         Self {
@@ -323,8 +326,14 @@ impl HttpHooks {
                      `grants = {{ http = [\"{what}\"] }}` (or --allow-http {what})"
                 )
             } else {
-                format!("{method} {shown}: {what} is not granted to this step (http grants: {})",
-                    self.grants.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{method} {shown}: {what} is not granted to this step (http grants: {})",
+                    self.grants
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             }));
         };
         let grant = &self.grants[at];
@@ -356,7 +365,14 @@ impl HttpHooks {
             body: blake3::Hasher::new(),
             response: None,
         });
-        let (port, name) = (port, authority.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+        let (port, name) = (
+            port,
+            authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        );
         let shown = format!("{method} {shown}");
         for (header, value) in attach {
             request.headers_mut().insert(header.clone(), value.clone());
@@ -394,9 +410,19 @@ fn headers_hash(headers: &http::HeaderMap) -> blake3::Hash {
 }
 
 /// What identifies a request for replay: method, URL, headers and body.
-fn request_hash(method: &str, url: &str, headers: &blake3::Hash, body: &blake3::Hash) -> blake3::Hash {
+fn request_hash(
+    method: &str,
+    url: &str,
+    headers: &blake3::Hash,
+    body: &blake3::Hash,
+) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new_derive_key("cairn http request v1");
-    for part in [method.as_bytes(), url.as_bytes(), headers.as_bytes(), body.as_bytes()] {
+    for part in [
+        method.as_bytes(),
+        url.as_bytes(),
+        headers.as_bytes(),
+        body.as_bytes(),
+    ] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -434,14 +460,16 @@ fn shown_url(uri: &http::Uri) -> String {
     shown
 }
 
-type ResponseFuture = Box<
-    dyn Future<
-            Output = Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ), Error>,
-        > + Send,
+/// A response, and what drives the rest of its connection (or its error).
+type Sent = Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
 >;
+
+type ResponseFuture = Box<dyn Future<Output = Sent> + Send>;
 
 impl WasiHttpHooks for HttpHooks {
     fn send_request(
@@ -524,13 +552,7 @@ async fn send(
     resolver: Arc<dyn Resolve>,
     ledger: Shared,
     deadline: Instant,
-) -> Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ),
-    Error,
-> {
+) -> Sent {
     let connect_by = (Instant::now() + limits.connect_timeout).min(deadline);
     let connect_timeout = || {
         lock(&ledger).limit(
@@ -545,13 +567,15 @@ async fn send(
     let stream = tokio::time::timeout_at(connect_by.into(), async {
         let addrs = match &target.host {
             RequestHost::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
-            RequestHost::Name(name) => resolver
-                .resolve(name, target.port)
-                .await
-                .map_err(|_| Error::DnsError {
-                    rcode: Some("lookup failed".into()),
-                    info_code: None,
-                })?,
+            RequestHost::Name(name) => {
+                resolver
+                    .resolve(name, target.port)
+                    .await
+                    .map_err(|_| Error::DnsError {
+                        rcode: Some("lookup failed".into()),
+                        info_code: None,
+                    })?
+            }
         };
         let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
             addrs.into_iter().partition(|a| grant.may_connect(a.ip()));
@@ -594,7 +618,9 @@ async fn send(
                 Err(e) => last = Some(e),
             }
         }
-        Err(Error::Connect(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into())))
+        Err(Error::Connect(
+            last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
+        ))
     })
     .await
     .map_err(|_| connect_timeout())??;
@@ -663,7 +689,10 @@ async fn send(
         )
     })??;
 
-    let remaining = limits.received.bytes().saturating_sub(lock(&ledger).received);
+    let remaining = limits
+        .received
+        .bytes()
+        .saturating_sub(lock(&ledger).received);
     if let Some(length) = response
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -860,13 +889,7 @@ async fn replay(
     limits: HttpLimits,
     tape: &[Exchange],
     ledger: Shared,
-) -> Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ),
-    Error,
-> {
+) -> Sent {
     // The body is read whole (within the sent limit) to compare it.
     let body = Counted {
         inner: request.into_body(),
@@ -953,13 +976,22 @@ mod tests {
         reordered.insert("x-b", http::HeaderValue::from_static("2"));
         reordered.insert("accept", http::HeaderValue::from_static("application/json"));
         // The host's own Host header is not the task's.
-        reordered.insert(http::header::HOST, http::HeaderValue::from_static("elsewhere"));
+        reordered.insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("elsewhere"),
+        );
         assert_eq!(headers_hash(&headers), headers_hash(&reordered));
         let (h, body) = (headers_hash(&headers), blake3::hash(b""));
         let base = request_hash("GET", "http://a/x", &h, &body);
         assert_ne!(base, request_hash("POST", "http://a/x", &h, &body));
         assert_ne!(base, request_hash("GET", "http://a/y", &h, &body));
-        assert_ne!(base, request_hash("GET", "http://a/x", &blake3::hash(b"h"), &body));
-        assert_ne!(base, request_hash("GET", "http://a/x", &h, &blake3::hash(b"b")));
+        assert_ne!(
+            base,
+            request_hash("GET", "http://a/x", &blake3::hash(b"h"), &body)
+        );
+        assert_ne!(
+            base,
+            request_hash("GET", "http://a/x", &h, &blake3::hash(b"b"))
+        );
     }
 }

@@ -257,9 +257,14 @@ impl HttpGrant {
         for (name, template) in headers {
             let lower = name.to_ascii_lowercase();
             if http::HeaderName::from_bytes(lower.as_bytes()).is_err()
-                || matches!(lower.as_str(), "host" | "content-length" | "transfer-encoding" | "connection")
+                || matches!(
+                    lower.as_str(),
+                    "host" | "content-length" | "transfer-encoding" | "connection"
+                )
             {
-                return Err(fail(format!("{name:?} is not a header the host can attach")));
+                return Err(fail(format!(
+                    "{name:?} is not a header the host can attach"
+                )));
             }
             let mut parts = Vec::new();
             let mut rest = template.as_str();
@@ -268,10 +273,12 @@ impl HttpGrant {
                     parts.push(Part::Text(rest[..start].to_owned()));
                 }
                 let after = &rest[start + 2..];
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| fail(format!("header {name}: an unclosed ${{ in {template:?}")))?;
-                let secret = after[..end].strip_prefix("secrets.").filter(|n| is_token(&n.replace('_', "-")));
+                let end = after.find('}').ok_or_else(|| {
+                    fail(format!("header {name}: an unclosed ${{ in {template:?}"))
+                })?;
+                let secret = after[..end]
+                    .strip_prefix("secrets.")
+                    .filter(|n| is_token(&n.replace('_', "-")));
                 let Some(secret) = secret else {
                     return Err(fail(format!(
                         "header {name}: write ${{secrets.NAME}} to put a secret in it, not ${{{}}}",
@@ -285,7 +292,9 @@ impl HttpGrant {
                 parts.push(Part::Text(rest.to_owned()));
             }
             if template.contains(['\r', '\n', '\0']) {
-                return Err(fail(format!("header {name}: a value cannot hold line breaks or NUL")));
+                return Err(fail(format!(
+                    "header {name}: a value cannot hold line breaks or NUL"
+                )));
             }
             self.headers.push((lower, parts));
         }
@@ -568,11 +577,17 @@ mod tests {
     #[test]
     fn header_templates_fill_in_secrets_and_refuse_what_cannot_be_sent() {
         let headers = [
-            ("Authorization".to_owned(), "Bearer ${secrets.API_TOKEN}".to_owned()),
+            (
+                "Authorization".to_owned(),
+                "Bearer ${secrets.API_TOKEN}".to_owned(),
+            ),
             ("X-Pair".to_owned(), "${secrets.A}:${secrets.B}!".to_owned()),
         ];
         let g = grant("api.example.com").with_headers(&headers).unwrap();
-        assert_eq!(g.header_secrets().collect::<Vec<_>>(), ["API_TOKEN", "A", "B"]);
+        assert_eq!(
+            g.header_secrets().collect::<Vec<_>>(),
+            ["API_TOKEN", "A", "B"]
+        );
         let values = |name: &str| match name {
             "API_TOKEN" => Some("t0k"),
             "A" => Some("a"),
@@ -588,7 +603,10 @@ mod tests {
         );
         assert_eq!(g.render_headers(|_| None).unwrap_err(), "API_TOKEN");
         // Named in the grant as written, without any value.
-        assert_eq!(g.to_string(), "https://api.example.com:443 with authorization, x-pair");
+        assert_eq!(
+            g.to_string(),
+            "https://api.example.com:443 with authorization, x-pair"
+        );
         for (name, value) in [
             ("Host", "x"),
             ("bad name", "x"),

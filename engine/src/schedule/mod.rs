@@ -36,13 +36,13 @@ use crate::plan::template::{Reference, Resolve, Source, lookup, truthy};
 use crate::plan::{Plan, Step, StepId};
 use crate::sandbox::ByteSize;
 use crate::sandbox::grants::Scratch;
+use crate::sandbox::http::Exchange;
 use crate::sandbox::{
     Attempt, ComponentKind, EngineEnv, FailureClass, LogLine, Observer, Progress, Resolved,
     RunRequest, Sandbox, SandboxError, SecretSource,
 };
-use crate::store::records::now_ms;
-use crate::sandbox::http::Exchange;
 use crate::store::records::HttpRecord;
+use crate::store::records::now_ms;
 use crate::store::{CacheKey, JournalEvent, LoggedLine, NewResult, ResultMeta, StepSource};
 
 mod ledger;
@@ -117,7 +117,11 @@ pub fn cache_key(step: &Step, input: &[u8], secrets: &Resolved) -> CacheKey {
         field(&u64::from(l.requests).to_le_bytes());
         field(&l.received.bytes().to_le_bytes());
         field(&l.sent.bytes().to_le_bytes());
-        for wait in [l.connect_timeout, l.first_byte_timeout, l.between_bytes_timeout] {
+        for wait in [
+            l.connect_timeout,
+            l.first_byte_timeout,
+            l.between_bytes_timeout,
+        ] {
             field(&wait.as_nanos().to_le_bytes());
         }
     }

@@ -1062,9 +1062,9 @@ pub async fn step_output(
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
     let journal = journal(&tenant, &record)?;
-    let mapped = journal.iter().any(|e| {
-        matches!(e, JournalEvent::ItemSucceeded { step: s, index: Some(_), .. } if *s == step)
-    });
+    let mapped = journal.iter().any(
+        |e| matches!(e, JournalEvent::ItemSucceeded { step: s, index: Some(_), .. } if *s == step),
+    );
     let keys = journal
         .iter()
         .rev()
@@ -1098,11 +1098,7 @@ pub async fn step_output(
     } else {
         outputs.pop().unwrap_or(Value::Null)
     };
-    Ok(Json(StepOutput {
-        step,
-        keys,
-        output,
-    }))
+    Ok(Json(StepOutput { step, keys, output }))
 }
 
 /// The pipeline's output, once the run has succeeded.
@@ -1881,6 +1877,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read with each route's own cap.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(server.clone(), csrf_guard))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            csrf_guard,
+        ))
         .with_state(server)
 }

@@ -186,7 +186,10 @@ mod tests {
     fn sessions_open_find_expire_and_close() {
         let sessions = Sessions::default();
         let a = sessions.open("tok1", 1_000);
-        assert_eq!(sessions.find(&a.id, 1_001), Some(("tok1".into(), a.csrf.clone())));
+        assert_eq!(
+            sessions.find(&a.id, 1_001),
+            Some(("tok1".into(), a.csrf.clone()))
+        );
         assert_eq!(sessions.find(&a.id, 1_000 + SESSION_LIFETIME_MS), None);
         assert_eq!(sessions.find("not-a-session", 1_001), None);
         let b = sessions.open("tok2", 2_000);
@@ -201,13 +204,32 @@ mod tests {
     fn the_cookie_is_http_only_strict_and_secure_behind_tls() {
         let set = set_cookie(Some("abc"), true);
         let text = set.to_str().unwrap();
-        for part in ["cairn_session=abc", "HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        for part in [
+            "cairn_session=abc",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Secure",
+            "Path=/",
+        ] {
             assert!(text.contains(part), "{text}");
         }
-        assert!(!set_cookie(Some("abc"), false).to_str().unwrap().contains("Secure"));
-        assert!(set_cookie(None, false).to_str().unwrap().contains("Max-Age=0"));
+        assert!(
+            !set_cookie(Some("abc"), false)
+                .to_str()
+                .unwrap()
+                .contains("Secure")
+        );
+        assert!(
+            set_cookie(None, false)
+                .to_str()
+                .unwrap()
+                .contains("Max-Age=0")
+        );
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; cairn_session=xyz; b=2"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; cairn_session=xyz; b=2"),
+        );
         assert_eq!(cookie(&headers).as_deref(), Some("xyz"));
     }
 }
