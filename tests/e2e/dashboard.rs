@@ -484,8 +484,23 @@ async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins()
     let s = Served::start();
     let admin = s.token("a", "admin");
     let viewer = s.token("a", "viewer");
-    let run = start_run(&s, &admin, chain_bundle("listed"));
+    // A signed bundle whose second step asks for a scratch directory.
+    let p = Pipeline::new(
+        "name = \"listed\"\n[steps.a]\ncomponent = \"{wasm:echo}\"\ninput = { n = 1 }\n\
+         [steps.b]\ncomponent = \"{wasm:echo}\"\ninput = { n = \"${a.n}\" }\ngrants = { scratch = true }\n",
+    );
+    let (secret, public) = cairn::bundle::generate_key();
+    let key_file = p.dir.path().join("author.key");
+    std::fs::write(&key_file, secret).unwrap();
+    let key = cairn::bundle::read_key(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let signed = cairn::bundle::Bundle::read(&cairn::bundle::pack(p.dir.path()).unwrap())
+        .unwrap()
+        .sign(&key);
+    let run = start_run(&s, &admin, signed);
     s.finished(&admin, &run);
+    let unlisted = start_run(&s, &admin, chain_bundle("unlisted"));
+    s.finished(&admin, &unlisted);
     let other = s.token("b", "operator");
     let hidden = start_run(&s, &other, chain_bundle("b-secret-pipeline"));
     s.finished(&other, &hidden);
@@ -502,15 +517,31 @@ async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins()
         "b's run in a's audit log: {audit}"
     );
     browser.click("#nav a[href='#/bundles']").await;
-    let bundles = browser
-        .wait("#bundles tbody tr")
-        .await
-        .text()
-        .await
-        .unwrap();
+    let bundle = s.get(&format!("/v1/runs/{run}"), &admin).1["run"]["bundle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let row = format!("#bundles tbody tr[data-bundle='{bundle}']");
+    let bundles = browser.wait(&row).await.text().await.unwrap();
     assert!(bundles.contains("listed"), "{bundles}");
+    assert!(bundles.contains(&public[..16]), "the signer: {bundles}");
+    assert!(
+        bundles.contains("b: scratch"),
+        "what step b may reach: {bundles}"
+    );
     let source = browser.client.source().await.unwrap();
     assert!(!source.contains("b-secret-pipeline"));
+    // Its runs, one click away.
+    browser
+        .click(&format!("{row} a[href^='#/runs?bundle=']"))
+        .await;
+    browser.wait(&format!("#runs tr[data-run='{run}']")).await;
+    let rows = browser
+        .client
+        .find_all(Locator::Css("#runs tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "only this bundle's runs, not {unlisted}");
     browser.click("#nav a[href='#/usage']").await;
     let usage = browser.wait("#usage").await.text().await.unwrap();
     assert!(usage.contains("runs executing"), "{usage}");

@@ -1209,27 +1209,33 @@ fn readmission(
     Ok((Some(policy), warnings))
 }
 
+/// Each capability a step is granted, as the audit log names it
+/// (`read:/srv/data`, `secret:TOKEN`, `http:https://api.example.com:443`, …).
+pub fn capabilities(step: &crate::plan::Step) -> Vec<String> {
+    let g = &step.grants;
+    let mut caps: Vec<String> = g
+        .read_dirs
+        .iter()
+        .map(|d| format!("read:{}", d.display()))
+        .collect();
+    caps.extend(g.scratch.iter().map(Scratch::capability));
+    caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
+    caps.extend(g.secrets.iter().map(|k| format!("secret:{k}")));
+    if g.wall_clock {
+        caps.push("clock".into());
+    }
+    if g.random {
+        caps.push("random".into());
+    }
+    caps.extend(g.http.iter().map(|grant| format!("http:{grant}")));
+    caps
+}
+
 /// One audit entry per capability each step is granted.
 fn grant_entries(plan: &Plan, tenant: &str, run: &RunId) -> Vec<AuditEntry> {
     let mut entries = Vec::new();
     for step in &plan.steps {
-        let g = &step.grants;
-        let mut caps: Vec<String> = g
-            .read_dirs
-            .iter()
-            .map(|d| format!("read:{}", d.display()))
-            .collect();
-        caps.extend(g.scratch.iter().map(Scratch::capability));
-        caps.extend(g.env.iter().map(|(k, _)| format!("env:{k}")));
-        caps.extend(g.secrets.iter().map(|k| format!("secret:{k}")));
-        if g.wall_clock {
-            caps.push("clock".into());
-        }
-        if g.random {
-            caps.push("random".into());
-        }
-        caps.extend(g.http.iter().map(|grant| format!("http:{grant}")));
-        entries.extend(caps.into_iter().map(|capability| AuditEntry {
+        entries.extend(capabilities(step).into_iter().map(|capability| AuditEntry {
             at_ms: now_ms(),
             run: Some(run.0.clone()),
             tenant: tenant.to_owned(),

@@ -526,6 +526,16 @@ pub struct BundleView {
     pub size: u64,
     pub steps: usize,
     pub uploaded_ms: u64,
+    /// The id of the token that pushed it (`cairn token list` names it).
+    #[serde(default)]
+    pub pushed_by: Option<String>,
+    /// The public keys of its valid signatures (hex ed25519).
+    #[serde(default)]
+    pub signers: Vec<String>,
+    /// Each step's granted capabilities, by step name (steps with none
+    /// left out).
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, Vec<String>>,
 }
 
 /// Upload a bundle (`cairn bundle pack`): verified, planned and checked
@@ -552,7 +562,7 @@ pub async fn upload_bundle(
         }
     };
     let limit = tenant.quotas.upload.bytes();
-    let outcome = store_bundle(&server, &tenant, body, limit).await;
+    let outcome = store_bundle(&server, &tenant, &caller.token_id, body, limit).await;
     let (target, result) = match &outcome {
         Ok((_, view)) => (view.id.clone(), "stored".to_owned()),
         Err(e) => (
@@ -567,6 +577,7 @@ pub async fn upload_bundle(
 async fn store_bundle(
     server: &Server,
     tenant: &Tenant,
+    pusher: &str,
     body: Body,
     limit: u64,
 ) -> Result<(StatusCode, BundleView), ApiError> {
@@ -646,6 +657,20 @@ async fn store_bundle(
         size: bytes.len() as u64,
         steps: planned.plan.steps.len(),
         uploaded_ms: (server.clock)(),
+        pushed_by: Some(pusher.to_owned()),
+        signers: planned
+            .signatures
+            .iter()
+            .flatten()
+            .map(|s| s.public_key.clone())
+            .collect(),
+        capabilities: planned
+            .plan
+            .steps
+            .iter()
+            .map(|step| (step.name.clone(), crate::runner::capabilities(step)))
+            .filter(|(_, caps)| !caps.is_empty())
+            .collect(),
     };
     let stored = std::fs::rename(&incoming, &final_path).and_then(|()| {
         std::fs::write(
@@ -834,6 +859,8 @@ pub struct RunFilter {
     pub pipeline: Option<String>,
     /// Only runs with this status (`running`, `succeeded`, `failed`, `cancelled`).
     pub status: Option<String>,
+    /// Only runs of this bundle (its id).
+    pub bundle: Option<String>,
     /// Only runs started at or after this time (ms since the epoch).
     pub since_ms: Option<u64>,
     /// Only runs older than this run id (the previous page's `next`).
@@ -872,6 +899,10 @@ pub async fn list_runs(
     let mut runs = tenant.runner.store().runs().map_err(ApiError::internal)?;
     runs.retain(|r| {
         filter.pipeline.as_ref().is_none_or(|p| &r.pipeline == p)
+            && filter
+                .bundle
+                .as_ref()
+                .is_none_or(|b| r.bundle.as_ref() == Some(b))
             && status.is_none_or(|s| r.status == s)
             && filter.since_ms.is_none_or(|t| r.started_ms >= t)
             && filter

@@ -144,7 +144,7 @@ function showRuns() {
   // Pages: the `before` cursor of each page shown, newest first.
   const cursors = [null];
   const pager = el("div", { class: "filters" });
-  main.replaceChildren(el("section", {}, el("h1", {}, "Runs"),
+  main.replaceChildren(el("section", {}, el("h1", {}, params.get("bundle") ? `Runs of bundle ${params.get("bundle").slice(0, 16)}` : "Runs"),
     el("div", { class: "filters" }, statusFilter, pipelineFilter, ageFilter), table, pager));
 
   let stopped = false;
@@ -154,6 +154,7 @@ function showRuns() {
     const q = new URLSearchParams();
     if (params.get("status")) q.set("status", params.get("status"));
     if (params.get("pipeline")) q.set("pipeline", params.get("pipeline"));
+    if (params.get("bundle")) q.set("bundle", params.get("bundle"));
     const age = AGES[params.get("age") ?? ""];
     if (age) q.set("since_ms", String(Date.now() - age));
     const before = cursors[cursors.length - 1];
@@ -199,15 +200,25 @@ function tablePage(title, id, headings, rows) {
       el("tbody", {}, rows))));
 }
 
-// The tenant's bundles: what each pipeline is, when it was pushed.
+// The tenant's bundles: what each pipeline is, who pushed it, who signed
+// it, what each step may reach, and its runs.
 function showBundles() {
   let stopped = false;
   api("GET", "/v1/bundles").then((answer) => {
     if (stopped || !answer.ok) return;
-    tablePage("Bundles", "bundles", ["bundle", "pipeline", "steps", "size", "uploaded"],
-      answer.body.map((b) => el("tr", { "data-bundle": b.id },
-        el("td", { class: "mono" }, b.id.slice(0, 16)), el("td", {}, b.pipeline), el("td", {}, b.steps),
-        el("td", {}, size(b.size)), el("td", {}, when(b.uploaded_ms)))));
+    tablePage("Bundles", "bundles", ["bundle", "pipeline", "steps", "size", "uploaded", "pushed by", "signed by", "capabilities", ""],
+      answer.body.map((b) => {
+        const caps = Object.entries(b.capabilities ?? {});
+        return el("tr", { "data-bundle": b.id },
+          el("td", { class: "mono" }, b.id.slice(0, 16)), el("td", {}, b.pipeline), el("td", {}, b.steps),
+          el("td", {}, size(b.size)), el("td", {}, when(b.uploaded_ms)),
+          el("td", { class: "mono" }, b.pushed_by ?? ""),
+          el("td", { class: "mono" }, (b.signers ?? []).length ? b.signers.map((k) => k.slice(0, 16) + "…").join(", ") : "unsigned"),
+          el("td", { class: "detail" }, caps.length
+            ? el("ul", { class: "caps" }, caps.map(([step, list]) => el("li", {}, `${step}: ${list.join(", ")}`)))
+            : "none"),
+          el("td", {}, el("a", { href: `#/runs?bundle=${b.id}` }, "runs")));
+      }));
   });
   return () => { stopped = true; };
 }
