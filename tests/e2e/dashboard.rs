@@ -347,6 +347,30 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     let path = browser.wait("#critical-path").await.text().await.unwrap();
     assert!(path.ends_with("wait → then → last"), "{path}");
 
+    // The step panel says what the step was granted, and what it used.
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}?step=wait", s.url))
+        .await
+        .unwrap();
+    browser
+        .client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath(&format!(
+            "//*[@id='step-grants'][contains(., 'http:http://{}')]",
+            gate.addr
+        )))
+        .await
+        .unwrap();
+    let attempt = browser
+        .wait("#attempts tbody tr")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(attempt.contains("MiB"), "its peak memory: {attempt}");
+
     // Replay with verification, from the page: the gate's answer comes from
     // the recording (a request reaching the gate now would wait forever: it
     // was opened once), and nothing differs.

@@ -1692,6 +1692,7 @@ fn attempt_finished(
         message,
         fuel: outcome.fuel_used,
         duration_us: outcome.duration.as_micros() as u64,
+        peak_memory: outcome.peak_memory,
         logs: outcome
             .log
             .lines

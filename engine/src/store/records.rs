@@ -121,6 +121,9 @@ pub enum JournalEvent {
         message: Option<String>,
         fuel: u64,
         duration_us: u64,
+        /// Highest total linear memory, in bytes (journals before it: 0).
+        #[serde(default)]
+        peak_memory: u64,
         logs: Vec<LoggedLine>,
         /// The HTTP requests the attempt sent that got a response, in order,
         /// each with its response kept in the store: what a replay serves.

@@ -460,7 +460,7 @@ function timeline(events, graph) {
 
 // One step: where its result came from, every attempt, its output and its
 // logs (filtered by level, searched), from the run's journal events.
-function stepPanel(runId, name, view, events) {
+function stepPanel(runId, bundle, name, view, events) {
   const mine = events.filter((e) => e.step === name);
   const succeeded = mine.filter((e) => e.event === "step-succeeded").pop();
   const attempts = mine.filter((e) => e.event === "attempt-finished");
@@ -496,17 +496,27 @@ function stepPanel(runId, name, view, events) {
         el("a", { href: outputUrl, download: `${name}.json` }, text.length > limit ? "download it whole" : "download"));
     });
   }
+  const grants = el("p", { class: "meta", id: "step-grants" });
+  if (bundle) {
+    api("GET", `/v1/bundles/${bundle}`).then((answer) => {
+      if (!answer.ok) return;
+      const caps = answer.body.capabilities?.[name] ?? [];
+      grants.textContent = `Granted: ${caps.length ? caps.join(", ") : "nothing (no files, network, clock or randomness)"}`;
+    });
+  }
   return el("section", { id: "step-panel", "aria-label": `step ${name}` },
     el("h2", {}, `Step ${name} `, status(view?.status ?? "pending")),
+    grants,
     el("p", { class: "meta" },
       source ? `Result ${source}. ` : "",
       view?.elements ? `${view.elements} elements. ` : "",
       view?.detail ?? ""),
     el("table", { id: "attempts" },
-      el("thead", {}, el("tr", {}, ["attempt", "element", "class", "fuel", "duration", "message"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["attempt", "element", "class", "fuel", "peak memory", "duration", "message"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, attempts.map((a) => el("tr", {},
         el("td", {}, a.attempt), el("td", {}, a.index ?? ""), el("td", {}, a.class ?? "ok"),
-        el("td", {}, a.fuel.toLocaleString()), el("td", {}, took(Math.round(a.duration_us / 1000))),
+        el("td", {}, a.fuel.toLocaleString()), el("td", {}, a.peak_memory ? size(a.peak_memory) : ""),
+        el("td", {}, took(Math.round(a.duration_us / 1000))),
         el("td", { class: "detail" }, a.message ?? ""))))),
     el("h3", {}, "Output"), output,
     el("h3", {}, "Logs"), el("div", { class: "filters" }, level, search), logBox);
@@ -532,7 +542,7 @@ function showRun(id) {
   const fillPanel = () => {
     const chosen = new URLSearchParams(location.hash.split("?")[1] ?? "").get("step");
     if (!chosen || !drawnRun) { panelSlot.replaceChildren(); return; }
-    panelSlot.replaceChildren(stepPanel(drawnRun.run.id, chosen, drawnRun.steps[chosen], events ?? []));
+    panelSlot.replaceChildren(stepPanel(drawnRun.run.id, drawnRun.run.bundle, chosen, drawnRun.steps[chosen], events ?? []));
   };
   const load = async () => {
     pending = null;
