@@ -1071,6 +1071,16 @@ fn engine_config(sandbox: SandboxConfig) -> Config {
     pool.max_tables_per_component(16);
     pool.max_memory_size(Limits::MAX_MEMORY.bytes() as usize);
     pool.table_elements(host::MAX_TABLE_ELEMENTS);
+    // A slot handed back is reset with `memset` up to these sizes instead
+    // of `madvise` (page faults and cross-CPU TLB flushes on every reuse),
+    // and what is still decommitted goes in batches. Measured on the
+    // 10 000-step fan-out of `echo` (benches/pipeline.rs): 547 ms as it
+    // was, 426 ms with batching alone, 272 ms with keep-resident alone,
+    // 257 ms with both. Memory is still zeroed between attempts; the cost is
+    // up to 3 MiB per slot that stays resident.
+    pool.linear_memory_keep_resident(2 << 20);
+    pool.table_keep_resident(1 << 20);
+    pool.decommit_batch_size(16);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
