@@ -365,14 +365,11 @@ impl HttpHooks {
             body: blake3::Hasher::new(),
             response: None,
         });
-        let (port, name) = (
-            port,
-            authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-        );
+        let name = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let shown = format!("{method} {shown}");
         for (header, value) in attach {
             request.headers_mut().insert(header.clone(), value.clone());

@@ -339,10 +339,6 @@ impl HttpGrant {
             .collect()
     }
 
-    pub fn host(&self) -> &HostPattern {
-        &self.host
-    }
-
     /// Does this grant allow `request`?
     pub fn allows(&self, request: &Request) -> bool {
         self.scheme == request.scheme
