@@ -58,7 +58,25 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .expect("a Chromium session starts");
+        client
+            .set_window_size(1280, 900)
+            .await
+            .expect("the window takes a size");
         Self { driver, client }
+    }
+
+    /// Save what the window shows as `NAME.png` in `CAIRN_SCREENSHOTS` (the
+    /// README's pictures are made with `CAIRN_SCREENSHOTS=docs/screenshots`),
+    /// else in the test build's scratch directory.
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
+        let dir = match std::env::var_os("CAIRN_SCREENSHOTS") {
+            Some(dir) => std::path::PathBuf::from(dir),
+            None => std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots"),
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
     async fn wait(&self, css: &str) -> fantoccini::elements::Element {
@@ -149,7 +167,9 @@ impl Gate {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("server.toml"),
-            "policy = \"policy.toml\"\n[tenants.a]\n[tenants.b]\n",
+            // One run at a time for `a`: a run started behind a held one
+            // waits, live, until the test opens the gate.
+            "policy = \"policy.toml\"\n[tenants.a]\nruns_in_flight = 1\n[tenants.b]\n",
         )
         .unwrap();
         std::fs::write(
@@ -304,15 +324,22 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     browser.sign_in(&s.url, &operator).await;
     browser.wait("#runs").await;
 
+    // The gated run holds the tenant's one slot; the example ETL, started
+    // behind it, is live (waiting) until the gate opens.
     let run = start_run(&s, &operator, gate.pipeline());
+    let etl = start_run(
+        &s,
+        &operator,
+        cairn::bundle::pack(std::path::Path::new(&crate::support::example("orders"))).unwrap(),
+    );
     browser
         .client
-        .goto(&format!("{}/#/runs/{run}", s.url))
+        .goto(&format!("{}/#/runs/{etl}", s.url))
         .await
         .unwrap();
     browser.wait("#run-status [data-status='running']").await;
     browser
-        .wait("#dag g.node[data-step='wait'][data-status='running']")
+        .wait("#dag g.node[data-step='parse'][data-status='pending']")
         .await;
     // Marks this page: a reload would lose it.
     browser.script("window.notReloaded = true").await;
@@ -328,13 +355,40 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         .find_all(Locator::Css("#dag g.node"))
         .await
         .unwrap();
-    assert_eq!(nodes.len(), 3, "one node per step");
+    let mut names = Vec::new();
     for node in nodes {
         assert_eq!(
             node.attr("data-status").await.unwrap().as_deref(),
             Some("succeeded")
         );
+        names.push(node.attr("data-step").await.unwrap().unwrap());
     }
+    names.sort();
+    assert_eq!(
+        names,
+        ["by_product", "clean", "parse", "regions", "report", "totals"],
+        "one node per step"
+    );
+    // The mapped step is one node with its element count.
+    let mapped = browser
+        .wait("#dag g.node[data-step='by_product'] text.state")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(mapped.contains("elements"), "{mapped}");
+    browser.wait("#timeline rect.bar-ok").await;
+    browser.client.set_window_size(1280, 1500).await.unwrap();
+    browser.screenshot("run").await;
+    browser.client.set_window_size(1280, 900).await.unwrap();
+
+    // The gated run: a step waiting at the gate, live, then done.
+    browser
+        .client
+        .goto(&format!("{}/#/runs/{run}", s.url))
+        .await
+        .unwrap();
+    browser.wait("#run-status [data-status='succeeded']").await;
     // An operator may act: the finished run offers a replay.
     browser.wait("button[data-action='Replay']").await;
     // The timeline has a bar for each step's one attempt.
@@ -415,6 +469,7 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     assert!(attempts.contains("trap"), "{attempts}");
     let logs = browser.wait("#step-logs").await;
     assert!(logs.text().await.unwrap().contains("panicked"));
+    browser.screenshot("failed-step").await;
     browser
         .wait("#log-search")
         .await
@@ -425,6 +480,7 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         browser.wait("#step-logs").await.text().await.unwrap(),
         "(no lines)"
     );
+
     // A succeeded step's panel shows its output, read back from the store.
     browser
         .client
@@ -440,6 +496,11 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         ))
         .await
         .unwrap();
+    browser.click("#nav a[href='#/runs']").await;
+    browser
+        .wait(&format!("#runs tbody tr[data-run='{failed}']"))
+        .await;
+    browser.screenshot("runs").await;
     browser.end().await;
 }
 
@@ -621,20 +682,33 @@ async fn a_2000_step_run_opens_and_answers_within_its_budget() {
         .goto(&format!("{}/#/runs/{run}", s.url))
         .await
         .unwrap();
-    browser
-        .wait("#dag g.node[data-step='s1999'][data-status='succeeded']")
+    // The 1 999 steps after `s0` are one layer, drawn closed as one node
+    // that counts them by state.
+    let layer = browser
+        .wait("#dag g.node.group[data-layer='1'][data-status='succeeded']")
         .await;
     browser.wait("#steps tbody tr[data-step='s1999']").await;
     let opened = started.elapsed();
-    // Interactive: a zoom answers, and a node opens its panel.
-    let before = browser
-        .script("return document.getElementById('dag').getAttribute('width')")
+    assert!(
+        layer
+            .attr("aria-label")
+            .await
+            .unwrap()
+            .unwrap()
+            .contains("1999 succeeded"),
+        "the closed layer counts its steps"
+    );
+    let nodes = browser
+        .script("return document.querySelectorAll('#dag g.node').length")
         .await;
+    assert_eq!(nodes, json!(2), "s0 and the closed layer");
+    // Interactive: a zoom answers, the layer opens, a node opens its panel.
+    let width = "return document.getElementById('dag').getAttribute('width')";
+    let before = browser.script(width).await;
     browser.click("#zoom-in").await;
-    let after = browser
-        .script("return document.getElementById('dag').getAttribute('width')")
-        .await;
-    assert_ne!(before, after, "the zoom changed nothing");
+    let zoomed = browser.script(width).await;
+    assert_ne!(before, zoomed, "the zoom changed nothing");
+    browser.click("#dag g.node.group[data-layer='1']").await;
     browser.click("#dag g.node[data-step='s1234']").await;
     browser.wait("#step-panel #attempts tbody tr").await;
     let answered = started.elapsed();
@@ -646,6 +720,61 @@ async fn a_2000_step_run_opens_and_answers_within_its_budget() {
     let nodes = browser
         .script("return document.querySelectorAll('#dag g.node').length")
         .await;
-    assert_eq!(nodes, json!(2000));
+    assert_eq!(nodes, json!(2000), "the opened layer shows every step");
+    // The timeline keeps the rows that matter and says so.
+    let cut = browser.wait("#timeline-cut").await.text().await.unwrap();
+    assert!(cut.starts_with("200 of 2000 rows"), "{cut}");
+    // Closed again from its button.
+    browser.click("button.layer-toggle[data-layer='1']").await;
+    browser.wait("#dag g.node.group[data-layer='1']").await;
+    browser.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_list_pages_on_the_server_and_each_run_is_on_exactly_one_page() {
+    let s = Served::start();
+    let operator = s.token("a", "operator");
+    let (status, uploaded) = s.upload(&operator, chain_bundle("paged"));
+    assert_eq!(status, 201, "{uploaded}");
+    // One more run than a page holds, and a few over.
+    let mut started = Vec::new();
+    for _ in 0..53 {
+        let (status, run) = s.post("/v1/runs", &operator, json!({"bundle": uploaded["id"]}));
+        assert_eq!(status, 202, "{run}");
+        started.push(run["id"].as_str().unwrap().to_owned());
+    }
+    for run in &started {
+        s.finished(&operator, run);
+    }
+
+    let browser = Browser::start().await;
+    browser.sign_in(&s.url, &operator).await;
+    // Read in one script: the first page redraws itself as it refreshes.
+    let shown = async |browser: &Browser| -> Vec<String> {
+        let ids = browser
+            .script("return [...document.querySelectorAll('#runs tbody tr')].map((r) => r.dataset.run)")
+            .await;
+        serde_json::from_value(ids).unwrap()
+    };
+    browser.wait(&format!("#runs tbody tr[data-run='{}']", started[52])).await;
+    let first = shown(&browser).await;
+    assert_eq!(first.len(), 50, "a page holds 50 runs");
+    assert_eq!(first[0], started[52], "newest first");
+    browser.click("#older").await;
+    browser.wait(&format!("#runs tbody tr[data-run='{}']", started[0])).await;
+    let second = shown(&browser).await;
+    assert_eq!(second.len(), 3, "{second:?}");
+    assert!(
+        browser.client.find(Locator::Css("#older")).await.is_err(),
+        "the last page offers no older one"
+    );
+    let mut all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    all.sort();
+    let mut expected = started.clone();
+    expected.sort();
+    assert_eq!(all, expected, "every run on exactly one page");
+    browser.click("#newer").await;
+    browser.wait(&format!("#runs tbody tr[data-run='{}']", started[52])).await;
+    assert_eq!(shown(&browser).await, first);
     browser.end().await;
 }

@@ -283,31 +283,78 @@ function layers(graph) {
 
 // At most this many nodes side by side; a wider layer wraps onto more rows.
 const PER_ROW = 24;
+// A layer of more steps than this is drawn as one node until it is opened.
+const COLLAPSE_OVER = 2 * PER_ROW;
 
-function dag(graph, steps) {
-  const rows = layers(graph).flatMap((layer) => {
-    const wrapped = [];
-    for (let i = 0; i < layer.length; i += PER_ROW) wrapped.push(layer.slice(i, i + PER_ROW));
-    return wrapped;
+// Each layer ordered by the mean place of the steps its steps wait for,
+// so that edges cross less (one pass down the layers).
+function ordered(graph) {
+  const after = new Map(graph.map((n) => [n.name, n.after]));
+  const place = new Map();
+  return layers(graph).map((layer, d) => {
+    if (d > 0) {
+      const mean = (name) => {
+        const known = after.get(name).map((a) => place.get(a)).filter((p) => p !== undefined);
+        return known.length ? known.reduce((a, b) => a + b, 0) / known.length : 0;
+      };
+      const keyed = layer.map((name, i) => [mean(name), i, name]);
+      keyed.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      layer = keyed.map((k) => k[2]);
+    }
+    layer.forEach((name, i) => place.set(name, layer.length > 1 ? i / (layer.length - 1) : 0.5));
+    return layer;
+  });
+}
+
+// A collapsed layer's state: failed before running before pending before done.
+function groupState(names, steps) {
+  const count = {};
+  for (const name of names) {
+    const s = steps[name]?.status ?? "pending";
+    count[s] = (count[s] ?? 0) + 1;
+  }
+  const state = ["failed", "running", "queued", "pending", "cancelled", "skipped"].find((s) => count[s])
+    ?? (count.cached === names.length ? "cached" : "succeeded");
+  return { state, count };
+}
+
+// The run's DAG as SVG. `view` outlives redraws (a live run redraws as its
+// events come): the zoom and which large layers are open.
+function dag(graph, steps, view) {
+  const rows = [];
+  const collapsible = [];
+  ordered(graph).forEach((layer, d) => {
+    if (layer.length > COLLAPSE_OVER) {
+      collapsible.push([d, layer.length]);
+      if (!view.opened.has(d)) { rows.push([{ group: d, names: layer }]); return; }
+    }
+    for (let i = 0; i < layer.length; i += PER_ROW) rows.push(layer.slice(i, i + PER_ROW).map((name) => ({ name })));
   });
   const box = { w: 150, h: 44, gx: 24, gy: 36 };
   const width = Math.max(...rows.map((r) => r.length)) * (box.w + box.gx) + box.gx;
   const height = rows.length * (box.h + box.gy) + box.gy;
+  // Where each step is drawn: its own node, or its layer's.
   const at = new Map();
-  rows.forEach((row, y) => row.forEach((name, x) => at.set(name, {
-    x: box.gx + x * (box.w + box.gx), y: box.gy + y * (box.h + box.gy),
-  })));
+  const items = [];
+  rows.forEach((row, y) => row.forEach((item, x) => {
+    const pos = { x: box.gx + x * (box.w + box.gx), y: box.gy + y * (box.h + box.gy), item };
+    items.push(pos);
+    for (const name of item.names ?? [item.name]) at.set(name, pos);
+  }));
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("id", "dag");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("width", width);
-  svg.setAttribute("height", height);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", "the run's steps and what each waits for");
+  const drawn = new Set();
   for (const node of graph) {
     for (const after of node.after) {
       const from = at.get(after), to = at.get(node.name);
+      // Edges into or out of a closed layer are drawn once.
+      const key = `${from.x},${from.y}>${to.x},${to.y}`;
+      if (drawn.has(key)) continue;
+      drawn.add(key);
       const line = document.createElementNS(ns, "line");
       line.setAttribute("x1", from.x + box.w / 2); line.setAttribute("y1", from.y + box.h);
       line.setAttribute("x2", to.x + box.w / 2); line.setAttribute("y2", to.y);
@@ -315,51 +362,71 @@ function dag(graph, steps) {
       svg.append(line);
     }
   }
-  for (const node of graph) {
-    const view = steps[node.name];
-    const state = view?.status ?? "pending";
+  const root = el("div", { class: "dag" });
+  const redraw = () => root.replaceWith(dag(graph, steps, view));
+  const toggle = (d) => { if (view.opened.has(d)) view.opened.delete(d); else view.opened.add(d); redraw(); };
+  for (const { x, y, item } of items) {
+    let state, title, label, open, attrs;
+    if (item.group !== undefined) {
+      const { state: s, count } = groupState(item.names, steps);
+      state = s;
+      title = `layer ${item.group + 1} · ${item.names.length} steps`;
+      label = Object.entries(count).map(([k, n]) => `${STATUS_MARK[k] ?? "•"} ${n} ${k}`).join(" ");
+      open = () => toggle(item.group);
+      attrs = { "data-layer": item.group, "aria-label": `${title}: ${label}; press to show them`, "aria-expanded": "false" };
+    } else {
+      const stepView = steps[item.name];
+      state = stepView?.status ?? "pending";
+      title = item.name;
+      const elements = stepView?.elements ? ` · ${stepView.elements} elements` : "";
+      label = `${STATUS_MARK[state] ?? "•"} ${state}${elements}`;
+      open = () => { location.hash = `${location.hash.split("?")[0]}?step=${encodeURIComponent(item.name)}`; };
+      attrs = { "data-step": item.name, "aria-label": `${item.name}: ${state}` };
+    }
     const g = document.createElementNS(ns, "g");
-    g.setAttribute("class", `node status-${state}`);
-    g.setAttribute("data-step", node.name);
+    g.setAttribute("class", `node${item.group !== undefined ? " group" : ""} status-${state}`);
     g.setAttribute("data-status", state);
     g.setAttribute("tabindex", "0");
     g.setAttribute("role", "button");
-    g.setAttribute("aria-label", `${node.name}: ${state}`);
-    const open = () => { location.hash = `${location.hash.split("?")[0]}?step=${encodeURIComponent(node.name)}`; };
+    for (const [k, v] of Object.entries(attrs)) g.setAttribute(k, v);
     g.addEventListener("click", open);
     g.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
-    const { x, y } = at.get(node.name);
     const rect = document.createElementNS(ns, "rect");
     rect.setAttribute("x", x); rect.setAttribute("y", y);
     rect.setAttribute("width", box.w); rect.setAttribute("height", box.h);
     rect.setAttribute("rx", 6);
     const name = document.createElementNS(ns, "text");
     name.setAttribute("x", x + 8); name.setAttribute("y", y + 18);
-    name.textContent = node.name;
-    const label = document.createElementNS(ns, "text");
-    label.setAttribute("x", x + 8); label.setAttribute("y", y + 36);
-    label.setAttribute("class", "state");
-    const elements = view?.elements ? ` · ${view.elements} elements` : "";
-    label.textContent = `${STATUS_MARK[state] ?? "•"} ${state}${elements}`;
-    g.append(rect, name, label);
+    name.textContent = title;
+    const stateText = document.createElementNS(ns, "text");
+    stateText.setAttribute("x", x + 8); stateText.setAttribute("y", y + 36);
+    stateText.setAttribute("class", "state");
+    stateText.textContent = label;
+    const tip = document.createElementNS(ns, "title");
+    tip.textContent = `${title}: ${label}`;
+    g.append(tip, rect, name, stateText);
     svg.append(g);
   }
   // Zoom with the buttons, pan by scrolling (the box takes the keyboard too).
-  const box_ = el("div", { id: "dag-box", tabindex: "0", "aria-label": "the graph; scroll to pan" }, svg);
-  let scale = Math.min(1, 1100 / width);
+  const fit = () => Math.min(1, 1100 / width);
   const zoom = (factor) => {
-    scale = factor === 0 ? Math.min(1, 1100 / width) : Math.min(4, Math.max(0.05, scale * factor));
-    svg.setAttribute("width", Math.round(width * scale));
-    svg.setAttribute("height", Math.round(height * scale));
+    view.scale = factor === 0 ? fit() : Math.min(4, Math.max(0.05, (view.scale ?? fit()) * factor));
+    svg.setAttribute("width", Math.round(width * view.scale));
+    svg.setAttribute("height", Math.round(height * view.scale));
   };
-  zoom(0);
-  return el("div", { class: "dag" },
+  zoom(view.scale === undefined ? 0 : 1);
+  root.append(
     el("div", { class: "filters" },
       el("button", { type: "button", id: "zoom-in", "aria-label": "zoom in", onclick: () => zoom(1.25) }, "+"),
       el("button", { type: "button", id: "zoom-out", "aria-label": "zoom out", onclick: () => zoom(0.8) }, "−"),
       el("button", { type: "button", id: "zoom-fit", onclick: () => zoom(0) }, "fit"),
+      collapsible.map(([d, n]) => el("button", {
+        type: "button", class: "layer-toggle", "data-layer": d, "aria-expanded": String(view.opened.has(d)),
+        onclick: () => toggle(d),
+      }, `${view.opened.has(d) ? "close" : "open"} layer ${d + 1} (${n} steps)`)),
       el("span", { class: "meta" }, `${graph.length} steps`)),
-    box_);
+    el("div", { id: "dag-box", tabindex: "0", "aria-label": "the graph; scroll to pan" }, svg));
+  return root;
 }
 
 // The journal's events as a timeline: one row per step (and element), a
@@ -382,8 +449,12 @@ function criticalPath(graph, finish) {
   return path;
 }
 
+// A timeline of more rows than this keeps only the ones that matter.
+const TIMELINE_ROWS = 200;
+
 function timeline(events, graph) {
-  const t0 = events.find((e) => e.event === "run-started")?.at_ms;
+  // From the first step's start: a run that waited for a slot did nothing before.
+  const t0 = (events.find((e) => e.step !== undefined) ?? events.find((e) => e.event === "run-started"))?.at_ms;
   if (t0 === undefined) return null;
   const rows = new Map();
   const row = (step, index) => {
@@ -417,6 +488,18 @@ function timeline(events, graph) {
   }
   const critical = new Set(criticalPath(graph, finish));
   const span = Math.max(1, end - t0);
+  // A large run shows the rows that matter: the critical path's, then the
+  // longest (by time from first start to last end), in journal order.
+  const total = rows.size;
+  if (total > TIMELINE_ROWS) {
+    const length = (bars) => Math.max(...bars.map((b) => b.end)) - Math.min(...bars.map((b) => b.start));
+    const kept = new Set([...rows.keys()].filter((k) => critical.has(k.replace(/\[\d+\]$/, ""))).slice(0, TIMELINE_ROWS));
+    for (const [key] of [...rows].sort((a, b) => length(b[1]) - length(a[1]))) {
+      if (kept.size >= TIMELINE_ROWS) break;
+      kept.add(key);
+    }
+    for (const key of [...rows.keys()]) if (!kept.has(key)) rows.delete(key);
+  }
   const ns = "http://www.w3.org/2000/svg";
   const label = 170, width = 900, h = 18, gap = 6;
   const svg = document.createElementNS(ns, "svg");
@@ -433,7 +516,19 @@ function timeline(events, graph) {
     name.textContent = onPath ? `★ ${key}` : key;
     if (onPath) name.setAttribute("class", "critical");
     svg.append(name);
-    for (const bar of bars) {
+    bars.forEach((bar, i) => {
+      // The wait before a retry: from the attempt that failed to the next.
+      const prior = bars[i - 1];
+      if (prior && bar.start > prior.end) {
+        const wait = document.createElementNS(ns, "line");
+        wait.setAttribute("x1", x(prior.end)); wait.setAttribute("x2", x(bar.start));
+        wait.setAttribute("y1", y + h / 2); wait.setAttribute("y2", y + h / 2);
+        wait.setAttribute("class", "wait");
+        const tip = document.createElementNS(ns, "title");
+        tip.textContent = `${key}: waited ${took(bar.start - prior.end)} before attempt ${bar.attempt}`;
+        wait.append(tip);
+        svg.append(wait);
+      }
       const shape = document.createElementNS(ns, "rect");
       shape.setAttribute("x", x(bar.start));
       shape.setAttribute("y", y);
@@ -445,7 +540,7 @@ function timeline(events, graph) {
       tip.textContent = `${key} attempt ${bar.attempt}: ${bar.class}, ${took(bar.end - bar.start)}`;
       shape.append(tip);
       svg.append(shape);
-    }
+    });
     y += h + gap;
   }
   const axis = document.createElementNS(ns, "text");
@@ -455,6 +550,11 @@ function timeline(events, graph) {
   svg.append(axis);
   return el("div", {},
     el("p", { class: "meta", id: "critical-path" }, `critical path (★): ${[...critical].join(" → ")}`),
+    total > rows.size ? el("p", { class: "meta", id: "timeline-cut" },
+      `${rows.size} of ${total} rows: the critical path and the longest; every step is in the table below.`) : null,
+    el("p", { class: "meta" }, "Bars: ", el("span", { class: "key key-ok" }, "ran"), " ",
+      el("span", { class: "key key-failed" }, "failed"), " ", el("span", { class: "key key-cached" }, "cache hit"), " ",
+      el("span", { class: "key key-running" }, "running"), " · a thin line is the wait before a retry"),
     svg);
 }
 
@@ -538,6 +638,8 @@ function showRun(id) {
   // The step panel's place, filled from what was last drawn: choosing
   // another step fetches nothing but that step's output.
   const panelSlot = el("div", { id: "panel-slot" });
+  // The DAG's zoom and open layers, kept across redraws.
+  const dagView = { opened: new Set(), scale: undefined };
   let drawnRun = null;
   const fillPanel = () => {
     const chosen = new URLSearchParams(location.hash.split("?")[1] ?? "").get("step");
@@ -649,7 +751,7 @@ function showRun(id) {
         run.finished_ms ? ` · took ${took(run.finished_ms - run.started_ms)}` : ""),
       actions,
       verification,
-      graph ? dag(graph, steps) : el("p", {}, "The pipeline's graph is not available."),
+      graph ? dag(graph, steps, dagView) : el("p", {}, "The pipeline's graph is not available."),
       panelSlot,
       el("h2", {}, "Timeline"),
       (events && timeline(events, graph)) ?? el("p", {}, "…"),
