@@ -7,6 +7,7 @@
 mod support;
 
 mod artifacts;
+mod browser;
 mod bundles;
 mod dashboard;
 mod determinism;

@@ -1712,3 +1712,69 @@ async fn once_a_server_drains_no_run_starts() {
         "nothing is recorded for a refused start"
     );
 }
+
+#[test]
+fn a_steps_input_is_rebuilt_and_verified_and_its_cache_reason_names_what_changed() {
+    let s = Served::start();
+    let a = s.token("a", "operator");
+    let run_of = |bundle: Vec<u8>| {
+        // 201 the first time, 200 for the same bytes again.
+        let (status, uploaded) = s.upload(&a, bundle);
+        assert!(status == 201 || status == 200, "{status} {uploaded}");
+        let (status, started) = s.post("/v1/runs", &a, json!({"bundle": uploaded["id"]}));
+        assert_eq!(status, 202, "{started}");
+        let run = started["id"].as_str().unwrap().to_owned();
+        s.finished(&a, &run);
+        run
+    };
+    let pipeline = |n: u32| {
+        let p = Pipeline::new(&format!(
+            "name = \"why\"\n\
+             [steps.first]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ n = {n}, list = [\"x\", \"y\"] }}\n\
+             [steps.second]\ncomponent = \"{{wasm:echo}}\"\ninput = {{ from = \"${{first.n}}\", fixed = true }}\n\
+             [steps.each]\ncomponent = \"{{wasm:echo}}\"\nmap = \"${{first.list}}\"\ninput = {{ i = \"${{index}}\", v = \"${{item}}\" }}\n",
+        ));
+        cairn::bundle::pack(p.dir.path()).unwrap()
+    };
+    let cache = |run: &str, step: &str| {
+        let (status, body) = s.get(&format!("/v1/runs/{run}/steps/{step}/output"), &a);
+        assert_eq!(status, 200, "{body}");
+        body["cache"].as_str().unwrap().to_owned()
+    };
+
+    let first = run_of(pipeline(1));
+    let (status, input) = s.get(&format!("/v1/runs/{first}/steps/second/input"), &a);
+    assert_eq!(status, 200, "{input}");
+    assert_eq!(input["input"], json!({"from": 1, "fixed": true}));
+    assert_eq!(input["verified"], true, "the stored result's input hash");
+    let (_, mapped) = s.get(&format!("/v1/runs/{first}/steps/each/input"), &a);
+    assert_eq!(
+        mapped["input"],
+        json!([{"i": 0, "v": "x"}, {"i": 1, "v": "y"}]),
+        "one input per element"
+    );
+    assert_eq!(mapped["verified"], true);
+    let said = cache(&first, "second");
+    assert!(said.contains("no earlier run of why"), "{said}");
+
+    let again = run_of(pipeline(1));
+    let said = cache(&again, "second");
+    assert!(said.starts_with("A cache hit"), "{said}");
+
+    let changed = run_of(pipeline(2));
+    let said = cache(&changed, "first");
+    assert!(
+        said.contains(&format!("since run {again}, its input changed")),
+        "{said}"
+    );
+    let (_, input) = s.get(&format!("/v1/runs/{changed}/steps/second/input"), &a);
+    assert_eq!(input["input"], json!({"from": 2, "fixed": true}));
+
+    // What is not there is a 404 with a JSON body; another tenant's run too.
+    let (status, body) = s.get(&format!("/v1/runs/{first}/steps/nope/input"), &a);
+    assert_eq!(status, 404, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("nope"), "{body}");
+    let b = s.token("b", "admin");
+    let (status, _) = s.get(&format!("/v1/runs/{first}/steps/second/input"), &b);
+    assert_eq!(status, 404, "b does not see a's run");
+}

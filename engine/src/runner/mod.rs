@@ -19,6 +19,7 @@
 //! resumed from its journal.
 
 pub mod describe;
+pub mod detail;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

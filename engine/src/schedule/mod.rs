@@ -828,10 +828,27 @@ const JOURNAL_LAG: Duration = Duration::from_millis(200);
 /// not take the host's memory with it.
 pub const MAX_STEP_INPUT: u64 = 256 << 20;
 
+/// What the steps of a plan have produced so far, by id.
+pub trait Produced {
+    fn output(&self, id: StepId) -> Option<&Value>;
+}
+
+impl Produced for Vec<StepReport> {
+    fn output(&self, id: StepId) -> Option<&Value> {
+        self[id].output.as_deref()
+    }
+}
+
+impl Produced for Vec<Option<Value>> {
+    fn output(&self, id: StepId) -> Option<&Value> {
+        self.get(id)?.as_ref()
+    }
+}
+
 /// Resolves references against finished steps' outputs (and the mapped item).
 struct Outputs<'a> {
     plan: &'a Plan,
-    reports: &'a [StepReport],
+    reports: &'a dyn Produced,
     item: Option<(&'a Value, usize)>,
     /// Encoded bytes resolved so far, checked against `MAX_STEP_INPUT`
     /// before a value is copied.
@@ -874,9 +891,9 @@ impl Resolve for Outputs<'_> {
                     .plan
                     .id(name)
                     .ok_or_else(|| format!("{reference}: no step `{name}`"))?;
-                let output = self.reports[id]
-                    .output
-                    .as_deref()
+                let output = self
+                    .reports
+                    .output(id)
                     .ok_or_else(|| format!("{reference}: `{name}` has no output"))?;
                 let value =
                     lookup(output, &reference.path).map_err(|e| format!("{reference}: {e}"))?;
@@ -953,34 +970,10 @@ impl<E: Executor> Run<E> {
                 );
             }
         }
-        let items: Vec<Option<(Value, usize)>> = match &step.map {
-            None => vec![None],
-            Some(list) => match self.outputs(&Default::default()).resolve(list) {
-                Ok(Value::Array(items)) => items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| Some((v, i)))
-                    .collect(),
-                Ok(other) => {
-                    let kind = crate::plan::template::json_type(&other);
-                    return self
-                        .fail_before_running(id, format!("map: {list} is {kind}, not a list"));
-                }
-                Err(e) => return self.fail_before_running(id, format!("map: {e}")),
-            },
+        let inputs = match unit_inputs(&plan, &self.reports, id) {
+            Ok(inputs) => inputs,
+            Err(message) => return self.fail_before_running(id, message),
         };
-        let mut inputs = Vec::with_capacity(items.len());
-        let spent = std::cell::Cell::new(0);
-        for item in &items {
-            let resolver = Outputs {
-                item: item.as_ref().map(|(v, i)| (v, *i)),
-                ..self.outputs(&spent)
-            };
-            match step.input.render(&resolver) {
-                Ok(value) => inputs.push(encode_input(step, value)),
-                Err(e) => return self.fail_before_running(id, format!("input: {e}")),
-            }
-        }
         let input_bytes: u64 = inputs.iter().map(|i| i.len() as u64).sum();
         if self.input_in_flight.saturating_add(input_bytes) > self.options.max_input_in_flight {
             return self.fail_before_running(
@@ -1340,6 +1333,50 @@ impl<E: Executor> Run<E> {
             }
         }
     }
+}
+
+/// The input bytes of each unit of step `id` (one for a plain step, one
+/// per element of a mapped one), rendered from what its dependencies
+/// produced. The error says what could not be rendered, as the step's
+/// failure would.
+pub fn unit_inputs(plan: &Plan, produced: &dyn Produced, id: StepId) -> Result<Vec<Vec<u8>>, String> {
+    let step = &plan.steps[id];
+    let spent = std::cell::Cell::new(0);
+    let outputs = Outputs {
+        plan,
+        reports: produced,
+        item: None,
+        spent: &spent,
+    };
+    let items: Vec<Option<(Value, usize)>> = match &step.map {
+        None => vec![None],
+        Some(list) => match outputs.resolve(list) {
+            Ok(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Some((v, i)))
+                .collect(),
+            Ok(other) => {
+                let kind = crate::plan::template::json_type(&other);
+                return Err(format!("map: {list} is {kind}, not a list"));
+            }
+            Err(e) => return Err(format!("map: {e}")),
+        },
+    };
+    // The list itself is not part of the input budget; its elements are.
+    spent.set(0);
+    let mut inputs = Vec::with_capacity(items.len());
+    for item in &items {
+        let resolver = Outputs {
+            item: item.as_ref().map(|(v, i)| (v, *i)),
+            ..outputs
+        };
+        match step.input.render(&resolver) {
+            Ok(value) => inputs.push(encode_input(step, value)),
+            Err(e) => return Err(format!("input: {e}")),
+        }
+    }
+    Ok(inputs)
 }
 
 /// A task takes JSON; a command takes its input string as raw stdin.
@@ -1713,7 +1750,9 @@ pub fn output_hash(value: &Value) -> String {
         .to_string()
 }
 
-fn decode_output(step: &Step, bytes: &[u8]) -> Value {
+/// What a step's result bytes are as a value: a task's JSON document, a
+/// command's text.
+pub fn decode_output(step: &Step, bytes: &[u8]) -> Value {
     match step.component.kind {
         // The sandbox accepted the bytes only after checking they are JSON.
         ComponentKind::Task => serde_json::from_slice(bytes).unwrap_or(Value::Null),

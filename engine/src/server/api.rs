@@ -26,6 +26,7 @@ use super::auth::{Caller, Role, Scope};
 use super::{Server, StartError, Tenant, session};
 use crate::model::RunStatus;
 use crate::runner::describe::{StepView, step_views};
+use crate::runner::detail::{self, DetailError};
 use crate::runner::{Launch, Resumption, RunError};
 use crate::store::{JournalEvent, RunId, RunRecord};
 
@@ -1077,13 +1078,29 @@ pub struct StepOutput {
     /// elements' documents for a mapped one.
     #[schema(value_type = Object)]
     pub output: Value,
+    /// Why the step ran or was answered from the cache, in a sentence.
+    pub cache: Option<String>,
+}
+
+impl From<DetailError> for ApiError {
+    fn from(error: DetailError) -> Self {
+        match error {
+            DetailError::Store(e) => ApiError::internal(e),
+            DetailError::NotSucceeded(_) | DetailError::NoStep(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
+            }
+            DetailError::Gone { .. } | DetailError::NoPlan => {
+                ApiError::new(StatusCode::GONE, "gone", error.to_string())
+            }
+        }
+    }
 }
 
 /// A succeeded step's output, read back from the tenant's store.
 #[utoipa::path(get, path = "/v1/runs/{id}/steps/{step}/output", tag = "viewer",
     params(("id" = String, Path, description = "the run id"), ("step" = String, Path, description = "the step's name")),
     responses((status = 200, body = StepOutput), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn step_output(
     State(server): Shared,
@@ -1093,43 +1110,72 @@ pub async fn step_output(
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
     let journal = journal(&tenant, &record)?;
-    let mapped = journal.iter().any(
-        |e| matches!(e, JournalEvent::ItemSucceeded { step: s, index: Some(_), .. } if *s == step),
-    );
-    let keys = journal
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            JournalEvent::StepSucceeded { step: s, keys, .. } if *s == step => Some(keys.clone()),
-            _ => None,
-        })
-        .ok_or_else(|| ApiError::not_found("succeeded step"))?;
     let store = tenant.runner.store();
-    let mut outputs = Vec::with_capacity(keys.len());
-    for key in &keys {
-        let gone = || {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("step {step}'s result is no longer stored (the cache was collected)"),
-            )
-        };
-        let key = crate::store::CacheKey::from_hex(key).ok_or_else(gone)?;
-        let (_, bytes) = store
-            .result(&key, None)
-            .map_err(ApiError::internal)?
-            .ok_or_else(gone)?;
-        outputs.push(
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())),
-        );
-    }
-    let output = if mapped || outputs.len() != 1 {
-        Value::Array(outputs)
+    let stored = detail::stored_output(&**store, &journal, &step)?;
+    // Without the plan, a unit is shown as JSON if it is JSON, else as text.
+    let output = stored.value(|bytes| {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    });
+    let cache = detail::cache_reason(&**store, &record, &journal, &step)?;
+    Ok(Json(StepOutput {
+        step,
+        keys: stored.keys,
+        output,
+        cache,
+    }))
+}
+
+/// The input a step of a run was given, rebuilt from its dependencies'
+/// stored outputs.
+#[derive(Serialize, ToSchema)]
+pub struct StepInput {
+    pub step: String,
+    /// The document for a plain step, the list of the elements' inputs for
+    /// a mapped one (a command's input is its stdin text).
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// Whether the rebuilt input hashes to what the step's stored results
+    /// say it was given (`null`: no stored result to compare with).
+    pub verified: Option<bool>,
+    /// Why the input cannot be built, when the step failed before running
+    /// for that reason.
+    pub unrenderable: Option<String>,
+}
+
+/// A step's input, rebuilt from its dependencies' outputs in the tenant's
+/// store and checked against the input hash its results keep.
+#[utoipa::path(get, path = "/v1/runs/{id}/steps/{step}/input", tag = "viewer",
+    params(("id" = String, Path, description = "the run id"), ("step" = String, Path, description = "the step's name")),
+    responses((status = 200, body = StepInput), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn step_input(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Json<StepInput>, ApiError> {
+    let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
+    let record = find_run(&tenant, &id)?;
+    let journal = journal(&tenant, &record)?;
+    let plan = tenant
+        .runner
+        .replan(&record)
+        .await
+        .ok_or(DetailError::NoPlan)?;
+    let rebuilt = detail::rebuild_input(&**tenant.runner.store(), &plan, &journal, &step)?;
+    let mut values = rebuilt.values;
+    let input = if rebuilt.mapped || values.len() != 1 {
+        Value::Array(values)
     } else {
-        outputs.pop().unwrap_or(Value::Null)
+        values.pop().unwrap_or(Value::Null)
     };
-    Ok(Json(StepOutput { step, keys, output }))
+    Ok(Json(StepInput {
+        step,
+        input,
+        verified: rebuilt.verified,
+        unrenderable: rebuilt.unrenderable,
+    }))
 }
 
 /// The pipeline's output, once the run has succeeded.
@@ -1765,7 +1811,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
+        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, step_input, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1895,6 +1941,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/runs/{id}/events", get(run_events))
         .route("/v1/runs/{id}/output", get(run_output))
         .route("/v1/runs/{id}/steps/{step}/output", get(step_output))
+        .route("/v1/runs/{id}/steps/{step}/input", get(step_input))
         .route("/v1/runs/{id}/report", get(run_report))
         .route("/v1/runs/{id}/cancel", post(cancel_run))
         .route("/v1/runs/{id}/resume", post(resume_run))

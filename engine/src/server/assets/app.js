@@ -583,19 +583,32 @@ function stepPanel(runId, bundle, name, view, events) {
   search.addEventListener("input", fill);
   fill();
   const output = el("div", { id: "step-output" }, succeeded ? "…" : "No output: the step has not succeeded.");
+  const cache = el("p", { class: "meta", id: "step-cache" });
   const outputUrl = `/v1/runs/${runId}/steps/${encodeURIComponent(name)}/output`;
   if (succeeded) {
     api("GET", outputUrl).then((answer) => {
       if (!answer.ok) { output.textContent = answer.body?.message ?? "The output is not available."; return; }
-      const text = JSON.stringify(answer.body.output, null, 2);
-      const limit = 20000;
+      cache.textContent = answer.body.cache ?? "";
       output.replaceChildren(
         el("p", { class: "meta" }, `cache key${answer.body.keys.length > 1 ? "s" : ""}: `,
           answer.body.keys.map((k) => el("code", { title: k }, k.slice(0, 16) + "… "))),
-        el("pre", {}, text.length > limit ? text.slice(0, limit) + "\n… (cut)" : text),
-        el("a", { href: outputUrl, download: `${name}.json` }, text.length > limit ? "download it whole" : "download"));
+        ...document_(answer.body.output, outputUrl, `${name}.json`));
     });
   }
+  // The input, rebuilt on the server from what the step's dependencies left.
+  const input = el("div", { id: "step-input" }, "…");
+  const inputUrl = `/v1/runs/${runId}/steps/${encodeURIComponent(name)}/input`;
+  api("GET", inputUrl).then((answer) => {
+    if (!answer.ok) { input.textContent = answer.body?.message ?? "The input is not available."; return; }
+    const { verified, unrenderable } = answer.body;
+    if (unrenderable) { input.textContent = `It could not be built: ${unrenderable}`; return; }
+    input.replaceChildren(
+      el("p", { class: "meta", id: "input-verified" }, verified === true
+        ? "✓ the same bytes the step was given (their hash matches its stored result)"
+        : verified === false ? "✗ rebuilt, but its hash differs from the one the stored result keeps"
+          : "rebuilt from the outputs the step's dependencies left"),
+      ...document_(answer.body.input, inputUrl, `${name}.input.json`));
+  });
   const grants = el("p", { class: "meta", id: "step-grants" });
   if (bundle) {
     api("GET", `/v1/bundles/${bundle}`).then((answer) => {
@@ -618,8 +631,20 @@ function stepPanel(runId, bundle, name, view, events) {
         el("td", {}, a.fuel.toLocaleString()), el("td", {}, a.peak_memory ? size(a.peak_memory) : ""),
         el("td", {}, took(Math.round(a.duration_us / 1000))),
         el("td", { class: "detail" }, a.message ?? ""))))),
+    cache,
+    el("h3", {}, "Input"), input,
     el("h3", {}, "Output"), output,
     el("h3", {}, "Logs"), el("div", { class: "filters" }, level, search), logBox);
+}
+
+// A JSON document, pretty, cut past 20 kB with a link to all of it.
+function document_(value, url, file) {
+  const text = JSON.stringify(value, null, 2) ?? "null";
+  const limit = 20000;
+  return [
+    el("pre", {}, text.length > limit ? text.slice(0, limit) + "\n… (cut)" : text),
+    el("a", { href: url, download: file }, text.length > limit ? "download it whole" : "download"),
+  ];
 }
 
 function parseEvents(text) {
