@@ -97,6 +97,54 @@ impl Gate {
     }
 }
 
+/// What the page now shown gets wrong by the basics the dashboard keeps:
+/// every control has a name and is reached with Tab, every text outside
+/// the drawings has a contrast of at least 4.5:1 (WCAG AA) against what is
+/// behind it, and every state is said in words, not colour alone.
+async fn accessibility_problems(browser: &Browser) -> Vec<String> {
+    let found = browser
+        .script(
+            r#"
+const problems = [];
+const shown = (e) => e.getClientRects().length > 0;
+const label = (e) => (e.getAttribute("aria-label") || e.textContent || e.getAttribute("title")
+  || (e.id && document.querySelector(`label[for="${e.id}"]`)?.textContent) || "").trim();
+for (const e of document.querySelectorAll("a[href], button, input, select, textarea, [role=button], [tabindex]")) {
+  if (!shown(e)) continue;
+  if (!label(e)) problems.push(`no name: ${e.outerHTML.slice(0, 100)}`);
+  if (e.tabIndex < 0) problems.push(`not reached with Tab: ${e.outerHTML.slice(0, 100)}`);
+}
+const rgba = (c) => (c.match(/[\d.]+/g) ?? []).map(Number);
+const lum = ([r, g, b]) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const behind = (e) => {
+  for (let at = e; at; at = at.parentElement) {
+    const c = rgba(getComputedStyle(at).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c;
+  }
+  return [255, 255, 255];
+};
+for (const e of document.querySelectorAll("body *")) {
+  if (e.closest("svg") || !shown(e)) continue;
+  if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+  const [a, b] = [lum(rgba(getComputedStyle(e).color)), lum(behind(e))].sort((x, y) => y - x);
+  const ratio = (a + 0.05) / (b + 0.05);
+  if (ratio < 4.5) problems.push(`contrast ${ratio.toFixed(2)}:1 for "${e.textContent.trim().slice(0, 40)}"`);
+}
+for (const e of document.querySelectorAll("[data-status]")) {
+  if (!(e.getAttribute("aria-label") || e.textContent).includes(e.dataset.status)) {
+    problems.push(`a state in colour only: ${e.outerHTML.slice(0, 100)}`);
+  }
+}
+return problems;
+"#,
+        )
+        .await;
+    serde_json::from_value(found).unwrap()
+}
+
 /// Start a run of `bundle` for `token`'s tenant; its id.
 fn start_run(s: &Served, token: &str, bundle: Vec<u8>) -> String {
     let (status, uploaded) = s.upload(token, bundle);
@@ -148,6 +196,8 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
         .await
         .unwrap();
     assert!(error.text().await.unwrap().contains("refused"));
+    let problems = accessibility_problems(&browser).await;
+    assert!(problems.is_empty(), "the sign-in form: {problems:#?}");
 
     // A viewer sees the run (both steps done, none from the cache), and
     // no button that would act on it.
@@ -295,6 +345,8 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         ))
         .await
         .unwrap();
+    let problems = accessibility_problems(&browser).await;
+    assert!(problems.is_empty(), "a run's page: {problems:#?}");
 
     // The gated run: a step waiting at the gate, live, then done.
     browser
@@ -415,6 +467,17 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         .wait(&format!("#runs tbody tr[data-run='{failed}']"))
         .await;
     browser.screenshot("runs").await;
+    let problems = accessibility_problems(&browser).await;
+    assert!(problems.is_empty(), "the runs list: {problems:#?}");
+    // The check itself finds what it looks for.
+    browser
+        .script(
+            "document.getElementById('main').append(Object.assign(document.createElement('span'), \
+             { textContent: 'faint', style: 'color: #bbb' }), document.createElement('button'))",
+        )
+        .await;
+    let problems = accessibility_problems(&browser).await;
+    assert_eq!(problems.len(), 2, "{problems:#?}");
     browser.end().await;
 }
 
