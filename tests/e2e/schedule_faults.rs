@@ -411,3 +411,76 @@ async fn a_draining_run_lets_the_running_attempt_finish_and_starts_nothing_more(
         );
     }
 }
+
+#[tokio::test]
+async fn a_fan_out_wider_than_the_units_in_flight_runs_every_unit_once_with_its_own_input() {
+    // 1 500 plain steps and a 1 200-element map after one source: more
+    // units than the scheduler gives a task at once, so most wait their turn.
+    let mut manifest = String::from("name = \"wide\"\n[steps.source]\ncomponent = \"{wasm:echo}\"\n");
+    manifest.push_str(&format!(
+        "[steps.source.input]\nlist = [{}]\n",
+        (0..1200).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+    ));
+    for i in 0..1500 {
+        manifest.push_str(&format!(
+            "[steps.s{i}]\ncomponent = \"{{wasm:echo}}\"\nafter = [\"source\"]\n\
+             input = {{ i = {i}, tag = \"literal\", nested = {{ b = [1, 2], a = false }} }}\n"
+        ));
+    }
+    manifest.push_str(
+        "[steps.each]\ncomponent = \"{wasm:echo}\"\nmap = \"${source.list}\"\n\
+         input = { v = \"${item}\" }\n",
+    );
+    let p = Pipeline::new(&manifest);
+    let artifacts = tempfile::tempdir().unwrap();
+    let (_sandbox, plan) = planned(&p, artifacts.path()).await;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+    impl Executor for Counting {
+        async fn execute(
+            &self,
+            step: &Step,
+            index: Option<usize>,
+            input: &[u8],
+            secrets: &Resolved,
+            observer: Option<Arc<dyn Observer>>,
+        ) -> Result<Attempt, SandboxError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            PanicsOnBoom
+                .execute(step, index, input, secrets, observer)
+                .await
+        }
+    }
+    let report = schedule::run(
+        plan,
+        Arc::new(Counting(calls.clone())),
+        RunOptions {
+            jobs: 2,
+            fail_fast: false,
+            max_input_in_flight: u64::MAX,
+        },
+        Arc::new(Silent),
+        None,
+        std::future::pending(),
+    )
+    .await;
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+        1 + 1500 + 1200,
+        "every unit ran once"
+    );
+    let output = report.output.unwrap();
+    for i in [0, 511, 512, 513, 1499] {
+        // A literal input reaches the task as the JSON it encodes to.
+        assert_eq!(
+            output[format!("s{i}")],
+            serde_json::json!({"i": i, "tag": "literal", "nested": {"a": false, "b": [1, 2]}})
+        );
+    }
+    let each = output["each"].as_array().unwrap();
+    assert_eq!(each.len(), 1200);
+    for (i, element) in each.iter().enumerate() {
+        assert_eq!(element, &serde_json::json!({"v": i}), "element {i}");
+    }
+}

@@ -582,7 +582,7 @@ fn draft_step(
         .unwrap_or(Ok(default_input))
     {
         Ok(value) => match inline_files(value, sources).and_then(|v| Template::parse(&v)) {
-            Ok(t) => t,
+            Ok(t) => t.compacted(),
             Err(e) => {
                 errors.step(name, format!("input: {e}"));
                 Template::Literal(Value::Null)

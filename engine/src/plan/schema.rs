@@ -186,6 +186,10 @@ fn check(
 ) {
     let want = types(root, schema);
     match template {
+        Template::Encoded(text) => match serde_json::from_str(text) {
+            Ok(value) => check(&Template::Literal(value), root, schema, at, refs, out),
+            Err(e) => out.push(format!("{at} does not read back: {e}")),
+        },
         Template::Literal(value) => {
             if let Some(want) = &want
                 && !want.iter().any(|k| value_fits(k, value))
