@@ -836,3 +836,72 @@ fn a_pipeline_path_that_is_not_utf8_is_refused_cleanly() {
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     assert_eq!(listed.json(), json!([]), "no run is recorded");
 }
+
+#[test]
+fn a_refreshed_rerun_stores_nothing_new_and_gc_reclaims_replaced_results() {
+    // `steady` gives the same output every time; `wobbly` reads the real
+    // clock and randomness, so each refreshed run replaces its result.
+    let p = Pipeline::new(
+        "name = \"refreshed\"\n\
+         [steps.steady]\ncomponent = \"{wasm:echo}\"\ninput = { n = 1 }\n\
+         [steps.wobbly]\ncomponent = \"{wasm:clock_random}\"\n\
+         grants = { clock = true, random = true }\ncache = \"inputs\"\n",
+    );
+    let cairn = Cairn::new();
+    let stats = || {
+        let stats = cairn.run(&["cache", "stats", "--json"]);
+        assert_eq!(stats.code, 0, "{}", stats.stderr);
+        stats.json()
+    };
+    let packs = || -> u64 {
+        files_in(&cairn.store.path().join("packs"))
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum()
+    };
+    run_json(&cairn, p.path(), &[]);
+    let first = stats();
+    assert_eq!(first["entries"], 2);
+    assert_eq!(first["dead_bytes"], 0);
+    let packed = packs();
+    assert_eq!(first["live_bytes"], packed, "every packed byte is live");
+
+    // Only `steady` this time: its identical result is not written again.
+    let only_steady = Pipeline::new(
+        "name = \"refreshed\"\n\
+         [steps.steady]\ncomponent = \"{wasm:echo}\"\ninput = { n = 1 }\n",
+    );
+    for _ in 0..3 {
+        let report = run_json(&cairn, only_steady.path(), &["--refresh"]);
+        assert_eq!(executed(&report), ["steady"], "--refresh runs it");
+    }
+    assert_eq!(packs(), packed, "the packs did not grow");
+    assert_eq!(stats()["dead_bytes"], 0);
+
+    // A new output under the same key replaces the old, which is dead.
+    run_json(&cairn, p.path(), &["--refresh"]);
+    let replaced = stats();
+    assert_eq!(replaced["entries"], 2);
+    let dead = replaced["dead_bytes"].as_u64().unwrap();
+    assert!(dead > 0, "{replaced}");
+    assert_eq!(
+        replaced["live_bytes"].as_u64().unwrap() + dead,
+        packs(),
+        "live and dead add up to the packs"
+    );
+    let shown = cairn.run(&["cache", "stats"]);
+    assert!(shown.stdout.contains("dead "), "{}", shown.stdout);
+
+    let gc = cairn.run(&["cache", "gc", "--older-than", "1h"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert!(gc.stdout.contains("reclaimed"), "{}", gc.stdout);
+    let after = stats();
+    assert_eq!(after["dead_bytes"], 0, "{after}");
+    assert_eq!(after["entries"], 2);
+    assert_eq!(after["live_bytes"], replaced["live_bytes"]);
+    assert_eq!(packs(), after["live_bytes"].as_u64().unwrap());
+    assert!(
+        executed(&run_json(&cairn, p.path(), &[])).is_empty(),
+        "both results are still there after gc"
+    );
+}

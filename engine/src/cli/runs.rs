@@ -184,7 +184,9 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove cached results older than a duration (e.g. 30d).
+    /// Remove cached results older than a duration (e.g. 30d), and reclaim
+    /// the space of results replaced or dropped (the "dead" bytes of
+    /// `cairn cache stats`): the live results are copied into a fresh pack.
     Gc {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30d")]
         older_than: Duration,
@@ -939,6 +941,14 @@ pub fn cache(command: CacheCommand, store: &Path) -> u8 {
                 );
                 out!("in blobs     {}", stats.blobs);
                 out!(
+                    "live         {} (stored results the index points at)",
+                    crate::sandbox::ByteSize(stats.live_bytes)
+                );
+                out!(
+                    "dead         {} (results replaced or dropped; `cairn cache gc` reclaims it)",
+                    crate::sandbox::ByteSize(stats.dead_bytes)
+                );
+                out!(
                     "on disk      {} (sled index, packs, blobs)",
                     crate::sandbox::ByteSize(stats.disk_bytes)
                 );
@@ -947,11 +957,17 @@ pub fn cache(command: CacheCommand, store: &Path) -> u8 {
                 }
             }
         }),
-        CacheCommand::Gc { older_than } => db.cache_gc(Some(older_than)).map(|n| {
+        CacheCommand::Gc { older_than } => db.cache_stats().and_then(|before| {
+            let removed = db.cache_gc(Some(older_than))?;
+            let after = db.cache_stats()?;
             out!(
-                "removed {n} cached results older than {}",
-                humantime::format_duration(older_than)
+                "removed {removed} cached results older than {}; reclaimed {} ({} results kept, {} on disk)",
+                humantime::format_duration(older_than),
+                crate::sandbox::ByteSize(before.disk_bytes.saturating_sub(after.disk_bytes)),
+                after.entries,
+                crate::sandbox::ByteSize(after.disk_bytes)
             );
+            Ok(())
         }),
         CacheCommand::Clear => db
             .cache_gc(None)

@@ -354,6 +354,29 @@ impl SledStore {
         Ok(bytes)
     }
 
+    /// The index entry of `result`'s key, if the record it points at is
+    /// intact and holds the same output (by hash).
+    fn stored_same(&self, result: &NewResult) -> Option<IndexEntry> {
+        let key = result.key.0.as_bytes();
+        let recent = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied();
+        let entry = match recent {
+            Some(entry) => entry,
+            None => IndexEntry::decode(&self.results.get(key).ok()??).ok()?,
+        };
+        let payload = self.reader.read(entry.at).ok()?;
+        let packed = pack::decode(&payload)?;
+        let same = packed.key == result.key
+            && packed.meta.output_hash == result.meta.output_hash
+            && packed.inline.is_none() == entry.blob
+            && (!entry.blob || self.blob_path(&packed.meta.output_hash).exists());
+        same.then_some(entry)
+    }
+
     /// A result's metadata and bytes, read through every checksum.
     fn load(&self, key: &CacheKey, entry: &IndexEntry) -> Result<(ResultMeta, Vec<u8>), String> {
         let mut payload = self.reader.read(entry.at)?;
@@ -557,7 +580,19 @@ impl Store for SledStore {
         let sync = durability == Durability::Machine;
         if !results.is_empty() {
             let mut payloads = Vec::with_capacity(results.len());
+            let mut fresh = Vec::with_capacity(results.len());
+            let mut entries: Vec<([u8; 32], IndexEntry)> = Vec::with_capacity(results.len());
             for r in results {
+                // The same output under the same key (a rerun with
+                // --refresh): the stored record stands, with the new time.
+                if let Some(entry) = self.stored_same(r) {
+                    let entry = IndexEntry {
+                        created_ms: r.meta.created_ms,
+                        ..entry
+                    };
+                    entries.push((*r.key.0.as_bytes(), entry));
+                    continue;
+                }
                 let inline = if r.output.len() > BLOB_THRESHOLD {
                     self.write_blob(&r.meta.output_hash, &r.output)?;
                     None
@@ -565,21 +600,22 @@ impl Store for SledStore {
                     Some(&r.output[..])
                 };
                 payloads.push(pack::encode(&r.key, &r.meta, inline));
+                fresh.push(r);
             }
             let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let locations = writer.append(&payloads)?;
+            let locations = if payloads.is_empty() {
+                Vec::new()
+            } else {
+                writer.append(&payloads)?
+            };
             // Results are durable before the events that report them.
             if sync {
                 writer.sync()?;
             }
-            let entries: Vec<([u8; 32], IndexEntry)> = results
-                .iter()
-                .zip(locations)
-                .map(|(r, at)| {
-                    let blob = r.output.len() > BLOB_THRESHOLD;
-                    (*r.key.0.as_bytes(), IndexEntry::new(at, &r.meta, blob))
-                })
-                .collect();
+            entries.extend(fresh.iter().zip(locations).map(|(r, at)| {
+                let blob = r.output.len() > BLOB_THRESHOLD;
+                (*r.key.0.as_bytes(), IndexEntry::new(at, &r.meta, blob))
+            }));
             self.overlay
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -670,6 +706,8 @@ impl Store for SledStore {
     fn cache_stats(&self) -> Result<CacheStats, StoreError> {
         self.settle_index()?;
         let mut stats = CacheStats::default();
+        // Blob files the index points at, by name.
+        let mut live_blobs = HashSet::new();
         for entry in self.results.iter() {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
             if key.len() != 32 {
@@ -682,13 +720,27 @@ impl Store for SledStore {
             stats.entries += 1;
             stats.output_bytes += entry.size;
             stats.blobs += u64::from(entry.blob);
+            stats.live_bytes += u64::from(entry.at.len);
+            if entry.blob
+                && let Some(packed) = self.reader.read(entry.at).ok().as_deref().and_then(pack::decode)
+            {
+                live_blobs.insert(packed.meta.output_hash.to_hex().to_string());
+            }
             stats.oldest_ms = Some(
                 stats
                     .oldest_ms
                     .map_or(entry.created_ms, |o| o.min(entry.created_ms)),
             );
         }
-        stats.disk_bytes = dir_size(&self.path) + dir_size(&self.packs) + dir_size(&self.blobs);
+        let (packs, blobs) = (dir_size(&self.packs), dir_size(&self.blobs));
+        let live_blob_bytes: u64 = live_blobs
+            .iter()
+            .filter_map(|name| std::fs::metadata(self.blobs.join(name)).ok())
+            .map(|m| m.len())
+            .sum();
+        stats.live_bytes += live_blob_bytes;
+        stats.dead_bytes = (packs + blobs).saturating_sub(stats.live_bytes);
+        stats.disk_bytes = dir_size(&self.path) + packs + blobs;
         Ok(stats)
     }
 

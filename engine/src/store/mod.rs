@@ -121,6 +121,11 @@ pub struct CacheStats {
     pub index_bytes: u64,
     /// Bytes on disk: the sled directory, the packs and the blobs (not the journals).
     pub disk_bytes: u64,
+    /// Of the packs and blobs, the bytes the index still points at.
+    pub live_bytes: u64,
+    /// Of the packs and blobs, the bytes nothing points at any more
+    /// (results replaced or dropped): what `cairn cache gc` reclaims.
+    pub dead_bytes: u64,
     pub oldest_ms: Option<u64>,
 }
 
