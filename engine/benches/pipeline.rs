@@ -1,7 +1,8 @@
 //! Pipeline benchmarks: planning a 100 000-step DAG, per-step engine overhead
 //! (plan + schedule + bookkeeping, with a no-op executor), a 10 000-step
 //! fan-out and a 1 000-step chain of a trivial task, and a diamond of two
-//! CPU-bound tasks with one job versus two.
+//! CPU-bound tasks with one job versus two; the same fan-out through the
+//! `cairn` binary, run again and rerun from the cache.
 //!
 //! Needs the guests built first:
 //!   cargo build --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
@@ -279,6 +280,29 @@ fn pipelines(c: &mut Criterion) {
     group.bench_function("store/no-ledger-noop/10k-fan-out", |b| {
         b.iter(|| runtime.block_on(run_with(fan_plan.clone(), Arc::new(Noop), 2, None)))
     });
+    // What a user gets: the `cairn` binary (release build) on the same
+    // manifest, its own store, every step run again (--refresh) or every
+    // step a cache hit. Process start, planning, opening the store and
+    // loading `echo` from the artifact cache are in these figures.
+    let cli_store = tempfile::tempdir().unwrap();
+    let cairn = |extra: &[&str]| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("run")
+            .arg(fan.parent().unwrap())
+            .arg("--store")
+            .arg(cli_store.path())
+            .arg("-q")
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    cairn(&[]);
+    group.bench_function("cli/run-echo-refresh/10k-fan-out", |b| {
+        b.iter(|| cairn(&["--refresh"]))
+    });
+    group.bench_function("cli/rerun-all-cached/10k-fan-out", |b| b.iter(|| cairn(&[])));
     group.finish();
 
     // Disk use of 100 000 results of 1 KiB each, against the raw bytes,
