@@ -470,7 +470,17 @@ async fn a_fan_out_wider_than_the_units_in_flight_runs_every_unit_once_with_its_
         1 + 1500 + 1200,
         "every unit ran once"
     );
-    let output = report.output.unwrap();
+    let output = report.output_value().unwrap();
+    // The output's text is what serializing its value gives, byte for byte
+    // (keys in order), so its hash is the same either way.
+    assert_eq!(
+        report.output.as_deref().unwrap().get(),
+        serde_json::to_string(&output).unwrap()
+    );
+    assert_eq!(
+        report.output_hash().unwrap(),
+        cairn::schedule::output_hash(&output)
+    );
     for i in [0, 511, 512, 513, 1499] {
         // A literal input reaches the task as the JSON it encodes to.
         assert_eq!(

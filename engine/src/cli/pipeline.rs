@@ -195,7 +195,7 @@ pub async fn check(args: CheckArgs, store: &Path) -> u8 {
                 let s = &plan.steps[id];
                 json!({
                     "name": s.name,
-                    "component": s.component_path,
+                    "component": &*s.component_path,
                     "kind": s.component.kind,
                     "after": s.deps.iter().map(|&d| plan.steps[d].name.as_str()).collect::<Vec<_>>(),
                     "map": s.map.as_ref().map(|r| r.to_string()),
@@ -461,7 +461,7 @@ pub(super) async fn start(
             json!({
                 "status": report.status,
                 "duration_us": report.duration.as_micros() as u64,
-                "output_hash": report.output.as_ref().map(schedule::output_hash),
+                "output_hash": report.output_hash(),
             }),
         );
         stream.flush();
@@ -497,12 +497,14 @@ pub(super) async fn start(
         if let Some(output) = &report.output
             && report.status == RunStatus::Succeeded
         {
-            let text = if std::io::stdout().is_terminal() {
-                serde_json::to_string_pretty(output)
+            if std::io::stdout().is_terminal() {
+                let pretty = report
+                    .output_value()
+                    .and_then(|value| serde_json::to_string_pretty(&value).ok());
+                out!("{}", pretty.as_deref().unwrap_or(output.get()));
             } else {
-                serde_json::to_string(output)
-            };
-            out!("{}", text.unwrap_or_default());
+                out!("{}", output.get());
+            }
         }
     }
     if let Some(e) = &report.store_error {

@@ -66,7 +66,8 @@ pub struct Plan {
 pub struct Step {
     pub id: StepId,
     pub name: String,
-    pub component_path: PathBuf,
+    /// Shared by the steps that run the same component.
+    pub component_path: Arc<Path>,
     pub component: Arc<LoadedComponent>,
     /// What the component said in `describe` (task components only).
     pub describe: Option<Arc<Described>>,
@@ -81,7 +82,9 @@ pub struct Step {
     /// Every step this one waits for (data and order-only), deduplicated.
     pub deps: Vec<StepId>,
     pub limits: Limits,
-    pub grants: Grants,
+    /// Shared by the steps of a plan that are granted the same (most are
+    /// granted nothing): a `Grants` is some 250 bytes.
+    pub grants: Arc<Grants>,
     pub retry: RetryPolicy,
     pub allow_failure: bool,
     pub args: Vec<String>,
@@ -193,11 +196,33 @@ impl Draft {
     /// The step, with its dependencies resolved; `None` if its component
     /// did not load. Its self-description is filled in once every
     /// component has been described.
-    fn into_step(self, id: StepId, deps: Vec<StepId>) -> Option<Step> {
+    fn into_step(
+        self,
+        id: StepId,
+        deps: Vec<StepId>,
+        granted: &mut HashMap<Grants, Arc<Grants>>,
+        paths: &mut HashMap<PathBuf, Arc<Path>>,
+    ) -> Option<Step> {
+        let component_path = match paths.get(&self.component_path) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<Path> = Arc::from(self.component_path.as_path());
+                paths.insert(self.component_path, shared.clone());
+                shared
+            }
+        };
+        let grants = match granted.get(&self.grants) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(self.grants.clone());
+                granted.insert(self.grants, shared.clone());
+                shared
+            }
+        };
         Some(Step {
             id,
             name: self.name,
-            component_path: self.component_path,
+            component_path,
             component: self.component?,
             describe: None,
             output_schema: None,
@@ -206,7 +231,7 @@ impl Draft {
             when: self.when,
             deps,
             limits: self.limits,
-            grants: self.grants,
+            grants,
             retry: self.retry,
             allow_failure: self.allow_failure,
             args: self.args,
@@ -331,6 +356,8 @@ impl Plan {
         };
         let mut components: HashMap<PathBuf, Option<Arc<LoadedComponent>>> = HashMap::new();
         let mut steps: Vec<Step> = Vec::with_capacity(ids.len());
+        let mut granted: HashMap<Grants, Arc<Grants>> = HashMap::new();
+        let mut paths: HashMap<PathBuf, Arc<Path>> = HashMap::new();
         for (name, spec) in specs {
             let Some(draft) = draft_step(
                 &name,
@@ -346,7 +373,7 @@ impl Plan {
             let deps = resolve_deps(&draft, &ids, &names, &mut reference_errors);
             // A step whose component did not load was reported; the plan
             // fails below, so only its references needed checking.
-            if let Some(step) = draft.into_step(steps.len(), deps) {
+            if let Some(step) = draft.into_step(steps.len(), deps, &mut granted, &mut paths) {
                 steps.push(step);
             }
         }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -316,6 +317,11 @@ pub struct StepReport {
     pub output_hash: Option<String>,
     #[serde(skip)]
     pub output: Option<Arc<Value>>,
+    /// The output as compact JSON instead, for a step whose output only
+    /// goes into the pipeline's default output (a sink, when the pipeline
+    /// names no `output`): text is a fraction of a `Value`'s size.
+    #[serde(skip)]
+    pub output_text: Option<Box<str>>,
     #[serde(skip)]
     pub allow_failure: bool,
 }
@@ -343,8 +349,26 @@ pub struct RunReport {
     /// run then failed, whatever its steps did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_error: Option<String>,
-    /// The pipeline's output (absent if it could not be built).
-    pub output: Option<Value>,
+    /// The pipeline's output as compact JSON (absent if it could not be
+    /// built). Kept as text: a pipeline of 100 000 sinks would otherwise
+    /// hold every sink's output as a `Value` until the end.
+    pub output: Option<Box<RawValue>>,
+}
+
+impl RunReport {
+    /// The pipeline's output as a value (parsed from its text).
+    pub fn output_value(&self) -> Option<Value> {
+        self.output
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    /// blake3 (hex) of the output's JSON, as [`output_hash`] gives it.
+    pub fn output_hash(&self) -> Option<String> {
+        self.output
+            .as_deref()
+            .map(|raw| blake3::hash(raw.get().as_bytes()).to_hex().to_string())
+    }
 }
 
 /// Something that happened during a run, for progress displays.
@@ -562,6 +586,7 @@ async fn drive<E: Executor>(
                 reused: 0,
                 output_hash: None,
                 output: None,
+                output_text: None,
                 allow_failure: s.allow_failure,
             })
             .collect(),
@@ -1168,7 +1193,15 @@ impl<E: Executor> Run<E> {
             } else {
                 StepSource::Cached
             });
-            report.output_hash = report.output.as_deref().map(output_hash);
+            if let Some(value) = report.output.as_deref() {
+                let text = value.to_string();
+                report.output_hash = Some(blake3::hash(text.as_bytes()).to_hex().to_string());
+                // Only the pipeline's default output reads a sink's output.
+                if self.plan.output.is_none() && self.plan.dependents[id].is_empty() {
+                    report.output = None;
+                    report.output_text = Some(text.into_boxed_str());
+                }
+            }
         }
         report.status = status;
         if let Some(ledger) = &self.ledger {
@@ -1346,12 +1379,13 @@ impl<E: Executor> Run<E> {
         }
     }
 
-    /// The pipeline's output, at the run's end. The sinks' outputs are
-    /// moved into it, not copied: nothing reads them after this.
-    fn pipeline_output(&mut self) -> Option<Value> {
+    /// The pipeline's output, at the run's end: its `output` template
+    /// rendered, or every sink's output by name (written out from the
+    /// sinks' texts, in the order a JSON object's keys are serialized).
+    fn pipeline_output(&mut self) -> Option<Box<RawValue>> {
         match &self.plan.output {
             Some(template) => match template.render(&self.outputs(&Default::default())) {
-                Ok(value) => Some(value),
+                Ok(value) => serde_json::value::to_raw_value(&value).ok(),
                 Err(e) => {
                     tracing::warn!("the pipeline output cannot be built: {e}");
                     None
@@ -1359,12 +1393,25 @@ impl<E: Executor> Run<E> {
             },
             None => {
                 let reports = &mut self.reports;
-                let sinks = self.plan.sinks().filter_map(|s| {
-                    let output = reports[s.id].output.take()?;
-                    let output = Arc::try_unwrap(output).unwrap_or_else(|shared| (*shared).clone());
-                    Some((s.name.clone(), output))
-                });
-                Some(Value::Object(sinks.collect()))
+                let mut sinks: Vec<(&str, Box<str>)> = self
+                    .plan
+                    .sinks()
+                    .filter_map(|s| Some((s.name.as_str(), reports[s.id].output_text.take()?)))
+                    .collect();
+                sinks.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let size = sinks.iter().map(|(n, t)| n.len() + t.len() + 4).sum::<usize>();
+                let mut text = String::with_capacity(size + 2);
+                text.push('{');
+                for (i, (name, output)) in sinks.iter().enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    text.push_str(&Value::from(*name).to_string());
+                    text.push(':');
+                    text.push_str(output);
+                }
+                text.push('}');
+                RawValue::from_string(text).ok()
             }
         }
     }

@@ -116,7 +116,7 @@ impl Tenant {
     /// (as `cairn run --json` prints it) without the output.
     fn keep_result(&self, run: &RunId, report: &crate::schedule::RunReport) -> std::io::Result<()> {
         match &report.output {
-            Some(output) => keep_file(&self.output_path(run), &serde_json::to_vec(output)?)?,
+            Some(output) => keep_file(&self.output_path(run), output.get().as_bytes())?,
             // Not an earlier execution's output.
             None => match std::fs::remove_file(self.output_path(run)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
