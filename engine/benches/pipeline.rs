@@ -302,7 +302,9 @@ fn pipelines(c: &mut Criterion) {
     group.bench_function("cli/run-echo-refresh/10k-fan-out", |b| {
         b.iter(|| cairn(&["--refresh"]))
     });
-    group.bench_function("cli/rerun-all-cached/10k-fan-out", |b| b.iter(|| cairn(&[])));
+    group.bench_function("cli/rerun-all-cached/10k-fan-out", |b| {
+        b.iter(|| cairn(&[]))
+    });
     group.finish();
 
     // Disk use of 100 000 results of 1 KiB each, against the raw bytes,

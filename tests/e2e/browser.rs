@@ -82,6 +82,21 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
     }
 
+    /// Wait for an element the XPath `path` finds (for what CSS cannot
+    /// say, such as an element's text).
+    pub(crate) async fn wait_xpath(&self, path: &str) {
+        self.client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::XPath(path))
+            .await
+            .unwrap_or_else(|e| panic!("{path} never matched: {e}"));
+    }
+
+    pub(crate) async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
     /// Click the element `css` names; found again if the page re-drew it
     /// between finding and clicking (a live page re-draws as events come).
     pub(crate) async fn click(&self, css: &str) {
@@ -119,4 +134,3 @@ impl Browser {
         let _ = self.driver.wait();
     }
 }
-

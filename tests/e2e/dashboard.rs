@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fantoccini::Locator;
 use serde_json::json;
 
-use crate::browser::{Browser, PATIENCE};
+use crate::browser::Browser;
 use crate::server::{Served, chain_bundle};
 use crate::support::Pipeline;
 
@@ -187,14 +187,8 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
         .await;
     let error = browser.wait("#sign-in-error").await;
     browser
-        .client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::XPath(
-            "//*[@id='sign-in-error'][contains(., 'refused')]",
-        ))
-        .await
-        .unwrap();
+        .wait_xpath("//*[@id='sign-in-error'][contains(., 'refused')]")
+        .await;
     assert!(error.text().await.unwrap().contains("refused"));
     let problems = accessibility_problems(&browser).await;
     assert!(problems.is_empty(), "the sign-in form: {problems:#?}");
@@ -208,11 +202,7 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
         cells.contains("succeeded") && cells.contains("2/2"),
         "{cells}"
     );
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{run}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{run}", s.url)).await;
     browser.wait("#steps tbody tr").await;
     let buttons = browser
         .client
@@ -269,11 +259,7 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         &operator,
         cairn::bundle::pack(std::path::Path::new(&crate::support::example("orders"))).unwrap(),
     );
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{etl}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{etl}", s.url)).await;
     browser.wait("#run-status [data-status='running']").await;
     browser
         .wait("#dag g.node[data-step='parse'][data-status='pending']")
@@ -303,7 +289,14 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     names.sort();
     assert_eq!(
         names,
-        ["by_product", "clean", "parse", "regions", "report", "totals"],
+        [
+            "by_product",
+            "clean",
+            "parse",
+            "regions",
+            "report",
+            "totals"
+        ],
         "one node per step"
     );
     // The mapped step is one node with its element count.
@@ -321,39 +314,21 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     // A mapped step's panel: each element's input, rebuilt on the server
     // and matching what the step was given, and why it ran.
     browser
-        .client
         .goto(&format!("{}/#/runs/{etl}?step=by_product", s.url))
-        .await
-        .unwrap();
+        .await;
     browser
-        .client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::XPath(
-            "//*[@id='input-verified'][starts-with(., '✓')]",
-        ))
-        .await
-        .unwrap();
+        .wait_xpath("//*[@id='input-verified'][starts-with(., '✓')]")
+        .await;
     let input = browser.wait("#step-input pre").await.text().await.unwrap();
     assert!(input.contains("\"group_by\": \"product\""), "{input}");
     browser
-        .client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::XPath(
-            "//*[@id='step-cache'][contains(., 'no earlier run of orders')]",
-        ))
-        .await
-        .unwrap();
+        .wait_xpath("//*[@id='step-cache'][contains(., 'no earlier run of orders')]")
+        .await;
     let problems = accessibility_problems(&browser).await;
     assert!(problems.is_empty(), "a run's page: {problems:#?}");
 
     // The gated run: a step waiting at the gate, live, then done.
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{run}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{run}", s.url)).await;
     browser.wait("#run-status [data-status='succeeded']").await;
     // An operator may act: the finished run offers a replay.
     browser.wait("button[data-action='Replay']").await;
@@ -369,20 +344,14 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
 
     // The step panel says what the step was granted, and what it used.
     browser
-        .client
         .goto(&format!("{}/#/runs/{run}?step=wait", s.url))
-        .await
-        .unwrap();
+        .await;
     browser
-        .client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::XPath(&format!(
+        .wait_xpath(&format!(
             "//*[@id='step-grants'][contains(., 'http:http://{}')]",
             gate.addr
-        )))
-        .await
-        .unwrap();
+        ))
+        .await;
     let attempt = browser
         .wait("#attempts tbody tr")
         .await
@@ -409,11 +378,7 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     );
     let failed = start_run(&s, &operator, cairn::bundle::pack(p.dir.path()).unwrap());
     s.finished(&operator, &failed);
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{failed}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{failed}", s.url)).await;
     browser
         .wait("#dag g.node[data-step='boom'][data-status='failed']")
         .await;
@@ -449,19 +414,11 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
 
     // A succeeded step's panel shows its output, read back from the store.
     browser
-        .client
         .goto(&format!("{}/#/runs/{failed}?step=ok", s.url))
-        .await
-        .unwrap();
+        .await;
     browser
-        .client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::XPath(
-            "//*[@id='step-output']//pre[contains(., '\"n\": 1')]",
-        ))
-        .await
-        .unwrap();
+        .wait_xpath("//*[@id='step-output']//pre[contains(., '\"n\": 1')]")
+        .await;
     browser.click("#nav a[href='#/runs']").await;
     browser
         .wait(&format!("#runs tbody tr[data-run='{failed}']"))
@@ -497,11 +454,7 @@ async fn one_tenants_session_never_shows_anothers_run() {
         .await
         .unwrap();
     assert!(rows.is_empty(), "tenant b sees {} runs", rows.len());
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{run}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{run}", s.url)).await;
     browser.wait("#not-found").await;
     let source = browser.client.source().await.unwrap();
     assert!(
@@ -530,11 +483,7 @@ async fn a_change_made_with_the_cookie_but_without_the_csrf_token_is_refused() {
     let (_, shown) = s.get(&format!("/v1/runs/{run}"), &operator);
     assert_eq!(shown["run"]["live"], true, "nothing was cancelled: {shown}");
     // The page's own button sends it, after asking.
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{run}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{run}", s.url)).await;
     browser.click("button[data-action='Cancel']").await;
     browser.client.accept_alert().await.unwrap();
     browser.wait("#run-status [data-status='cancelled']").await;
@@ -619,11 +568,7 @@ async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins()
             .await
             .is_err()
     );
-    browser
-        .client
-        .goto(&format!("{}/#/audit", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/audit", s.url)).await;
     browser.wait("main p[role='alert']").await;
     assert!(browser.client.find(Locator::Css("#audit")).await.is_err());
     browser.end().await;
@@ -654,11 +599,7 @@ async fn a_2000_step_run_opens_and_answers_within_its_budget() {
     browser.sign_in(&s.url, &operator).await;
     browser.wait("#runs").await;
     let started = Instant::now();
-    browser
-        .client
-        .goto(&format!("{}/#/runs/{run}", s.url))
-        .await
-        .unwrap();
+    browser.goto(&format!("{}/#/runs/{run}", s.url)).await;
     // The 1 999 steps after `s0` are one layer, drawn closed as one node
     // that counts them by state.
     let layer = browser
@@ -729,16 +670,22 @@ async fn the_runs_list_pages_on_the_server_and_each_run_is_on_exactly_one_page()
     // Read in one script: the first page redraws itself as it refreshes.
     let shown = async |browser: &Browser| -> Vec<String> {
         let ids = browser
-            .script("return [...document.querySelectorAll('#runs tbody tr')].map((r) => r.dataset.run)")
+            .script(
+                "return [...document.querySelectorAll('#runs tbody tr')].map((r) => r.dataset.run)",
+            )
             .await;
         serde_json::from_value(ids).unwrap()
     };
-    browser.wait(&format!("#runs tbody tr[data-run='{}']", started[52])).await;
+    browser
+        .wait(&format!("#runs tbody tr[data-run='{}']", started[52]))
+        .await;
     let first = shown(&browser).await;
     assert_eq!(first.len(), 50, "a page holds 50 runs");
     assert_eq!(first[0], started[52], "newest first");
     browser.click("#older").await;
-    browser.wait(&format!("#runs tbody tr[data-run='{}']", started[0])).await;
+    browser
+        .wait(&format!("#runs tbody tr[data-run='{}']", started[0]))
+        .await;
     let second = shown(&browser).await;
     assert_eq!(second.len(), 3, "{second:?}");
     assert!(
@@ -751,7 +698,9 @@ async fn the_runs_list_pages_on_the_server_and_each_run_is_on_exactly_one_page()
     expected.sort();
     assert_eq!(all, expected, "every run on exactly one page");
     browser.click("#newer").await;
-    browser.wait(&format!("#runs tbody tr[data-run='{}']", started[52])).await;
+    browser
+        .wait(&format!("#runs tbody tr[data-run='{}']", started[52]))
+        .await;
     assert_eq!(shown(&browser).await, first);
     browser.end().await;
 }

@@ -416,10 +416,14 @@ async fn a_draining_run_lets_the_running_attempt_finish_and_starts_nothing_more(
 async fn a_fan_out_wider_than_the_units_in_flight_runs_every_unit_once_with_its_own_input() {
     // 1 500 plain steps and a 1 200-element map after one source: more
     // units than the scheduler gives a task at once, so most wait their turn.
-    let mut manifest = String::from("name = \"wide\"\n[steps.source]\ncomponent = \"{wasm:echo}\"\n");
+    let mut manifest =
+        String::from("name = \"wide\"\n[steps.source]\ncomponent = \"{wasm:echo}\"\n");
     manifest.push_str(&format!(
         "[steps.source.input]\nlist = [{}]\n",
-        (0..1200).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        (0..1200)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     for i in 0..1500 {
         manifest.push_str(&format!(

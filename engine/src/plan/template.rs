@@ -361,7 +361,10 @@ mod tests {
         let compact = literal.clone().compacted();
         assert_eq!(compact.literal_json(), Some(doc.to_string().as_str()));
         let none = Outputs(json!({}));
-        assert_eq!(compact.render(&none).unwrap(), literal.render(&none).unwrap());
+        assert_eq!(
+            compact.render(&none).unwrap(),
+            literal.render(&none).unwrap()
+        );
         assert!(compact.references().is_empty());
         // Templates with references, and scalars, stay as they are.
         let with_ref = Template::parse(&json!({"a": "${x.y}"})).unwrap();

@@ -7,9 +7,7 @@ use serde_json::Value;
 
 use crate::plan::Plan;
 use crate::schedule::{decode_output, unit_inputs};
-use crate::store::{
-    CacheKey, JournalEvent, ResultMeta, RunRecord, StepSource, Store, StoreError,
-};
+use crate::store::{CacheKey, JournalEvent, ResultMeta, RunRecord, StepSource, Store, StoreError};
 
 /// A succeeded step's results, read back from the store.
 #[derive(Debug, Clone)]
@@ -274,5 +272,7 @@ pub fn cache_reason(
         }
         _ => "its key changed (the earlier result is no longer stored to say how)".to_owned(),
     };
-    Ok(Some(format!("{part}Not a cache hit: since run {run}, {why}.")))
+    Ok(Some(format!(
+        "{part}Not a cache hit: since run {run}, {why}."
+    )))
 }

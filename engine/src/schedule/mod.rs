@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -1399,7 +1399,10 @@ impl<E: Executor> Run<E> {
                     .filter_map(|s| Some((s.name.as_str(), reports[s.id].output_text.take()?)))
                     .collect();
                 sinks.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                let size = sinks.iter().map(|(n, t)| n.len() + t.len() + 4).sum::<usize>();
+                let size = sinks
+                    .iter()
+                    .map(|(n, t)| n.len() + t.len() + 4)
+                    .sum::<usize>();
                 let mut text = String::with_capacity(size + 2);
                 text.push('{');
                 for (i, (name, output)) in sinks.iter().enumerate() {
@@ -1421,7 +1424,11 @@ impl<E: Executor> Run<E> {
 /// per element of a mapped one), rendered from what its dependencies
 /// produced. The error says what could not be rendered, as the step's
 /// failure would.
-pub fn unit_inputs(plan: &Plan, produced: &dyn Produced, id: StepId) -> Result<Vec<Vec<u8>>, String> {
+pub fn unit_inputs(
+    plan: &Plan,
+    produced: &dyn Produced,
+    id: StepId,
+) -> Result<Vec<Vec<u8>>, String> {
     let step = &plan.steps[id];
     // A task's literal input is already the bytes it encodes to.
     if let (None, Some(text), ComponentKind::Task) =

@@ -722,7 +722,12 @@ impl Store for SledStore {
             stats.blobs += u64::from(entry.blob);
             stats.live_bytes += u64::from(entry.at.len);
             if entry.blob
-                && let Some(packed) = self.reader.read(entry.at).ok().as_deref().and_then(pack::decode)
+                && let Some(packed) = self
+                    .reader
+                    .read(entry.at)
+                    .ok()
+                    .as_deref()
+                    .and_then(pack::decode)
             {
                 live_blobs.insert(packed.meta.output_hash.to_hex().to_string());
             }
