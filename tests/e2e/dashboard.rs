@@ -259,6 +259,22 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         &operator,
         cairn::bundle::pack(std::path::Path::new(&crate::support::example("orders"))).unwrap(),
     );
+    // The runs list shows both, running, without a reload.
+    browser.script("window.listNotReloaded = true").await;
+    for id in [&run, &etl] {
+        browser
+            .wait(&format!(
+                "#runs tbody tr[data-run='{id}'] [data-status='running']"
+            ))
+            .await;
+    }
+    assert_eq!(
+        browser
+            .script("return window.listNotReloaded === true")
+            .await,
+        json!(true),
+        "the list took the new runs in without reloading"
+    );
     browser.goto(&format!("{}/#/runs/{etl}", s.url)).await;
     browser.wait("#run-status [data-status='running']").await;
     browser

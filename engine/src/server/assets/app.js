@@ -666,10 +666,19 @@ function showRun(id) {
   // The DAG's zoom and open layers, kept across redraws.
   const dagView = { opened: new Set(), scale: undefined };
   let drawnRun = null;
+  // What the panel was last built from: a live run redraws often, and the
+  // panel (which fetches the step's input, output and grants) is built
+  // again only when its step, state, attempts or events changed.
+  let panelShown = null;
   const fillPanel = () => {
     const chosen = new URLSearchParams(location.hash.split("?")[1] ?? "").get("step");
-    if (!chosen || !drawnRun) { panelSlot.replaceChildren(); return; }
-    panelSlot.replaceChildren(stepPanel(drawnRun.run.id, drawnRun.run.bundle, chosen, drawnRun.steps[chosen], events ?? []));
+    if (!chosen || !drawnRun) { panelSlot.replaceChildren(); panelShown = null; return; }
+    const view = drawnRun.steps[chosen];
+    const seen = (events ?? []).filter((e) => e.step === chosen).length;
+    const shown = `${drawnRun.run.id}|${chosen}|${view?.status}|${view?.attempts}|${seen}`;
+    if (shown === panelShown) return;
+    panelShown = shown;
+    panelSlot.replaceChildren(stepPanel(drawnRun.run.id, drawnRun.run.bundle, chosen, view, events ?? []));
   };
   const load = async () => {
     pending = null;
