@@ -145,6 +145,70 @@ return problems;
     serde_json::from_value(found).unwrap()
 }
 
+/// A TCP relay on loopback in front of the server: the browser talks to
+/// it, and the test can cut every open connection and hold new ones until
+/// it lets them through, to drop the page's event stream on purpose.
+struct Relay {
+    url: String,
+    held: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    /// How many connections cuts have dropped.
+    dropped: std::sync::Arc<tokio::sync::watch::Sender<usize>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: &str) -> Self {
+        let upstream: std::net::SocketAddr = to.trim_start_matches("http://").parse().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = std::sync::Arc::new(tokio::sync::watch::Sender::new(false));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let dropped = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        let (hold, cuts, count) = (held.clone(), cut.clone(), dropped.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut let_through = hold.subscribe();
+                let (cuts, count) = (cuts.clone(), count.clone());
+                tokio::spawn(async move {
+                    // Held: wait until let through (the browser sees a
+                    // connection that does not answer yet).
+                    let _ = let_through.wait_for(|held| !held).await;
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cuts.notified() => {
+                            count.send_modify(|n| *n += 1);
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            url,
+            held,
+            cut,
+            dropped,
+            _task: task,
+        }
+    }
+
+    /// Drop every open connection, and hold new ones until [`Relay::resume`].
+    fn cut_and_hold(&self) {
+        self.held.send_replace(true);
+        self.cut.notify_waiters();
+    }
+
+    fn resume(&self) {
+        self.held.send_replace(false);
+    }
+}
+
 /// Start a run of `bundle` for `token`'s tenant; its id.
 fn start_run(s: &Served, token: &str, bundle: Vec<u8>) -> String {
     let (status, uploaded) = s.upload(token, bundle);
@@ -718,5 +782,56 @@ async fn the_runs_list_pages_on_the_server_and_each_run_is_on_exactly_one_page()
         .wait(&format!("#runs tbody tr[data-run='{}']", started[52]))
         .await;
     assert_eq!(shown(&browser).await, first);
+    browser.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_event_stream_catches_up_on_what_happened_while_it_was_down() {
+    let gate = Gate::start().await;
+    let s = gate.served();
+    let operator = s.token("a", "operator");
+    let relay = Relay::start(&s.url).await;
+    let browser = Browser::start().await;
+    browser.sign_in(&relay.url, &operator).await;
+    browser.wait("#runs").await;
+    let run = start_run(&s, &operator, gate.pipeline());
+    browser.goto(&format!("{}/#/runs/{run}", relay.url)).await;
+    browser
+        .wait("#dag g.node[data-step='wait'][data-status='running']")
+        .await;
+    browser.script("window.notReloaded = true").await;
+
+    // The page's connections are cut; the whole run happens while the
+    // page cannot reach the server.
+    let mut dropped = relay.dropped.subscribe();
+    relay.cut_and_hold();
+    // The page's event stream was open: the cut drops it.
+    tokio::time::timeout(crate::browser::PATIENCE, dropped.wait_for(|n| *n > 0))
+        .await
+        .expect("the cut dropped no connection")
+        .unwrap();
+    gate.open();
+    s.finished(&operator, &run);
+    relay.resume();
+
+    browser.wait("#run-status [data-status='succeeded']").await;
+    assert_eq!(
+        browser.script("return window.notReloaded === true").await,
+        json!(true),
+        "caught up without a reload"
+    );
+    for step in ["wait", "then", "last"] {
+        browser
+            .wait(&format!(
+                "#dag g.node[data-step='{step}'][data-status='succeeded']"
+            ))
+            .await;
+    }
+    // Each attempt drawn once: nothing missed, nothing counted twice.
+    browser.wait("#timeline rect.bar-ok").await;
+    let bars = browser
+        .script("return document.querySelectorAll('#timeline rect.bar-ok').length")
+        .await;
+    assert_eq!(bars, json!(3));
     browser.end().await;
 }
