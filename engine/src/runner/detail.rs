@@ -160,9 +160,10 @@ pub fn rebuild_input(
     })
 }
 
-/// How many earlier runs are read, newest first, to find the one a step's
-/// key is compared with.
-const LOOK_BACK: usize = 50;
+/// How many earlier runs of the pipeline are read, newest first, to find
+/// the one a step's key is compared with: each is a whole journal (tens of
+/// MB for a 100 000-step run), read when a panel asks why.
+const LOOK_BACK: usize = 5;
 
 /// Why step `name` of `record` ran or was answered from the cache, in a
 /// sentence: for a step that ran, its key is compared with the one the
@@ -237,16 +238,16 @@ pub fn cache_reason(
     }
     let Some((run, old_keys)) = before else {
         return Ok(Some(format!(
-            "{part}Not a cache hit: no earlier run of {} has this step succeeded, so \
-             this is the first result for its key.",
+            "{part}Not a cache hit: no earlier run of {} (of the last {LOOK_BACK}) has this \
+             step succeeded, so this is the first result for its key.",
             record.pipeline
         )));
     };
     if old_keys.iter().any(|k| k == executed[0]) {
         return Ok(Some(format!(
             "{part}Not a cache hit, though its key is the one it had in run {run}: \
-             this run refreshed the cache (--refresh), asked for younger results (--max-age), \
-             or the result had been collected."
+             this run refreshed the cache (--refresh) or asked for younger results \
+             (--max-age), the step does not use the cache, or the result had been collected."
         )));
     }
     let now = store.result(&first, None)?.map(|(meta, _)| meta);
