@@ -1760,11 +1760,26 @@ fn a_steps_input_is_rebuilt_and_verified_and_its_cache_reason_names_what_changed
     let again = run_of(pipeline(1));
     let said = cache(&again, "second");
     assert!(said.starts_with("A cache hit"), "{said}");
+    // Run again with --refresh: the same key, run anyway.
+    let (_, uploaded) = s.upload(&a, pipeline(1));
+    let (status, refreshed) = s.post(
+        "/v1/runs",
+        &a,
+        json!({"bundle": uploaded["id"], "refresh": true}),
+    );
+    assert_eq!(status, 202, "{refreshed}");
+    let refreshed = refreshed["id"].as_str().unwrap().to_owned();
+    s.finished(&a, &refreshed);
+    let said = cache(&refreshed, "second");
+    assert!(
+        said.contains("though its key is the one it had in run") && said.contains("--refresh"),
+        "{said}"
+    );
 
     let changed = run_of(pipeline(2));
     let said = cache(&changed, "first");
     assert!(
-        said.contains(&format!("since run {again}, its input changed")),
+        said.contains(&format!("since run {refreshed}, its input changed")),
         "{said}"
     );
     let (_, input) = s.get(&format!("/v1/runs/{changed}/steps/second/input"), &a);
