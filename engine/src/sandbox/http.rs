@@ -209,7 +209,16 @@ pub(crate) struct HttpHooks {
     deadline: Instant,
     /// A replay's recorded exchanges: served in order, no network.
     tape: Option<Arc<[Exchange]>>,
+    /// Requests of the attempt with a connection open at once (see
+    /// [`IN_FLIGHT`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most requests one attempt may have in flight (connecting, or with a
+/// connection open) at once; the task's further requests wait their turn.
+/// Without it one attempt could hold a socket for each of its 1 000
+/// requests, and a host's file descriptors are shared by every tenant.
+pub const IN_FLIGHT: usize = 16;
 
 /// What an attempt's HTTP came to, once it is over.
 #[derive(Debug, Default)]
@@ -262,6 +271,7 @@ impl HttpHooks {
             ledger: Shared::default(),
             deadline,
             tape,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
         }
     }
 
@@ -496,8 +506,14 @@ impl WasiHttpHooks for HttpHooks {
                 replay(request, target, position, limits, &tape, ledger).await
             });
         }
+        let in_flight = self.in_flight.clone();
         Box::new(async move {
             let (grant, target) = admitted?;
+            // Held until the response is read whole and its socket closed.
+            let _turn = in_flight
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::InternalError(Some("the attempt is over".into())))?;
             send(request, &grant, target, limits, resolver, ledger, deadline).await
         })
     }
@@ -990,5 +1006,92 @@ mod tests {
             base,
             request_hash("GET", "http://a/x", &h, &blake3::hash(b"b"))
         );
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use super::*;
+
+    /// 40 requests sent at once by one attempt reach a loopback server
+    /// [`IN_FLIGHT`] at a time: with that many held by the server, the rest
+    /// wait for a turn; every one is answered once the server lets go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_attempt_has_at_most_sixteen_requests_in_flight() {
+        #[derive(Clone, Default)]
+        struct Server {
+            /// Requests being handled now, and the most at once.
+            now: Arc<tokio::sync::watch::Sender<(usize, usize)>>,
+            release: Arc<tokio::sync::watch::Sender<bool>>,
+        }
+        let server = Server::default();
+        let seen = server.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || {
+                let server = seen.clone();
+                async move {
+                    server.now.send_modify(|(now, most)| {
+                        *now += 1;
+                        *most = (*most).max(*now);
+                    });
+                    let _ = server.release.subscribe().wait_for(|go| *go).await;
+                    server.now.send_modify(|(now, _)| *now -= 1);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let grant = HttpGrant::parse(&format!("http://{addr}"), None).unwrap();
+        let mut hooks = HttpHooks::new(
+            &[grant],
+            &super::super::Resolved::default(),
+            HttpLimits::DEFAULT,
+            Arc::new(SystemResolver),
+            Instant::now() + Duration::from_secs(60),
+            None,
+        );
+        let sent: Vec<_> = (0..40)
+            .map(|_| {
+                let request = http::Request::get(format!("http://{addr}/"))
+                    .body(
+                        http_body_util::Empty::<Bytes>::new()
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    )
+                    .unwrap();
+                tokio::spawn(Box::into_pin(hooks.send_request(
+                    request,
+                    None,
+                    Box::new(std::future::ready(Ok(()))),
+                )))
+            })
+            .collect();
+        let patience = Duration::from_secs(60);
+        tokio::time::timeout(
+            patience,
+            server
+                .now
+                .subscribe()
+                .wait_for(|(now, _)| *now == IN_FLIGHT),
+        )
+        .await
+        .expect("the server never held 16 requests")
+        .unwrap();
+        // The other 24 wait for a turn: no turn is free.
+        assert_eq!(hooks.in_flight.available_permits(), 0);
+        server.release.send_replace(true);
+        for handle in sent {
+            let (response, _) = tokio::time::timeout(patience, handle)
+                .await
+                .expect("every request is answered")
+                .unwrap()
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        assert_eq!(server.now.borrow().1, IN_FLIGHT, "the most at once");
     }
 }
