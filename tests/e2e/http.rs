@@ -584,6 +584,17 @@ fn a_replay_serves_the_recorded_responses_with_the_server_gone_and_names_a_reque
         "{}",
         replay.stderr
     );
+
+    // Once every run is forgotten, so are the responses they recorded.
+    let recorded = || {
+        std::fs::read_dir(cairn.store.path().join("recorded"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(recorded() > 0);
+    let gc = cairn.run(&["runs", "gc", "--older-than", "0s", "--include-interrupted"]);
+    assert_eq!(gc.code, 0, "{}", gc.stderr);
+    assert_eq!(recorded(), 0, "{}", gc.stdout);
 }
 
 #[test]

@@ -494,6 +494,53 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
     }
 }
 
+impl SledStore {
+    /// Remove the recorded HTTP responses that no remaining journal names
+    /// (their runs were forgotten), and what an interrupted write left;
+    /// the bytes freed. It reads every journal, so only when something is
+    /// recorded at all, and it keeps everything if a journal cannot be read
+    /// (what that run replays from is not known).
+    fn sweep_recordings(&self) -> Result<u64, StoreError> {
+        let dir = self.recordings_dir();
+        let files: Vec<(String, u64)> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io(&dir, e)),
+        };
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let mut named = HashSet::new();
+        for id in self.journals.runs()? {
+            let Ok(events) = self.journals.read(&id) else {
+                tracing::warn!("journal of run {id} unreadable: recorded responses kept");
+                return Ok(0);
+            };
+            for event in events {
+                if let JournalEvent::AttemptFinished { http, .. } = event {
+                    named.extend(http.into_iter().map(|record| record.response));
+                }
+            }
+        }
+        let mut freed = 0;
+        for (name, len) in files {
+            if named.contains(&name) {
+                continue;
+            }
+            let path = dir.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => freed += len,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(&path, e)),
+            }
+        }
+        Ok(freed)
+    }
+}
+
 impl Store for SledStore {
     fn put_recording(&self, bytes: &[u8]) -> Result<blake3::Hash, StoreError> {
         let dir = self.recordings_dir();
@@ -700,6 +747,7 @@ impl Store for SledStore {
                 freed += self.journals.remove(&id)?;
             }
         }
+        freed += self.sweep_recordings()?;
         Ok(freed)
     }
 
@@ -1261,6 +1309,59 @@ mod tests {
             bundle: None,
             tally: None,
         }
+    }
+
+    #[test]
+    fn forgetting_a_run_removes_the_responses_only_it_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (gone, kept) = (
+            RunId("0000000000001111".into()),
+            RunId("0000000000002222".into()),
+        );
+        let only_gone = store.put_recording(b"gone's response").unwrap();
+        let shared = store.put_recording(b"a response both got").unwrap();
+        let only_kept = store.put_recording(b"kept's response").unwrap();
+        let finished = |responses: &[blake3::Hash]| JournalEvent::AttemptFinished {
+            at_ms: 1,
+            step: "fetch".into(),
+            index: None,
+            attempt: 1,
+            class: None,
+            message: None,
+            fuel: 1,
+            duration_us: 1,
+            peak_memory: 0,
+            logs: Vec::new(),
+            http: responses
+                .iter()
+                .map(|hash| crate::store::records::HttpRecord {
+                    method: "GET".into(),
+                    url: "https://api.example.com/".into(),
+                    request: blake3::hash(b"request").to_hex().to_string(),
+                    status: 200,
+                    response: hash.to_hex().to_string(),
+                })
+                .collect(),
+        };
+        for (id, responses) in [(&gone, [only_gone, shared]), (&kept, [shared, only_kept])] {
+            store.put_run(&record_of(id)).unwrap();
+            store.append(id, &finished(&responses)).unwrap();
+        }
+        // A temporary file a crash left behind goes too.
+        std::fs::write(dir.path().join("recorded/.tmpLEFT"), b"half").unwrap();
+        let journal = std::fs::metadata(dir.path().join(format!("journal/{}.log", gone.0)))
+            .unwrap()
+            .len();
+        let freed = store.remove_runs(std::slice::from_ref(&gone)).unwrap();
+        assert_eq!(freed, journal + b"gone's response".len() as u64 + 4);
+        assert_eq!(store.recording(&only_gone).unwrap(), None);
+        assert!(
+            store.recording(&shared).unwrap().is_some(),
+            "still named by `kept`"
+        );
+        assert!(store.recording(&only_kept).unwrap().is_some());
+        assert!(!dir.path().join("recorded/.tmpLEFT").exists());
     }
 
     #[test]
