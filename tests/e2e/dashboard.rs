@@ -835,3 +835,70 @@ async fn a_dropped_event_stream_catches_up_on_what_happened_while_it_was_down() 
     assert_eq!(bars, json!(3));
     browser.end().await;
 }
+
+#[test]
+fn a_session_survives_a_server_restart_and_still_needs_its_csrf_token() {
+    let s = Served::start();
+    let operator = s.token("a", "operator");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut opened = agent
+        .post(&format!("{}/v1/session", s.url))
+        .header("Authorization", &format!("Bearer {operator}"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let set = opened
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let cookie = set
+        .strip_prefix("cairn_session=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
+    let csrf =
+        serde_json::from_str::<serde_json::Value>(&opened.body_mut().read_to_string().unwrap())
+            .unwrap()["csrf"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    // The data directory keeps the session, not the cookie.
+    let kept = std::fs::read_to_string(s.dir.path().join("data/sessions.json"))
+        .expect("sessions are kept in the data directory");
+    assert!(!kept.contains(&cookie) && !kept.contains(&csrf), "{kept}");
+
+    let s = s.restart();
+    assert_eq!(with_cookie(&s, "/v1/runs", &cookie), 200, "still signed in");
+    let whoami = agent
+        .get(&format!("{}/v1/session", s.url))
+        .header("Cookie", &format!("cairn_session={cookie}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(whoami.contains(&csrf), "the same CSRF token: {whoami}");
+    let end = |with_csrf: bool| {
+        let mut request = agent
+            .delete(&format!("{}/v1/session", s.url))
+            .header("Cookie", &format!("cairn_session={cookie}"));
+        if with_csrf {
+            request = request.header("X-CSRF-Token", &csrf);
+        }
+        request.call().unwrap().status().as_u16()
+    };
+    assert_eq!(end(false), 403, "a change still needs the CSRF token");
+    assert!(end(true) < 300);
+    let s = s.restart();
+    assert_eq!(
+        with_cookie(&s, "/v1/runs", &cookie),
+        401,
+        "signed out stays signed out"
+    );
+}

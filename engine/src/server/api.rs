@@ -1865,7 +1865,9 @@ pub async fn sign_in(State(server): Shared, headers: HeaderMap) -> Result<Respon
         return Err(ApiError::unauthorized());
     }
     let (caller, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
-    let opened = server.sessions.open(&caller.token_id, (server.clock)());
+    let opened = server
+        .sessions
+        .open_session(&caller.token_id, (server.clock)());
     let view = SessionView {
         tenant: tenant.name.clone(),
         role: caller.role,

@@ -544,6 +544,7 @@ impl Server {
         for (name, quotas) in added.iter().chain(&config.tenants) {
             tenants.insert(Arc::new(source.open(name, *quotas)?));
         }
+        let sessions = session::Sessions::open(&data);
         let server = Arc::new(Server {
             ended: source.ended.clone(),
             stopping: source.stopping.clone(),
@@ -555,7 +556,7 @@ impl Server {
             clock,
             source,
             added: Mutex::new(added),
-            sessions: session::Sessions::default(),
+            sessions,
         });
         Ok(Started {
             server,

@@ -14,15 +14,19 @@
 //! - `DELETE /v1/session` ends the session on the server: the cookie is
 //!   worth nothing afterwards, even if kept.
 //!
-//! Sessions live in the server's memory (a restart signs everyone out),
-//! are stored under a blake3 hash of their id, last at most
-//! [`SESSION_LIFETIME_MS`], and die with the token they were opened with
-//! (revoked or expired: the session no longer authorizes anything).
+//! Sessions are kept in the server's data directory (`sessions.json`, each
+//! under a blake3 hash of its id, so the file holds no cookie), survive a
+//! restart, last at most [`SESSION_LIFETIME_MS`], and die with the token
+//! they were opened with (revoked or expired: the session no longer
+//! authorizes anything). A session's CSRF token is not stored: it is a
+//! keyed hash of the session's id under the server's `session-key`.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use axum::http::{HeaderMap, HeaderValue, Method, header};
+use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
 
@@ -35,16 +39,39 @@ pub const SESSION_LIFETIME_MS: u64 = 12 * 60 * 60 * 1000;
 /// Most sessions kept at once; the oldest go first past it.
 const MAX_SESSIONS: usize = 10_000;
 
+#[derive(Serialize, Deserialize)]
 struct Session {
     token_id: String,
-    csrf: String,
     expires_ms: u64,
 }
 
+/// A kept session, as `sessions.json` lists it.
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    /// blake3 of the session's id.
+    key: String,
+    #[serde(flatten)]
+    session: Session,
+}
+
 /// The server's open sessions.
-#[derive(Default)]
 pub struct Sessions {
     open: Mutex<HashMap<String, Session>>,
+    /// What CSRF tokens are derived with.
+    csrf_key: [u8; 32],
+    /// Where the sessions are kept (`None`: in memory only).
+    file: Option<PathBuf>,
+}
+
+impl Default for Sessions {
+    /// Sessions in memory only, with a key of their own.
+    fn default() -> Self {
+        Self {
+            open: Mutex::new(HashMap::new()),
+            csrf_key: rand::random(),
+            file: None,
+        }
+    }
 }
 
 /// A new session: the cookie's value and the CSRF token.
@@ -63,15 +90,82 @@ fn key(id: &str) -> String {
 }
 
 impl Sessions {
+    /// The sessions kept in `dir` (`session-key`, `sessions.json`). What
+    /// cannot be read is started afresh, with a warning: a damaged file
+    /// signs people out, it does not stop the server.
+    pub fn open(dir: &Path) -> Self {
+        let key_path = dir.join("session-key");
+        let csrf_key = match std::fs::read(&key_path).map(|b| <[u8; 32]>::try_from(b.as_slice())) {
+            Ok(Ok(key)) => key,
+            _ => {
+                let key: [u8; 32] = rand::random();
+                if let Err(e) = super::auth::write_private(&key_path, &key) {
+                    tracing::warn!("sessions will not survive a restart: {e}");
+                }
+                key
+            }
+        };
+        let file = dir.join("sessions.json");
+        let open = match std::fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Kept>>(&bytes) {
+                Ok(kept) => kept.into_iter().map(|k| (k.key, k.session)).collect(),
+                Err(e) => {
+                    tracing::warn!(
+                        "{} is damaged ({e}): everyone signs in again",
+                        file.display()
+                    );
+                    HashMap::new()
+                }
+            },
+            Err(_) => HashMap::new(),
+        };
+        Self {
+            open: Mutex::new(open),
+            csrf_key,
+            file: Some(file),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A session's CSRF token, from its id.
+    fn csrf(&self, id: &str) -> String {
+        blake3::keyed_hash(&self.csrf_key, id.as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    /// Write the table out (called with it locked, so writes are in order).
+    fn keep(&self, open: &HashMap<String, Session>) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let kept: Vec<Kept> = open
+            .iter()
+            .map(|(key, s)| Kept {
+                key: key.clone(),
+                session: Session {
+                    token_id: s.token_id.clone(),
+                    expires_ms: s.expires_ms,
+                },
+            })
+            .collect();
+        let written = serde_json::to_vec(&kept)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| super::auth::write_private(file, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!("sessions not kept on disk: {e}");
+        }
+    }
+
     /// Open a session for the caller of token `token_id`.
-    pub fn open(&self, token_id: &str, now_ms: u64) -> Opened {
+    pub fn open_session(&self, token_id: &str, now_ms: u64) -> Opened {
+        let id = random_hex();
         let opened = Opened {
-            id: random_hex(),
-            csrf: random_hex(),
+            csrf: self.csrf(&id),
+            id,
         };
         let mut open = self.lock();
         open.retain(|_, s| s.expires_ms > now_ms);
@@ -87,10 +181,10 @@ impl Sessions {
             key(&opened.id),
             Session {
                 token_id: token_id.to_owned(),
-                csrf: opened.csrf.clone(),
                 expires_ms: now_ms + SESSION_LIFETIME_MS,
             },
         );
+        self.keep(&open);
         opened
     }
 
@@ -98,12 +192,17 @@ impl Sessions {
     pub fn find(&self, id: &str, now_ms: u64) -> Option<(String, String)> {
         let open = self.lock();
         let session = open.get(&key(id))?;
-        (session.expires_ms > now_ms).then(|| (session.token_id.clone(), session.csrf.clone()))
+        (session.expires_ms > now_ms).then(|| (session.token_id.clone(), self.csrf(id)))
     }
 
     /// End a session; `false` if there was none.
     pub fn close(&self, id: &str) -> bool {
-        self.lock().remove(&key(id)).is_some()
+        let mut open = self.lock();
+        let closed = open.remove(&key(id)).is_some();
+        if closed {
+            self.keep(&open);
+        }
+        closed
     }
 }
 
@@ -185,19 +284,35 @@ mod tests {
     #[test]
     fn sessions_open_find_expire_and_close() {
         let sessions = Sessions::default();
-        let a = sessions.open("tok1", 1_000);
+        let a = sessions.open_session("tok1", 1_000);
         assert_eq!(
             sessions.find(&a.id, 1_001),
             Some(("tok1".into(), a.csrf.clone()))
         );
         assert_eq!(sessions.find(&a.id, 1_000 + SESSION_LIFETIME_MS), None);
         assert_eq!(sessions.find("not-a-session", 1_001), None);
-        let b = sessions.open("tok2", 2_000);
+        let b = sessions.open_session("tok2", 2_000);
         assert!(sessions.close(&b.id));
         assert!(!sessions.close(&b.id));
         assert_eq!(sessions.find(&b.id, 2_001), None);
         // The table holds hashes, not the cookie values.
         assert!(!sessions.lock().contains_key(&a.id));
+    }
+
+    #[test]
+    fn kept_sessions_read_back_with_the_same_csrf_and_a_damaged_file_signs_everyone_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Sessions::open(dir.path()).open_session("tok1", 1_000);
+        let b = Sessions::open(dir.path()).open_session("tok2", 1_000);
+        let again = Sessions::open(dir.path());
+        assert_eq!(
+            again.find(&a.id, 1_001),
+            Some(("tok1".into(), a.csrf.clone()))
+        );
+        assert!(again.close(&b.id));
+        assert_eq!(Sessions::open(dir.path()).find(&b.id, 1_001), None);
+        std::fs::write(dir.path().join("sessions.json"), b"{not json").unwrap();
+        assert_eq!(Sessions::open(dir.path()).find(&a.id, 1_001), None);
     }
 
     #[test]
