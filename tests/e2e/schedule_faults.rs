@@ -149,6 +149,16 @@ impl cairn::store::Store for FillsUp {
     ) -> Result<Vec<cairn::store::JournalEvent>, cairn::store::StoreError> {
         self.inner.journal(run)
     }
+    fn journal_after(
+        &self,
+        run: &cairn::store::RunId,
+        mark: cairn::store::JournalMark,
+    ) -> Result<
+        (Vec<cairn::store::JournalEvent>, cairn::store::JournalMark),
+        cairn::store::StoreError,
+    > {
+        self.inner.journal_after(run, mark)
+    }
     fn put_run(&self, run: &cairn::store::RunRecord) -> Result<(), cairn::store::StoreError> {
         self.inner.put_run(run)
     }

@@ -28,7 +28,7 @@ use crate::model::RunStatus;
 use crate::runner::describe::{StepView, step_views};
 use crate::runner::detail::{self, DetailError};
 use crate::runner::{Launch, Resumption, RunError};
-use crate::store::{JournalEvent, RunId, RunRecord};
+use crate::store::{JournalEvent, JournalMark, RunId, RunRecord};
 
 /// Largest JSON body of any route but the bundle upload.
 const MAX_JSON_BODY: usize = 64 << 10;
@@ -1314,7 +1314,14 @@ pub async fn run_events(
     struct Cursor {
         tenant: Arc<Tenant>,
         run: RunId,
+        /// The first event to send.
         next: usize,
+        /// Where reading the journal goes on from, and how many events
+        /// come before that point: each event is read from disk once.
+        mark: JournalMark,
+        read: usize,
+        /// Is the last event read the run's end?
+        ended: bool,
         pending: std::collections::VecDeque<(usize, JournalEvent)>,
         done: bool,
     }
@@ -1322,6 +1329,9 @@ pub async fn run_events(
         tenant,
         run: record.id,
         next,
+        mark: JournalMark::START,
+        read: 0,
+        ended: false,
         pending: Default::default(),
         done: false,
     };
@@ -1351,18 +1361,27 @@ pub async fn run_events(
                 n.as_mut().enable();
             }
             let live = changes.is_some();
-            let journal = match c.tenant.runner.store().journal(&c.run) {
-                Ok(journal) => journal,
+            let (fresh, mark) = match c.tenant.runner.store().journal_after(&c.run, c.mark) {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::error!("run {}: cannot read its journal: {e}", c.run);
                     return None;
                 }
             };
-            let ended = matches!(journal.last(), Some(JournalEvent::RunFinished { .. }));
-            let from = c.next.min(journal.len());
-            c.pending.extend(journal.into_iter().enumerate().skip(from));
-            c.next = c.next.max(from + c.pending.len());
-            if ended || !live {
+            if let Some(last) = fresh.last() {
+                c.ended = matches!(last, JournalEvent::RunFinished { .. });
+            }
+            let first = c.read;
+            c.read += fresh.len();
+            c.mark = mark;
+            c.pending.extend(
+                fresh
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, event)| (first + i, event))
+                    .filter(|(index, _)| *index >= c.next),
+            );
+            if c.ended || !live {
                 // What is in the journal is all there will be (until a resume).
                 // The stream ends only once the run's end is recorded too,
                 // so a client that reads the run next sees it ended.

@@ -680,6 +680,14 @@ impl Store for SledStore {
         self.journals.read(run)
     }
 
+    fn journal_after(
+        &self,
+        run: &RunId,
+        mark: super::JournalMark,
+    ) -> Result<(Vec<JournalEvent>, super::JournalMark), StoreError> {
+        self.journals.read_after(run, mark)
+    }
+
     fn close_run(&self, run: &RunId) -> Result<(), StoreError> {
         self.journals.close(run)
     }

@@ -218,28 +218,63 @@ impl Journals {
 
     /// A run's events in order. A run with no journal file has no events.
     pub fn read(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError> {
+        let (events, _, torn) = self.read_tail(run, JournalMark::START)?;
+        if let Some(at) = torn {
+            tracing::warn!("journal of run {run}: ignoring an unfinished write at byte {at}");
+        }
+        Ok(events)
+    }
+
+    /// The events appended after `mark` (from an earlier read of this run's
+    /// journal, or [`JournalMark::START`]), and the mark to read on from.
+    /// A follower of a live run reads each event once this way, however
+    /// long the journal grows. A frame still being written is not read:
+    /// the mark stops before it, and the next call picks it up whole.
+    pub fn read_after(
+        &self,
+        run: &RunId,
+        mark: JournalMark,
+    ) -> Result<(Vec<JournalEvent>, JournalMark), StoreError> {
+        let (events, mark, _) = self.read_tail(run, mark)?;
+        Ok((events, mark))
+    }
+
+    /// The events after `mark`, the mark after them, and where an
+    /// unfinished write starts if there is one.
+    fn read_tail(
+        &self,
+        run: &RunId,
+        mark: JournalMark,
+    ) -> Result<(Vec<JournalEvent>, JournalMark, Option<u64>), StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
         let path = self.path(run)?;
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::io(&path, e)),
+        let io = |e| StoreError::io(&path, e);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), mark, None));
+            }
+            Err(e) => return Err(io(e)),
         };
+        let mut bytes = Vec::new();
+        // A journal shorter than the mark was removed and begun again (or
+        // cut): there is nothing after the mark to read.
+        if file.metadata().map_err(io)?.len() > mark.0 {
+            file.seek(SeekFrom::Start(mark.0)).map_err(io)?;
+            file.read_to_end(&mut bytes).map_err(io)?;
+        }
         let scan = log::scan(&bytes);
         if let Some(at) = scan.damage {
-            return Err(damaged(run, &path, at));
+            return Err(damaged(run, &path, mark.0 + at));
         }
-        if scan.torn(bytes.len()) {
-            tracing::warn!(
-                "journal of run {run}: ignoring an unfinished write at byte {}",
-                scan.valid_len
-            );
-        }
-        scan.records
+        let torn = scan.torn(bytes.len()).then_some(mark.0 + scan.valid_len);
+        let events = scan
+            .records
             .iter()
             .flat_map(|&(offset, payload)| {
                 payload
                     .split(|&b| b == b'\n')
-                    .map(move |line| (offset, line))
+                    .map(move |line| (mark.0 + offset, line))
             })
             .map(|(offset, line)| {
                 serde_json::from_slice(line).map_err(|e| StoreError::Corrupt {
@@ -249,8 +284,19 @@ impl Journals {
                     ),
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((events, JournalMark(mark.0 + scan.valid_len), torn))
     }
+}
+
+/// How far a reader got through a run's journal: the end of the last whole
+/// frame it read. Only [`Journals::read_after`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalMark(u64);
+
+impl JournalMark {
+    /// Before the first event.
+    pub const START: Self = Self(0);
 }
 
 fn damaged(run: &RunId, path: &Path, at: u64) -> StoreError {
@@ -285,6 +331,61 @@ mod tests {
         assert_eq!(journals.read(&a).unwrap(), [event(1), event(2), event(3)]);
         assert_eq!(journals.read(&b).unwrap(), [event(9)]);
         assert!(journals.read(&RunId("cccc".into())).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_follower_reads_each_event_once_and_never_half_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = Journals::open(dir.path()).unwrap();
+        let run = RunId("abcd".into());
+        let (none, start) = journals.read_after(&run, JournalMark::START).unwrap();
+        assert!(
+            none.is_empty() && start == JournalMark::START,
+            "no journal yet"
+        );
+        journals.append(&run, &[event(1), event(2)]).unwrap();
+        let (first, mark) = journals.read_after(&run, start).unwrap();
+        assert_eq!(first, [event(1), event(2)]);
+        assert_eq!(journals.read_after(&run, mark).unwrap(), (vec![], mark));
+
+        // A batch caught half-written (its writer is mid-`write`) is not
+        // read, and the mark stays before it; once whole, it is read whole.
+        let mut batch = Vec::new();
+        log::frame(&serde_json::to_vec(&event(3)).unwrap(), &mut batch);
+        let path = dir.path().join("abcd.log");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&batch[..batch.len() / 2]).unwrap();
+        assert_eq!(journals.read_after(&run, mark).unwrap(), (vec![], mark));
+        file.write_all(&batch[batch.len() / 2..]).unwrap();
+        let (second, mark) = journals.read_after(&run, mark).unwrap();
+        assert_eq!(second, [event(3)]);
+        let fourth_at = std::fs::metadata(&path).unwrap().len();
+        journals.append(&run, &[event(4)]).unwrap();
+        assert_eq!(journals.read_after(&run, mark).unwrap().0, [event(4)]);
+        assert_eq!(
+            journals.read(&run).unwrap(),
+            [event(1), event(2), event(3), event(4)]
+        );
+
+        // Damage after the mark (a bad frame with more after it) is an
+        // error that names its place in the whole file.
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0xff;
+        bytes.extend_from_slice(&batch);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = journals.read_after(&run, mark).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("damaged at byte {fourth_at} ")),
+            "{err}"
+        );
+
+        // A journal removed (and begun again shorter) has nothing after an
+        // old mark.
+        journals.remove(&run).unwrap();
+        assert_eq!(journals.read_after(&run, mark).unwrap().0, []);
     }
 
     #[test]

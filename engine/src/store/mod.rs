@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use artifacts::{ArtifactKey, ArtifactStore, DirArtifactStore};
 pub use db::SledStore;
+pub use journal::JournalMark;
 pub use records::{
     Admission, CacheKey, JournalEvent, LoggedLine, ResultMeta, RunId, RunRecord, StepSource,
 };
@@ -56,6 +57,14 @@ pub trait Store: Send + Sync {
     }
     /// A run's journal, in order.
     fn journal(&self, run: &RunId) -> Result<Vec<JournalEvent>, StoreError>;
+    /// The events of a run's journal after `mark` ([`JournalMark::START`]
+    /// for all of them), and the mark to go on from: how a follower of a
+    /// live run reads each event once.
+    fn journal_after(
+        &self,
+        run: &RunId,
+        mark: JournalMark,
+    ) -> Result<(Vec<JournalEvent>, JournalMark), StoreError>;
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
     /// A run by id or unique id prefix.
     fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError>;
