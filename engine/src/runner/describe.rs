@@ -33,9 +33,45 @@ pub struct StepView {
     pub output_hash: Option<String>,
 }
 
+/// Per-step status from the whole journal (see [`StepFold`]).
 pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
-    fn entry<'v>(views: &'v mut BTreeMap<String, StepView>, step: &str) -> &'v mut StepView {
-        views.entry(step.to_owned()).or_insert(StepView {
+    let mut fold = StepFold::default();
+    fold.apply(events);
+    fold.views
+}
+
+/// Per-step status folded from a journal's events as they come: a
+/// follower of a live run applies only the events it has not seen.
+#[derive(Debug, Clone, Default)]
+pub struct StepFold {
+    views: BTreeMap<String, StepView>,
+    /// Steps seen with an element index: mapped.
+    mapped: std::collections::HashSet<String>,
+    /// When each step was (last) queued, and its first attempt since.
+    scheduled: BTreeMap<String, u64>,
+    first_attempt: BTreeMap<String, u64>,
+}
+
+impl StepFold {
+    /// Each step's last word so far.
+    pub fn views(&self) -> &BTreeMap<String, StepView> {
+        &self.views
+    }
+
+    /// From the step's first attempt (or from being queued) to `end`; and
+    /// the wait between the two.
+    fn timing(&self, step: &str, end: u64) -> (Option<u64>, Option<u64>) {
+        let queued = self.scheduled.get(step).copied();
+        let ran = self.first_attempt.get(step).copied();
+        let from = ran.or(queued);
+        (
+            from.map(|f| end.saturating_sub(f)),
+            queued.map(|q| ran.map_or(0, |r| r.saturating_sub(q))),
+        )
+    }
+
+    fn entry(&mut self, step: &str) -> &mut StepView {
+        self.views.entry(step.to_owned()).or_insert(StepView {
             status: "pending".into(),
             detail: String::new(),
             duration_ms: None,
@@ -46,44 +82,35 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
             output_hash: None,
         })
     }
-    // Steps seen with an element index: mapped.
-    let mut mapped = std::collections::HashSet::new();
-    let mut views = BTreeMap::new();
-    let mut scheduled: BTreeMap<String, u64> = BTreeMap::new();
-    let mut first_attempt: BTreeMap<String, u64> = BTreeMap::new();
-    // From the first attempt (or from being queued) to `end`; and the wait.
-    let timing =
-        |step: &str, end: u64, scheduled: &BTreeMap<String, u64>, first: &BTreeMap<String, u64>| {
-            let queued = scheduled.get(step).copied();
-            let ran = first.get(step).copied();
-            let from = ran.or(queued);
-            (
-                from.map(|f| end.saturating_sub(f)),
-                queued.map(|q| ran.map_or(0, |r| r.saturating_sub(q))),
-            )
-        };
-    for event in events {
+
+    /// Take in the next events, in journal order.
+    pub fn apply(&mut self, events: &[JournalEvent]) {
+        for event in events {
+            self.apply_one(event);
+        }
+    }
+
+    fn apply_one(&mut self, event: &JournalEvent) {
         match event {
             JournalEvent::StepScheduled { at_ms, step } => {
-                scheduled.insert(step.clone(), *at_ms);
+                self.scheduled.insert(step.clone(), *at_ms);
                 // A resumed run schedules the step again: time this try.
-                first_attempt.remove(step);
-                let v = entry(&mut views, step);
-                v.status = "queued".into();
+                self.first_attempt.remove(step);
+                self.entry(step).status = "queued".into();
             }
             JournalEvent::AttemptStarted {
                 at_ms, step, index, ..
             } => {
                 if index.is_some() {
-                    mapped.insert(step.clone());
+                    self.mapped.insert(step.clone());
                 }
-                first_attempt.entry(step.clone()).or_insert(*at_ms);
-                let v = entry(&mut views, step);
+                self.first_attempt.entry(step.clone()).or_insert(*at_ms);
+                let v = self.entry(step);
                 v.attempts += 1;
                 v.status = "running".into();
             }
             JournalEvent::AttemptFinished { step, fuel, .. } => {
-                entry(&mut views, step).fuel += fuel;
+                self.entry(step).fuel += fuel;
             }
             JournalEvent::StepSucceeded {
                 at_ms,
@@ -92,9 +119,9 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
                 output_hash,
                 keys,
             } => {
-                let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
-                let is_mapped = mapped.contains(step) || keys.len() != 1;
-                let v = entry(&mut views, step);
+                let (duration, wait) = self.timing(step, *at_ms);
+                let is_mapped = self.mapped.contains(step) || keys.len() != 1;
+                let v = self.entry(step);
                 v.elements = is_mapped.then_some(keys.len());
                 v.status = match source {
                     crate::store::StepSource::Executed => "succeeded",
@@ -112,24 +139,23 @@ pub fn step_views(events: &[JournalEvent]) -> BTreeMap<String, StepView> {
                 message,
                 ..
             } => {
-                let (duration, wait) = timing(step, *at_ms, &scheduled, &first_attempt);
-                let v = entry(&mut views, step);
+                let (duration, wait) = self.timing(step, *at_ms);
+                let v = self.entry(step);
                 v.status = "failed".into();
                 v.detail = message.clone();
                 (v.duration_ms, v.wait_ms) = (duration, wait);
             }
             JournalEvent::StepSkipped { step, reason, .. } => {
-                let v = entry(&mut views, step);
+                let v = self.entry(step);
                 v.status = "skipped".into();
                 v.detail = reason.clone();
             }
             JournalEvent::StepCancelled { step, .. } => {
-                entry(&mut views, step).status = "cancelled".into()
+                self.entry(step).status = "cancelled".into()
             }
             _ => {}
         }
     }
-    views
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -187,4 +213,96 @@ pub fn lineage(db: &dyn Store, record: &RunRecord, events: &[JournalEvent]) -> V
         }));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StepSource;
+
+    fn finished(at_ms: u64, step: &str, index: Option<usize>, fuel: u64) -> JournalEvent {
+        JournalEvent::AttemptFinished {
+            at_ms,
+            step: step.into(),
+            index,
+            attempt: 1,
+            class: None,
+            message: None,
+            fuel,
+            duration_us: 1,
+            peak_memory: 0,
+            logs: Vec::new(),
+            http: Vec::new(),
+        }
+    }
+
+    fn started(at_ms: u64, step: &str, index: Option<usize>) -> JournalEvent {
+        JournalEvent::AttemptStarted {
+            at_ms,
+            step: step.into(),
+            index,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn a_journal_folded_in_pieces_gives_what_it_gives_whole() {
+        let scheduled = |at_ms, step: &str| JournalEvent::StepScheduled {
+            at_ms,
+            step: step.into(),
+        };
+        let succeeded = |at_ms, step: &str, keys: usize| JournalEvent::StepSucceeded {
+            at_ms,
+            step: step.into(),
+            keys: vec!["k".into(); keys],
+            output_hash: "h".into(),
+            source: StepSource::Executed,
+        };
+        // A mapped step whose elements start in one piece and end in
+        // another; a step failed, then queued and run again (a resume).
+        let events = vec![
+            scheduled(10, "map"),
+            started(12, "map", Some(0)),
+            started(13, "map", Some(1)),
+            finished(20, "map", Some(0), 5),
+            finished(21, "map", Some(1), 7),
+            succeeded(22, "map", 2),
+            scheduled(30, "flaky"),
+            started(35, "flaky", None),
+            JournalEvent::StepFailed {
+                at_ms: 40,
+                step: "flaky".into(),
+                class: None,
+                message: "boom".into(),
+            },
+            scheduled(100, "flaky"),
+            started(104, "flaky", None),
+            finished(110, "flaky", None, 3),
+            succeeded(111, "flaky", 1),
+            scheduled(120, "after"),
+            JournalEvent::StepSkipped {
+                at_ms: 121,
+                step: "after".into(),
+                reason: "why".into(),
+            },
+        ];
+        let whole = step_views(&events);
+        assert_eq!(whole["map"].elements, Some(2));
+        assert_eq!(whole["map"].fuel, 12);
+        assert_eq!(
+            (whole["flaky"].duration_ms, whole["flaky"].wait_ms),
+            (Some(7), Some(4)),
+            "timed from the resumed try"
+        );
+        assert_eq!(whole["flaky"].attempts, 2);
+        for cut in 0..=events.len() {
+            for second in cut..=events.len() {
+                let mut fold = StepFold::default();
+                fold.apply(&events[..cut]);
+                fold.apply(&events[cut..second]);
+                fold.apply(&events[second..]);
+                assert_eq!(fold.views(), &whole, "cut at {cut} and {second}");
+            }
+        }
+    }
 }

@@ -25,7 +25,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::auth::{Caller, Role, Scope};
 use super::{Server, StartError, Tenant, session};
 use crate::model::RunStatus;
-use crate::runner::describe::{StepView, step_views};
+use crate::runner::describe::StepView;
 use crate::runner::detail::{self, DetailError};
 use crate::runner::{Launch, Resumption, RunError};
 use crate::store::{JournalEvent, JournalMark, RunId, RunRecord};
@@ -990,10 +990,16 @@ pub async fn show_run(
 ) -> Result<Json<RunDetail>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record)?;
+    let steps = {
+        let (tenant, run) = (tenant.clone(), record.id.clone());
+        tokio::task::spawn_blocking(move || tenant.step_views(&run))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?
+    };
     Ok(Json(RunDetail {
         run: run_view(&tenant, &record),
-        steps: step_views(&journal),
+        steps,
         graph: graph(&tenant, &record).await,
     }))
 }

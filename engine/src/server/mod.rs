@@ -33,12 +33,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::policy::Policy;
+use crate::runner::describe::{StepFold, StepView};
 use crate::runner::{Launch, Resumption, RunError, Runner};
 use crate::sandbox::Sandbox;
 use crate::schedule::{Event, RunObserver, Silent};
 use crate::store::audit::{AuditEntry, AuditLog};
 use crate::store::records::now_ms;
-use crate::store::{RunId, SledStore, Store};
+use crate::store::{JournalMark, RunId, SledStore, Store, StoreError};
 
 pub use auth::{Caller, Role, Scope, Tokens};
 pub use config::{Quotas, ServerConfig};
@@ -91,12 +92,56 @@ pub struct Tenant {
     /// Each bundle's steps in dependency order with what each runs after,
     /// by bundle id: bundles never change, so it is worked out once.
     pub(crate) graphs: Mutex<HashMap<String, Arc<Graph>>>,
+    /// Recently shown runs' step states, each with how far into the run's
+    /// journal it goes: showing a live run again reads only what is new.
+    folds: Mutex<Folds>,
+}
+
+/// How many runs' step states a tenant keeps folded (the oldest shown go).
+const KEPT_FOLDS: usize = 64;
+
+type Fold = Arc<Mutex<(JournalMark, StepFold)>>;
+
+#[derive(Default)]
+struct Folds {
+    kept: HashMap<RunId, Fold>,
+    /// Oldest first.
+    order: std::collections::VecDeque<RunId>,
 }
 
 /// A pipeline's steps in dependency order, each with the steps it runs after.
 pub type Graph = Vec<(String, Vec<String>)>;
 
 impl Tenant {
+    /// Each step's state in a run, from its journal. Blocks on reading it:
+    /// call from a blocking thread. Each journal event is read once over
+    /// every call for the same run (for the [`KEPT_FOLDS`] runs shown last).
+    pub fn step_views(&self, run: &RunId) -> Result<BTreeMap<String, StepView>, StoreError> {
+        let fold = {
+            let mut folds = self.folds.lock().unwrap_or_else(|e| e.into_inner());
+            match folds.kept.get(run) {
+                Some(fold) => fold.clone(),
+                None => {
+                    if folds.order.len() >= KEPT_FOLDS
+                        && let Some(oldest) = folds.order.pop_front()
+                    {
+                        folds.kept.remove(&oldest);
+                    }
+                    let fold: Fold = Arc::default();
+                    folds.kept.insert(run.clone(), fold.clone());
+                    folds.order.push_back(run.clone());
+                    fold
+                }
+            }
+        };
+        let mut fold = fold.lock().unwrap_or_else(|e| e.into_inner());
+        let (mark, views) = &mut *fold;
+        let (fresh, next) = self.runner.store().journal_after(run, *mark)?;
+        views.apply(&fresh);
+        *mark = next;
+        Ok(views.views().clone())
+    }
+
     pub fn bundles_dir(&self) -> PathBuf {
         self.dir.join("bundles")
     }
@@ -439,6 +484,7 @@ impl TenantSource {
             stopping: self.stopping.clone(),
             storing: tokio::sync::Mutex::new(()),
             graphs: Mutex::new(HashMap::new()),
+            folds: Mutex::new(Folds::default()),
         })
     }
 }

@@ -291,11 +291,11 @@ impl Journals {
 
 /// How far a reader got through a run's journal: the end of the last whole
 /// frame it read. Only [`Journals::read_after`] makes one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JournalMark(u64);
 
 impl JournalMark {
-    /// Before the first event.
+    /// Before the first event (also the default).
     pub const START: Self = Self(0);
 }
 
