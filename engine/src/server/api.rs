@@ -255,12 +255,12 @@ fn find_run(tenant: &Tenant, text: &str) -> Result<RunRecord, ApiError> {
     }
 }
 
-/// A run's journal.
-fn journal(tenant: &Tenant, record: &RunRecord) -> Result<Vec<JournalEvent>, ApiError> {
-    tenant
-        .runner
-        .store()
-        .journal(&record.id)
+/// A run's journal, read on a blocking thread (it can be tens of MB).
+async fn journal(tenant: &Tenant, record: &RunRecord) -> Result<Vec<JournalEvent>, ApiError> {
+    let (store, run) = (tenant.runner.store().clone(), record.id.clone());
+    tokio::task::spawn_blocking(move || store.journal(&run))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)
 }
 
@@ -1042,7 +1042,7 @@ pub async fn run_logs(
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let Query(filter) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record)?;
+    let journal = journal(&tenant, &record).await?;
     let logs = journal
         .into_iter()
         .filter_map(|event| match event {
@@ -1115,7 +1115,7 @@ pub async fn step_output(
 ) -> Result<Json<StepOutput>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record)?;
+    let journal = journal(&tenant, &record).await?;
     let store = tenant.runner.store();
     let stored = detail::stored_output(&**store, &journal, &step)?;
     // Without the plan, a unit is shown as JSON if it is JSON, else as text.
@@ -1163,7 +1163,7 @@ pub async fn step_input(
 ) -> Result<Json<StepInput>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record)?;
+    let journal = journal(&tenant, &record).await?;
     let plan = tenant
         .runner
         .replan(&record)
@@ -1581,7 +1581,7 @@ pub async fn run_lineage(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record)?;
+    let journal = journal(&tenant, &record).await?;
     Ok(Json(crate::runner::describe::lineage(
         tenant.runner.store().as_ref(),
         &record,
