@@ -114,6 +114,7 @@ struct Noop;
 impl Executor for Noop {
     async fn execute(
         &self,
+        _: schedule::Admission,
         _: &Step,
         _: Option<usize>,
         input: &[u8],

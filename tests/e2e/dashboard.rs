@@ -14,26 +14,27 @@ use crate::server::{Served, chain_bundle};
 use crate::support::Pipeline;
 
 /// An HTTP server on loopback whose `/gate` answers only once the test
-/// opens it: a run whose step waits on it stays running exactly as long as
-/// the test wants, with no guess at how long a step takes.
-struct Gate {
-    addr: std::net::SocketAddr,
-    open: std::sync::Arc<tokio::sync::Notify>,
+/// opens it (and at once from then on): a run whose step waits on it stays
+/// running exactly as long as the test wants, with no guess at how long a
+/// step takes.
+pub(crate) struct Gate {
+    pub(crate) addr: std::net::SocketAddr,
+    open: tokio::sync::watch::Sender<bool>,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Gate {
-    async fn start() -> Self {
-        let open = std::sync::Arc::new(tokio::sync::Notify::new());
+    pub(crate) async fn start() -> Self {
+        let open = tokio::sync::watch::Sender::new(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let waiting = open.clone();
         let app = axum::Router::new().route(
             "/gate",
             axum::routing::get(move || {
-                let waiting = waiting.clone();
+                let mut opened = waiting.subscribe();
                 async move {
-                    waiting.notified().await;
+                    let _ = opened.wait_for(|open| *open).await;
                     "open"
                 }
             }),
@@ -92,8 +93,9 @@ impl Gate {
         cairn::bundle::pack(p.dir.path()).unwrap()
     }
 
-    fn open(&self) {
-        self.open.notify_waiters();
+    /// Let every request through, those waiting and those to come.
+    pub(crate) fn open(&self) {
+        self.open.send_replace(true);
     }
 }
 

@@ -21,6 +21,7 @@ struct PanicsOnBoom;
 impl Executor for PanicsOnBoom {
     async fn execute(
         &self,
+        _: schedule::Admission,
         step: &Step,
         _: Option<usize>,
         input: &[u8],
@@ -340,6 +341,7 @@ struct HoldsTheFirst {
 impl Executor for HoldsTheFirst {
     async fn execute(
         &self,
+        _: schedule::Admission,
         _: &Step,
         _: Option<usize>,
         input: &[u8],
@@ -453,6 +455,7 @@ async fn a_fan_out_wider_than_the_units_in_flight_runs_every_unit_once_with_its_
     impl Executor for Counting {
         async fn execute(
             &self,
+            _: schedule::Admission,
             step: &Step,
             index: Option<usize>,
             input: &[u8],
@@ -461,7 +464,7 @@ async fn a_fan_out_wider_than_the_units_in_flight_runs_every_unit_once_with_its_
         ) -> Result<Attempt, SandboxError> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             PanicsOnBoom
-                .execute(step, index, input, secrets, observer)
+                .execute(Default::default(), step, index, input, secrets, observer)
                 .await
         }
     }

@@ -1793,3 +1793,92 @@ fn a_steps_input_is_rebuilt_and_verified_and_its_cache_reason_names_what_changed
     let (status, _) = s.get(&format!("/v1/runs/{first}/steps/second/input"), &b);
     assert_eq!(status, 404, "b does not see a's run");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_an_attempt_waiting_for_the_tenants_sandbox_share_before_it_starts() {
+    // Two steps, each held at a loopback gate, and a share of one sandbox:
+    // one runs, the other waits for the share, and is not started yet.
+    let gate = crate::dashboard::Gate::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        "policy = \"policy.toml\"\n[tenants.a]\nsandboxes_in_flight = 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        format!(
+            "[default]\nmax_timeout = \"10m\"\nallow_http = [\"https://api.example.com\", \"http://{}\"]\n",
+            gate.addr
+        ),
+    )
+    .unwrap();
+    let mut s = Served::start_in_with_args(dir, &[], &[], false);
+    let t = s.token("a", "operator");
+    let step = |name: &str| {
+        format!(
+            "[steps.{name}]\ncomponent = \"{{wasm:http_probe}}\"\n\
+             input = {{ url = \"http://{addr}/gate?{name}\" }}\ntimeout = \"10m\"\n\
+             grants = {{ http = [\"https://api.example.com\", \"http://{addr}\"], http_limits = {{ first_byte_timeout = \"10m\" }} }}\n",
+            addr = gate.addr
+        )
+    };
+    let p = Pipeline::new(&format!(
+        "name = \"shared\"\n{}{}",
+        step("one"),
+        step("two")
+    ));
+    let (status, uploaded) = s.upload(&t, cairn::bundle::pack(p.dir.path()).unwrap());
+    assert_eq!(status, 201, "{uploaded}");
+    let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
+    assert_eq!(status, 202, "{started}");
+    let run = started["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (running, waiting) = loop {
+        let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
+        let status = |step: &str| shown["steps"][step]["status"].clone();
+        match (status("one") == "running", status("two") == "running") {
+            (true, false) => break ("one", "two"),
+            (false, true) => break ("two", "one"),
+            (true, true) => panic!("both attempts started on a share of one: {shown}"),
+            (false, false) => {}
+        }
+        assert!(Instant::now() < deadline, "no step started: {shown}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
+    assert_eq!(
+        shown["steps"][waiting]["status"], "queued",
+        "waiting for the share is not running: {shown}"
+    );
+
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    s.wait_for_line("send it again");
+    // The held attempt may finish now; the waiting one must not start.
+    gate.open();
+    let status = tokio::task::spawn_blocking(move || {
+        let code = s.child.wait().unwrap().code();
+        (s, code)
+    })
+    .await
+    .unwrap();
+    let (s, code) = status;
+    assert_eq!(code, Some(0), "the server exits cleanly on SIGTERM");
+
+    let s = s.restart();
+    let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
+    assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    assert_eq!(shown["steps"][running]["status"], "succeeded", "{shown}");
+    assert_eq!(
+        shown["steps"][waiting]["attempts"], 0,
+        "the attempt waiting for the share never started: {shown}"
+    );
+    assert_eq!(shown["steps"][waiting]["status"], "cancelled", "{shown}");
+}

@@ -247,9 +247,15 @@ pub struct Sandbox {
     /// One permit per instance slot of the pooling allocator: an attempt
     /// holds one from before it instantiates until it ends, so a full pool
     /// makes the next attempt wait for a slot instead of failing it.
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
     max_slots: usize,
     resolver: Arc<dyn http::Resolve>,
+}
+
+/// One of a sandbox's instance slots, held by an attempt from before it
+/// instantiates until it ends (see [`Sandbox::slot`]).
+pub struct SandboxSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Sandbox {
@@ -261,7 +267,7 @@ impl Sandbox {
         let (scratch_root, scratch_quota) = (config.scratch_root.clone(), config.scratch_quota);
         let resolver = config.resolver.clone();
         let config_slots = config.max_instances as usize;
-        let slots = tokio::sync::Semaphore::new(config_slots);
+        let slots = Arc::new(tokio::sync::Semaphore::new(config_slots));
         let engine = Engine::new(&engine_config(config))
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
@@ -290,6 +296,21 @@ impl Sandbox {
             max_slots: config_slots,
             resolver,
         })
+    }
+
+    /// One of the sandbox's instance slots, once one is free: what
+    /// [`Self::run_in_slot`] needs. A caller that must be able to stop
+    /// waiting (a run that drains) waits for it before it says an attempt
+    /// started.
+    pub async fn slot(&self) -> SandboxSlot {
+        SandboxSlot {
+            _permit: self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the sandbox never closes its slot semaphore"),
+        }
     }
 
     /// Attempts running in this sandbox now (each holds an instance slot).
@@ -501,11 +522,18 @@ impl Sandbox {
     ) -> Result<Attempt, SandboxError> {
         // Waiting for a slot is not the task's time: its deadline starts
         // once it has one.
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the sandbox never closes its slot semaphore");
+        let slot = self.slot().await;
+        self.run_in_slot(slot, loaded, request).await
+    }
+
+    /// Run one attempt in a slot taken with [`Self::slot`] (given back when
+    /// the attempt ends).
+    pub async fn run_in_slot(
+        &self,
+        _slot: SandboxSlot,
+        loaded: &LoadedComponent,
+        request: RunRequest<'_>,
+    ) -> Result<Attempt, SandboxError> {
         let stdout = match loaded.kind {
             ComponentKind::Task => log_pipe(request.secrets),
             ComponentKind::Command => {

@@ -40,7 +40,7 @@ use crate::sandbox::grants::Scratch;
 use crate::sandbox::http::Exchange;
 use crate::sandbox::{
     Attempt, ComponentKind, EngineEnv, FailureClass, LogLine, Observer, Progress, Resolved,
-    RunRequest, Sandbox, SandboxError, SecretSource,
+    RunRequest, Sandbox, SandboxError, SandboxSlot, SecretSource,
 };
 use crate::store::records::HttpRecord;
 use crate::store::records::now_ms;
@@ -131,10 +131,20 @@ pub fn cache_key(step: &Step, input: &[u8], secrets: &Resolved) -> CacheKey {
 
 /// Runs one attempt of one step. The scheduler's only way to execute work.
 pub trait Executor: Send + Sync + 'static {
+    /// What an attempt must hold before it starts, beyond one of the run's
+    /// job slots: a tenant's share of the sandbox, one of the sandbox's
+    /// instance slots. The scheduler waits for it where a draining run can
+    /// stop the wait, and says the attempt started only once it has it.
+    fn admit(&self) -> impl Future<Output = Admission> + Send {
+        std::future::ready(Admission::default())
+    }
+
     /// One attempt of `step` (of its element `index`, if mapped) on
-    /// `input`, with the values of its secrets taken for this attempt.
+    /// `input`, with the values of its secrets taken for this attempt,
+    /// holding what [`Self::admit`] gave it until it ends.
     fn execute(
         &self,
+        admission: Admission,
         step: &Step,
         index: Option<usize>,
         input: &[u8],
@@ -147,6 +157,13 @@ pub trait Executor: Send + Sync + 'static {
     fn secrets(&self) -> &dyn SecretSource {
         &EngineEnv
     }
+}
+
+/// What [`Executor::admit`] gave an attempt: held until it ends.
+#[derive(Default)]
+pub struct Admission {
+    share: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<SandboxSlot>,
 }
 
 /// Executes steps in the process's sandbox.
@@ -172,25 +189,43 @@ pub type RefusalSink = dyn Fn(&str, &[String]) + Send + Sync;
 /// element.
 pub type Tapes = HashMap<(String, Option<usize>), Arc<[Exchange]>>;
 
+impl SandboxExecutor {
+    /// A permit of the run's share of the sandbox, if it has one.
+    async fn share(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.share {
+            Some(share) => share.clone().acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+}
+
 impl Executor for SandboxExecutor {
+    async fn admit(&self) -> Admission {
+        // The tenant's share first: an attempt waiting for it holds none of
+        // the sandbox's slots, which every tenant draws on.
+        let share = self.share().await;
+        Admission {
+            share,
+            slot: Some(self.sandbox.slot().await),
+        }
+    }
+
     async fn execute(
         &self,
+        admission: Admission,
         step: &Step,
         index: Option<usize>,
         input: &[u8],
         secrets: &Resolved,
         observer: Option<Arc<dyn Observer>>,
     ) -> Result<Attempt, SandboxError> {
-        // Waiting for the share is not the attempt's time, as with the
-        // sandbox's own slots.
-        let _share = match &self.share {
-            Some(share) => Some(
-                share
-                    .acquire()
-                    .await
-                    .expect("a sandbox share is never closed"),
-            ),
-            None => None,
+        let (_share, slot) = match admission {
+            Admission {
+                share,
+                slot: Some(slot),
+            } => (share, slot),
+            // Not admitted (called directly): wait here, as the scheduler would.
+            _ => (self.share().await, self.sandbox.slot().await),
         };
         let request = RunRequest {
             input,
@@ -208,7 +243,10 @@ impl Executor for SandboxExecutor {
                     .unwrap_or_else(|| Arc::from(Vec::new()))
             }),
         };
-        let attempt = self.sandbox.run(&step.component, request).await?;
+        let attempt = self
+            .sandbox
+            .run_in_slot(slot, &step.component, request)
+            .await?;
         if let Some(sink) = &self.on_refused
             && !attempt.http_refused.is_empty()
         {
@@ -1519,27 +1557,36 @@ struct Unit {
 /// What a step's units of work record as they run.
 #[derive(Default)]
 struct StepClock {
-    /// When the first attempt got a job slot.
+    /// When the first attempt was admitted (a job slot and what the
+    /// executor admits with).
     running: std::sync::OnceLock<Instant>,
     /// Attempts started, over all units.
     attempts: std::sync::atomic::AtomicU32,
 }
 
-/// What a unit of work needs before each attempt: one of the run's slots,
-/// unless the run is draining.
+/// What a unit of work needs before each attempt: one of the run's slots
+/// and what the executor admits it with, unless the run is draining.
 struct Slots {
     jobs: Arc<Semaphore>,
     drain: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Slots {
-    /// A slot, or `None` once the run drains.
-    async fn take(&mut self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// A slot and an admission, or `None` once the run drains (a wait for
+    /// either ends there).
+    async fn take<E: Executor>(
+        &mut self,
+        executor: &E,
+    ) -> Option<(tokio::sync::SemaphorePermit<'_>, Admission)> {
         let Self { jobs, drain } = self;
+        let admitted = async {
+            let slot = jobs.acquire().await.ok()?;
+            Some((slot, executor.admit().await))
+        };
         tokio::select! {
             biased;
             _ = drain.wait_for(|d| *d) => None,
-            slot = jobs.acquire() => slot.ok(),
+            admitted = admitted => admitted,
         }
     }
 
@@ -1614,7 +1661,7 @@ async fn attempt_loop<E: Executor>(
     loop {
         let attempt = {
             // No new attempt starts once the run drains.
-            let Some(_slot) = slots.take().await else {
+            let Some((_slot, admission)) = slots.take(&*executor).await else {
                 done.stopped = true;
                 return done;
             };
@@ -1646,7 +1693,8 @@ async fn attempt_loop<E: Executor>(
             });
             // Boxed: the sandbox's future is large, and inline it would make
             // every spawned unit of work that large, cache hits included.
-            Box::pin(executor.execute(step, index, &input, &secrets, Some(logs.clone()))).await
+            Box::pin(executor.execute(admission, step, index, &input, &secrets, Some(logs.clone())))
+                .await
         };
         // Recorded responses are durable before the journal points at them.
         let attempt = match (&ledger, attempt) {
