@@ -1882,3 +1882,62 @@ async fn sigterm_stops_an_attempt_waiting_for_the_tenants_sandbox_share_before_i
     );
     assert_eq!(shown["steps"][waiting]["status"], "cancelled", "{shown}");
 }
+
+#[test]
+fn a_tenant_past_its_uploads_in_flight_gets_429_and_another_tenant_does_not_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        "policy = \"policy.toml\"\n[tenants.a]\nuploads_in_flight = 1\n[tenants.b]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let s = Served::start_in(dir);
+    let (a, b, viewer) = (
+        s.token("a", "operator"),
+        s.token("b", "operator"),
+        s.token("a", "viewer"),
+    );
+    let in_flight = || s.get("/v1/quota", &viewer).1["usage"]["uploads_in_flight"].clone();
+    let wait_in_flight = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while in_flight() != json!(n) {
+            assert!(Instant::now() < deadline, "uploads in flight never {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // An upload that sends its headers and a little of its body, then
+    // nothing more: it holds the tenant's one upload slot.
+    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::Write;
+    write!(
+        held,
+        "POST /v1/bundles HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {a}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    held.write_all(&[0u8; 1000]).unwrap();
+    wait_in_flight(1);
+
+    let bundle = burn_chain(1, 1);
+    let (status, refused) = s.upload(&a, bundle.clone());
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["error"], "quota", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("uploads_in_flight"),
+        "{refused}"
+    );
+    assert_eq!(
+        s.upload(&b, bundle.clone()).0,
+        201,
+        "another tenant's upload does not wait for a's"
+    );
+    // The held upload's client goes away: its slot comes back.
+    drop(held);
+    wait_in_flight(0);
+    assert_eq!(s.upload(&a, bundle).0, 201);
+}

@@ -563,7 +563,16 @@ pub async fn upload_bundle(
         }
     };
     let limit = tenant.quotas.upload.bytes();
-    let outcome = store_bundle(&server, &tenant, &caller.token_id, body, limit).await;
+    let outcome = match tenant.uploads.clone().try_acquire_owned() {
+        Ok(_upload) => store_bundle(&server, &tenant, &caller.token_id, body, limit).await,
+        Err(_) => {
+            let _ = read_capped(body, 0).await;
+            Err(ApiError::quota(format!(
+                "this tenant already has {} bundle uploads in flight (its uploads_in_flight quota); send this one when one of them is done",
+                tenant.quotas.uploads_in_flight
+            )))
+        }
+    };
     let (target, result) = match &outcome {
         Ok((_, view)) => (view.id.clone(), "stored".to_owned()),
         Err(e) => (
@@ -604,6 +613,13 @@ async fn store_bundle(
             "the body is empty; send the bundle file's bytes (`cairn bundle pack`)",
         ));
     }
+    // Unpacking and planning (which compiles the components) take memory
+    // and CPU: a few at a time over the whole server.
+    let _checking = server
+        .checking
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
     let bundle = crate::bundle::Bundle::read(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1634,6 +1650,7 @@ pub struct QuotaView {
     pub sandboxes_in_flight: u32,
     pub queued_runs: u32,
     pub upload_bytes: u64,
+    pub uploads_in_flight: u32,
     pub bundle_storage_bytes: u64,
 }
 
@@ -1645,6 +1662,8 @@ pub struct UsageView {
     pub queued_runs: u32,
     /// Attempts in the sandbox now.
     pub sandboxes_in_flight: usize,
+    /// Bundle uploads being received or checked now.
+    pub uploads_in_flight: u32,
     pub bundle_storage_bytes: u64,
 }
 
@@ -1674,12 +1693,16 @@ fn quota_of(tenant: &Tenant) -> Quota {
             sandboxes_in_flight: q.sandboxes_in_flight,
             queued_runs: q.queued_runs,
             upload_bytes: q.upload.bytes(),
+            uploads_in_flight: q.uploads_in_flight,
             bundle_storage_bytes: q.bundle_storage.bytes(),
         },
         usage: UsageView {
             runs_in_flight: executing,
             queued_runs: waiting,
             sandboxes_in_flight: tenant.runner.sandboxes_in_flight().unwrap_or(0),
+            uploads_in_flight: q
+                .uploads_in_flight
+                .saturating_sub(tenant.uploads.available_permits() as u32),
             bundle_storage_bytes: list_bundles(tenant).iter().map(|b| b.size).sum(),
         },
     }
@@ -1727,6 +1750,7 @@ pub struct NewQuotas {
     pub sandboxes_in_flight: Option<u32>,
     pub queued_runs: Option<u32>,
     pub upload_bytes: Option<u64>,
+    pub uploads_in_flight: Option<u32>,
     pub bundle_storage_bytes: Option<u64>,
 }
 
@@ -1754,6 +1778,11 @@ impl NewQuotas {
             upload: self
                 .upload_bytes
                 .map_or(base.upload, crate::sandbox::ByteSize),
+            uploads_in_flight: positive(
+                "uploads_in_flight",
+                self.uploads_in_flight,
+                base.uploads_in_flight,
+            )?,
             bundle_storage: self
                 .bundle_storage_bytes
                 .map_or(base.bundle_storage, crate::sandbox::ByteSize),

@@ -13,6 +13,7 @@
 //! sandboxes_in_flight = 8       # their attempts in the sandbox at once
 //! queued_runs = 100             # runs waiting for a slot; more get 429
 //! upload = "64MiB"              # largest bundle upload
+//! uploads_in_flight = 2         # bundle uploads read at once; more get 429
 //! bundle_storage = "1GiB"       # all of the tenant's bundles together
 //!
 //! [secrets]                     # each tenant's secrets file (mode 0600):
@@ -61,6 +62,9 @@ pub struct Quotas {
     pub sandboxes_in_flight: u32,
     pub queued_runs: u32,
     pub upload: ByteSize,
+    /// Bundle uploads being received and checked at once (each may hold
+    /// `upload` bytes in memory); one more is refused with 429.
+    pub uploads_in_flight: u32,
     pub bundle_storage: ByteSize,
 }
 
@@ -71,6 +75,7 @@ impl Default for Quotas {
             sandboxes_in_flight: 8,
             queued_runs: 100,
             upload: ByteSize::mib(64),
+            uploads_in_flight: 2,
             bundle_storage: ByteSize::gib(1),
         }
     }
@@ -174,7 +179,7 @@ impl ServerConfig {
             }
             config.secrets.insert(tenant, base.join(secrets));
         }
-        for name in config.tenants.keys() {
+        for (name, quotas) in &config.tenants {
             if !valid_tenant(name) {
                 return Err(ConfigError::Invalid {
                     path: path.to_owned(),
@@ -182,6 +187,18 @@ impl ServerConfig {
                         "[tenants.{name}]: a tenant name is 1 to 64 of a-z, 0-9, - and _"
                     ),
                 });
+            }
+            for (quota, value) in [
+                ("runs_in_flight", quotas.runs_in_flight),
+                ("sandboxes_in_flight", quotas.sandboxes_in_flight),
+                ("uploads_in_flight", quotas.uploads_in_flight),
+            ] {
+                if value == 0 {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        message: format!("[tenants.{name}]: {quota} must be at least 1"),
+                    });
+                }
             }
         }
         Ok(config)
@@ -227,5 +244,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a tenant name is"), "{e}");
+        for quota in ["runs_in_flight", "sandboxes_in_flight", "uploads_in_flight"] {
+            std::fs::write(&file, format!("[tenants.acme]\n{quota} = 0\n")).unwrap();
+            let e = ServerConfig::load(&file, "d".into())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("[tenants.acme]: {quota} must be at least 1")),
+                "{e}"
+            );
+        }
     }
 }

@@ -89,6 +89,8 @@ pub struct Tenant {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Held while a bundle is checked against the storage quota and stored.
     pub(crate) storing: tokio::sync::Mutex<()>,
+    /// One permit per bundle upload being received and checked.
+    pub(crate) uploads: Arc<Semaphore>,
     /// Each bundle's steps in dependency order with what each runs after,
     /// by bundle id: bundles never change, so it is worked out once.
     pub(crate) graphs: Mutex<HashMap<String, Arc<Graph>>>,
@@ -483,6 +485,7 @@ impl TenantSource {
             ended: self.ended.clone(),
             stopping: self.stopping.clone(),
             storing: tokio::sync::Mutex::new(()),
+            uploads: Arc::new(Semaphore::new(quotas.uploads_in_flight.max(1) as usize)),
             graphs: Mutex::new(HashMap::new()),
             folds: Mutex::new(Folds::default()),
         })
@@ -509,7 +512,14 @@ pub struct Server {
     added: Mutex<BTreeMap<String, Quotas>>,
     /// The dashboard's signed-in browsers.
     pub sessions: session::Sessions,
+    /// One permit per uploaded bundle being unpacked and planned (its
+    /// components compiled), over every tenant: that work is bounded by
+    /// the machine, not by how many tenants upload at once.
+    pub(crate) checking: Semaphore,
 }
+
+/// Bundles unpacked and planned at once, over every tenant.
+const CHECKS_AT_ONCE: usize = 2;
 
 /// A running server: its state and the address it listens on.
 pub struct Started {
@@ -603,6 +613,7 @@ impl Server {
             source,
             added: Mutex::new(added),
             sessions,
+            checking: Semaphore::new(CHECKS_AT_ONCE),
         });
         Ok(Started {
             server,

@@ -234,6 +234,7 @@ function showUsage() {
       ["runs waiting", u.queued_runs, q.queued_runs],
       ["sandboxes", u.sandboxes_in_flight, q.sandboxes_in_flight],
       ["bundle storage", size(u.bundle_storage_bytes), size(q.bundle_storage_bytes)],
+      ["uploads", u.uploads_in_flight, q.uploads_in_flight],
       ["largest upload", "", size(q.upload_bytes)],
     ].map(([what, used, quota]) => el("tr", {}, el("th", { scope: "row" }, what), el("td", {}, used), el("td", {}, quota))));
   });
