@@ -1941,3 +1941,117 @@ fn a_tenant_past_its_uploads_in_flight_gets_429_and_another_tenant_does_not_wait
     wait_in_flight(0);
     assert_eq!(s.upload(&a, bundle).0, 201);
 }
+
+#[test]
+fn runs_gc_forgets_old_ended_runs_of_its_tenant_only_and_never_a_live_one() {
+    let s = Served::start();
+    let (admin, operator) = (s.token("a", "admin"), s.token("a", "operator"));
+    let start = |token: &str, bundle: Vec<u8>| {
+        let (status, uploaded) = s.upload(token, bundle);
+        assert!(status == 201 || status == 200, "{uploaded}");
+        let (status, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
+        assert_eq!(status, 202, "{started}");
+        started["id"].as_str().unwrap().to_owned()
+    };
+    let done = start(&operator, burn_chain(2, 1_000));
+    assert_eq!(s.finished(&operator, &done)["run"]["status"], "succeeded");
+    let cancelled = start_until_running(&s, &operator, &endless_pipeline(""), "slow");
+    assert_eq!(
+        s.post(
+            &format!("/v1/runs/{cancelled}/cancel"),
+            &operator,
+            json!({})
+        )
+        .0,
+        202
+    );
+    assert_eq!(
+        s.finished(&operator, &cancelled)["run"]["status"],
+        "cancelled"
+    );
+    let live = start_until_running(
+        &s,
+        &operator,
+        &endless_pipeline("[steps.other]\ncomponent = \"{wasm:echo}\"\n"),
+        "slow",
+    );
+    let b = s.token("b", "operator");
+    let theirs = start(&b, burn_chain(2, 1_000));
+    assert_eq!(s.finished(&b, &theirs)["run"]["status"], "succeeded");
+
+    let gc = |token: &str, body: Value| s.post("/v1/runs/gc", token, body);
+    let removed = |report: &Value| -> Vec<String> {
+        report["removed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Forgetting is for the tenant's admins; bad asks are 422s.
+    assert_eq!(gc(&operator, json!({"older_than": "0s"})).0, 403);
+    for bad in [
+        json!({"older_than": "soon"}),
+        json!({"older_than": "0s", "keep": 1}),
+    ] {
+        let (status, body) = gc(&admin, bad.clone());
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    // Nothing here ended an hour ago.
+    let (status, report) = gc(&admin, json!({"older_than": "1h"}));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(removed(&report), Vec::<String>::new());
+
+    // A dry run says which, and forgets nothing.
+    let (_, report) = gc(&admin, json!({"older_than": "0s", "dry_run": true}));
+    assert_eq!(removed(&report), vec![done.clone()], "{report}");
+    assert_eq!(report["removed_runs"][0]["status"], "succeeded", "{report}");
+    assert_eq!(report["kept_interrupted"], 1, "the cancelled run: {report}");
+    assert_eq!(s.get(&format!("/v1/runs/{done}"), &operator).0, 200);
+    // The CLI asks the server the same, and says it as for a local store.
+    let said = s.cli(&["runs", "gc", "--older-than", "0s", "--dry-run"], &admin);
+    assert_eq!(said.code, 0, "{}", said.stderr);
+    assert!(
+        said.stdout.contains("would forget 1 run older than 0s")
+            && said.stdout.contains(&done)
+            && said.stdout.contains("kept"),
+        "{}",
+        said.stdout
+    );
+    let said = s.cli(&["runs", "gc", "--older-than", "0s", "--dry-run"], &operator);
+    assert_ne!(said.code, 0, "an operator may not: {}", said.stdout);
+
+    let (_, report) = gc(&admin, json!({"older_than": "0s"}));
+    assert_eq!(removed(&report), vec![done.clone()], "{report}");
+    assert!(report["freed_bytes"].as_u64().unwrap() > 0, "{report}");
+    for path in ["", "/output", "/report", "/events"] {
+        assert_eq!(
+            s.get(&format!("/v1/runs/{done}{path}"), &operator).0,
+            404,
+            "{path}"
+        );
+    }
+    let listed = s.get("/v1/runs", &operator).1.to_string();
+    assert!(!listed.contains(&done), "{listed}");
+
+    // Resumable runs go too when asked; the live one never does.
+    let (_, report) = gc(
+        &admin,
+        json!({"older_than": "0s", "include_interrupted": true}),
+    );
+    assert_eq!(removed(&report), vec![cancelled.clone()], "{report}");
+    let (status, shown) = s.get(&format!("/v1/runs/{live}"), &operator);
+    assert_eq!(status, 200);
+    assert_eq!(shown["run"]["live"], true, "{shown}");
+    // Another tenant's runs are not this tenant's to forget.
+    assert_eq!(s.get(&format!("/v1/runs/{theirs}"), &b).0, 200);
+
+    let audit = s.get("/v1/audit", &admin).1.to_string();
+    assert!(audit.contains("runs.gc"), "{audit}");
+    assert_eq!(
+        s.post(&format!("/v1/runs/{live}/cancel"), &operator, json!({}))
+            .0,
+        202
+    );
+    s.finished(&operator, &live);
+}

@@ -383,6 +383,31 @@ pub fn cancel(remote: &Remote, run: &str, json_out: bool) -> u8 {
     })
 }
 
+/// `cairn runs gc --server URL`: the server forgets the tenant's old runs.
+pub fn gc(
+    remote: &Remote,
+    older_than: std::time::Duration,
+    include_interrupted: bool,
+    dry_run: bool,
+    json_out: bool,
+) -> u8 {
+    blocking(|| {
+        let answer = remote.post(
+            "/v1/runs/gc",
+            json!({
+                // Whole milliseconds: what the server parses back exactly.
+                "older_than": format!("{}ms", older_than.as_millis()),
+                "include_interrupted": include_interrupted,
+                "dry_run": dry_run,
+            }),
+        )?;
+        let report: crate::runner::retention::RunsGcReport = serde_json::from_value(answer)
+            .map_err(|e| format!("the server's answer is not a gc report: {e}"))?;
+        super::runs::print_gc(&report, older_than, json_out);
+        Ok(0)
+    })
+}
+
 /// `cairn bundle push PIPELINE --server URL`.
 pub fn push(remote: &Remote, pipeline: &Path, json_out: bool) -> u8 {
     blocking(|| {

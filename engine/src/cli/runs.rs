@@ -14,6 +14,7 @@ use super::{open_sandbox, report_error};
 use crate::model::RunStatus;
 use crate::plan::Plan;
 use crate::runner::describe::{StepView, step_views};
+use crate::runner::retention::{Retention, RunsGcReport, Selection};
 use crate::runner::{
     self, Continuation, Continued, Launch, Resumption, RunError, Runner, Verification, short,
     store_exists,
@@ -145,10 +146,12 @@ pub enum RunsCommand {
         /// Say what would be forgotten, and forget nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print one JSON object: the removed run ids, the interrupted runs
-        /// kept, the bytes freed.
+        /// Print one JSON object: the removed run ids (and the runs,
+        /// described), the interrupted runs kept, the bytes freed.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
@@ -433,8 +436,8 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
     let remote = match &command {
         RunsCommand::List { remote, .. }
         | RunsCommand::Show { remote, .. }
-        | RunsCommand::Logs { remote, .. } => remote.connect(),
-        RunsCommand::Gc { .. } => Ok(None),
+        | RunsCommand::Logs { remote, .. }
+        | RunsCommand::Gc { remote, .. } => remote.connect(),
     };
     match remote {
         Ok(None) => {}
@@ -450,7 +453,13 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
                 } => remote::list(&server, pipeline, status, limit, json),
                 RunsCommand::Show { run, json, .. } => remote::show(&server, &run, json),
                 RunsCommand::Logs { run, step, .. } => remote::logs(&server, &run, step),
-                RunsCommand::Gc { .. } => unreachable!("gc has no --server"),
+                RunsCommand::Gc {
+                    older_than,
+                    include_interrupted,
+                    dry_run,
+                    json,
+                    ..
+                } => remote::gc(&server, older_than, include_interrupted, dry_run, json),
             };
         }
     }
@@ -459,6 +468,7 @@ pub fn runs(command: RunsCommand, store: &Path) -> u8 {
         include_interrupted,
         dry_run,
         json,
+        ..
     } = command
     {
         let db = match open(store) {
@@ -814,58 +824,6 @@ pub(super) fn print_show(
     }
 }
 
-/// Can `cairn resume` still continue this run, as the CLI said it could when
-/// it stopped? A run killed outright (still `running`, no process behind it)
-/// and one cancelled by Ctrl-C or SIGTERM both can; `runs gc` keeps them
-/// unless told otherwise.
-fn resumable(run: &RunRecord) -> bool {
-    matches!(run.status, RunStatus::Running | RunStatus::Cancelled)
-}
-
-/// Which runs `cairn runs gc` forgets.
-struct Retention {
-    now_ms: u64,
-    older_than: Duration,
-    include_interrupted: bool,
-}
-
-/// What [`Retention::select`] decided.
-struct Selection<'r> {
-    expired: Vec<&'r RunRecord>,
-    /// Interrupted runs old enough to go, kept because they can be resumed.
-    kept_interrupted: usize,
-}
-
-impl Retention {
-    fn select<'r>(&self, runs: &'r [RunRecord]) -> Selection<'r> {
-        let mut selection = Selection {
-            expired: Vec::new(),
-            kept_interrupted: 0,
-        };
-        let cutoff = self
-            .now_ms
-            .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
-        for run in runs {
-            let interrupted = run.status == RunStatus::Running;
-            let resumable = interrupted || resumable(run);
-            let ended = if interrupted {
-                run.started_ms
-            } else {
-                run.finished_ms.unwrap_or(run.started_ms)
-            };
-            if ended > cutoff {
-                continue;
-            }
-            if resumable && !self.include_interrupted {
-                selection.kept_interrupted += 1;
-            } else {
-                selection.expired.push(run);
-            }
-        }
-        selection
-    }
-}
-
 fn gc_runs(
     db: &dyn Store,
     runs: &[RunRecord],
@@ -876,7 +834,7 @@ fn gc_runs(
     let Selection {
         expired,
         kept_interrupted,
-    } = retention.select(runs);
+    } = retention.select(runs, |_| false);
     let ids: Vec<RunId> = expired.iter().map(|r| r.id.clone()).collect();
     let freed = if dry_run {
         0
@@ -886,17 +844,22 @@ fn gc_runs(
             Err(e) => return report_error(&e.to_string()),
         }
     };
+    let expired: Vec<RunRecord> = expired.into_iter().cloned().collect();
+    print_gc(
+        &RunsGcReport::new(dry_run, &expired, kept_interrupted, freed),
+        retention.older_than,
+        json,
+    );
+    0
+}
+
+/// What `cairn runs gc` says, locally and against a server.
+pub(crate) fn print_gc(report: &RunsGcReport, older_than: Duration, json: bool) {
     if json {
-        let report = json!({
-            "dry_run": dry_run,
-            "removed": ids,
-            "kept_interrupted": kept_interrupted,
-            "freed_bytes": freed,
-        });
-        out!("{report}");
-        return 0;
+        out!("{}", serde_json::to_string(report).unwrap_or_default());
+        return;
     }
-    let age = humantime::format_duration(retention.older_than);
+    let age = humantime::format_duration(older_than);
     let runs = |n: usize| {
         if n == 1 {
             "1 run".to_owned()
@@ -904,24 +867,27 @@ fn gc_runs(
             format!("{n} runs")
         }
     };
-    if dry_run {
-        out!("would forget {} older than {age}:", runs(ids.len()));
-        for run in &expired {
+    if report.dry_run {
+        out!(
+            "would forget {} older than {age}:",
+            runs(report.removed.len())
+        );
+        for run in &report.removed_runs {
             out!("  {}  {}  {}", run.id, run.pipeline, time(run.started_ms));
         }
     } else {
         out!(
             "forgot {} older than {age}, freeing {} of journals",
-            runs(ids.len()),
-            crate::sandbox::ByteSize(freed)
+            runs(report.removed.len()),
+            crate::sandbox::ByteSize(report.freed_bytes)
         );
     }
-    if kept_interrupted > 0 {
+    if report.kept_interrupted > 0 {
         out!(
-            "resumable runs (interrupted or cancelled) of that age kept, as `cairn resume` can still continue them (--include-interrupted forgets them too): {kept_interrupted}"
+            "resumable runs (interrupted or cancelled) of that age kept, as `cairn resume` can still continue them (--include-interrupted forgets them too): {}",
+            report.kept_interrupted
         );
     }
-    0
 }
 
 pub fn cache(command: CacheCommand, store: &Path) -> u8 {
@@ -1071,71 +1037,6 @@ pub(super) fn print_audit(entries: &[crate::store::audit::AuditEntry], json: boo
             e.capability,
             e.detail
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: &str, status: &str, started_ms: u64, finished_ms: Option<u64>) -> RunRecord {
-        let status = serde_json::from_value(json!(status)).expect("a run status word");
-        RunRecord {
-            id: RunId(id.into()),
-            pipeline: "p".into(),
-            manifest: "m".into(),
-            manifest_hash: "h".into(),
-            started_ms,
-            finished_ms,
-            status,
-            steps: 1,
-            replay_of: None,
-            admission: None,
-            tenant: None,
-            bundle: None,
-            tally: None,
-        }
-    }
-
-    fn selected(retention: &Retention, runs: &[RunRecord]) -> (Vec<String>, usize) {
-        let selection = retention.select(runs);
-        let ids = selection.expired.iter().map(|r| r.id.0.clone()).collect();
-        (ids, selection.kept_interrupted)
-    }
-
-    #[test]
-    fn retention_counts_age_from_the_end_and_keeps_resumable_runs() {
-        let day = 86_400_000;
-        let runs = [
-            // Started 40 days ago but ended 10 days ago: young.
-            record("long", "succeeded", 60 * day, Some(90 * day)),
-            record("old", "failed", 10 * day, Some(10 * day + 5)),
-            record("cancelled", "cancelled", 20 * day, Some(20 * day)),
-            record("interrupted", "running", 5 * day, None),
-            record("fresh", "running", 99 * day, None),
-        ];
-        let mut retention = Retention {
-            now_ms: 100 * day,
-            older_than: Duration::from_millis(30 * day),
-            include_interrupted: false,
-        };
-        // Cancelled (Ctrl-C, SIGTERM) and interrupted runs can be resumed.
-        assert_eq!(selected(&retention, &runs), (vec!["old".to_owned()], 2));
-        retention.include_interrupted = true;
-        assert_eq!(
-            selected(&retention, &runs),
-            (
-                vec![
-                    "old".to_owned(),
-                    "cancelled".to_owned(),
-                    "interrupted".to_owned()
-                ],
-                0
-            )
-        );
-        // A retention longer than the epoch selects nothing, without overflow.
-        retention.older_than = Duration::MAX;
-        assert_eq!(selected(&retention, &runs), (vec![], 0));
     }
 }
 

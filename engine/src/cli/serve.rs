@@ -181,6 +181,10 @@ pub enum TenantCommand {
         /// Largest bundle upload, e.g. 64MiB (the default).
         #[arg(long, value_name = "SIZE")]
         upload: Option<crate::sandbox::ByteSize>,
+        /// Its bundle uploads received and checked at once; one more is
+        /// refused (default 2).
+        #[arg(long, value_name = "N")]
+        uploads_in_flight: Option<u32>,
         /// All its bundles together, e.g. 1GiB (the default).
         #[arg(long, value_name = "SIZE")]
         bundle_storage: Option<crate::sandbox::ByteSize>,
@@ -253,6 +257,7 @@ pub fn tenant(command: TenantCommand) -> u8 {
             sandboxes_in_flight,
             queued_runs,
             upload,
+            uploads_in_flight,
             bundle_storage,
             json,
         } => call(
@@ -266,6 +271,7 @@ pub fn tenant(command: TenantCommand) -> u8 {
                     "sandboxes_in_flight": sandboxes_in_flight,
                     "queued_runs": queued_runs,
                     "upload_bytes": upload.map(|s| s.bytes()),
+                    "uploads_in_flight": uploads_in_flight,
                     "bundle_storage_bytes": bundle_storage.map(|s| s.bytes()),
                 },
             })),

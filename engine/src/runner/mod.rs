@@ -20,6 +20,7 @@
 
 pub mod describe;
 pub mod detail;
+pub mod retention;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

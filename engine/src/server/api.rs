@@ -27,6 +27,7 @@ use super::{Server, StartError, Tenant, session};
 use crate::model::RunStatus;
 use crate::runner::describe::StepView;
 use crate::runner::detail::{self, DetailError};
+use crate::runner::retention::RunsGcReport;
 use crate::runner::{Launch, Resumption, RunError};
 use crate::store::{JournalEvent, JournalMark, RunId, RunRecord};
 
@@ -1644,6 +1645,77 @@ pub async fn audit(
     ))
 }
 
+/// Which runs to forget (`cairn runs gc`): every field may be left out.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunsGc {
+    /// Age past which a run is forgotten, counted from its end (from its
+    /// start for an interrupted run), e.g. `30d`, `12h`, `0s`; default 30d.
+    pub older_than: Option<String>,
+    /// Forget resumable runs (interrupted or cancelled) of that age too.
+    #[serde(default)]
+    pub include_interrupted: bool,
+    /// Say what would be forgotten, and forget nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Forget the tenant's runs that ended long enough ago: their records,
+/// journals (with their logs), outputs and reports. A live run is never
+/// forgotten; the results they made stay in the cache; the audit log is
+/// kept whole. Runs that can still be resumed are kept unless
+/// `include_interrupted`.
+#[utoipa::path(post, path = "/v1/runs/gc", tag = "admin", request_body = RunsGc,
+    responses((status = 200, body = RunsGcReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn gc_runs(
+    State(server): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RunsGcReport>, ApiError> {
+    let (caller, tenant) = tenant_for(&server, &headers, Role::Admin)?;
+    let asked: RunsGc = json_body(body).await?;
+    let older_than = match asked.older_than.as_deref() {
+        None => std::time::Duration::from_secs(30 * 24 * 60 * 60),
+        Some(age) => crate::sandbox::limits::parse_age(age).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("older_than: {e}"),
+            )
+        })?,
+    };
+    let retention = crate::runner::retention::Retention {
+        now_ms: (server.clock)(),
+        older_than,
+        include_interrupted: asked.include_interrupted,
+    };
+    let forgotten = tenant
+        .forget_runs(retention, asked.dry_run)
+        .await
+        .map_err(ApiError::internal)?;
+    if !asked.dry_run {
+        server.audit(
+            Some(&tenant),
+            &caller,
+            "runs.gc",
+            &format!("older than {}", humantime::format_duration(older_than)),
+            &format!(
+                "forgot {} runs, freed {} bytes",
+                forgotten.removed.len(),
+                forgotten.freed
+            ),
+        );
+    }
+    Ok(Json(RunsGcReport::new(
+        asked.dry_run,
+        &forgotten.removed,
+        forgotten.kept_interrupted,
+        forgotten.freed,
+    )))
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct QuotaView {
     pub runs_in_flight: u32,
@@ -1865,7 +1937,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, step_input, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, audit, quota, tenants, add_tenant),
+        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, step_input, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, gc_runs, audit, quota, tenants, add_tenant),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -1992,6 +2064,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/bundles", post(upload_bundle).get(bundles))
         .route("/v1/bundles/{id}", get(bundle))
         .route("/v1/runs", post(start_run).get(list_runs))
+        .route("/v1/runs/gc", post(gc_runs))
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/logs", get(run_logs))
         .route("/v1/runs/{id}/events", get(run_events))

@@ -34,6 +34,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::policy::Policy;
 use crate::runner::describe::{StepFold, StepView};
+use crate::runner::retention::Retention;
 use crate::runner::{Launch, Resumption, RunError, Runner};
 use crate::sandbox::Sandbox;
 use crate::schedule::{Event, RunObserver, Silent};
@@ -97,6 +98,20 @@ pub struct Tenant {
     /// Recently shown runs' step states, each with how far into the run's
     /// journal it goes: showing a live run again reads only what is new.
     folds: Mutex<Folds>,
+    /// Held (shared) while a run is admitted and made live, and
+    /// (exclusively) while runs are forgotten: a resume cannot pick up a
+    /// run whose journal is being deleted.
+    forgetting: tokio::sync::RwLock<()>,
+}
+
+/// What [`Tenant::forget_runs`] did (or, in a dry run, would do).
+#[derive(Debug)]
+pub struct Forgotten {
+    pub removed: Vec<crate::store::RunRecord>,
+    /// Resumable runs old enough, kept.
+    pub kept_interrupted: usize,
+    /// Journal bytes freed.
+    pub freed: u64,
 }
 
 /// How many runs' step states a tenant keeps folded (the oldest shown go).
@@ -142,6 +157,49 @@ impl Tenant {
         views.apply(&fresh);
         *mark = next;
         Ok(views.views().clone())
+    }
+
+    /// Forget the runs `retention` selects (never a live one): their
+    /// records, journals, kept outputs and reports. The results they made
+    /// stay in the cache. With `dry_run`, only say which.
+    pub async fn forget_runs(
+        self: &Arc<Self>,
+        retention: Retention,
+        dry_run: bool,
+    ) -> Result<Forgotten, StoreError> {
+        let _alone = self.forgetting.write().await;
+        let tenant = self.clone();
+        let forget = move || {
+            let runs = tenant.runner.store().runs()?;
+            let selection = retention.select(&runs, |run| tenant.is_live(&run.id));
+            let removed: Vec<_> = selection.expired.into_iter().cloned().collect();
+            let mut freed = 0;
+            if !dry_run {
+                let ids: Vec<RunId> = removed.iter().map(|r| r.id.clone()).collect();
+                freed = tenant.runner.store().remove_runs(&ids)?;
+                let mut folds = tenant.folds.lock().unwrap_or_else(|e| e.into_inner());
+                for id in &ids {
+                    for path in [tenant.output_path(id), tenant.report_path(id)] {
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(StoreError::io(&path, e)),
+                        }
+                    }
+                    folds.kept.remove(id);
+                }
+                let Folds { kept, order } = &mut *folds;
+                order.retain(|id| kept.contains_key(id));
+            }
+            Ok(Forgotten {
+                removed,
+                kept_interrupted: selection.kept_interrupted,
+                freed,
+            })
+        };
+        tokio::task::spawn_blocking(forget)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     pub fn bundles_dir(&self) -> PathBuf {
@@ -233,6 +291,7 @@ impl Tenant {
                 limit: self.quotas.queued_runs,
             });
         }
+        let _forgetting = self.forgetting.read().await;
         let launch = Launch {
             policy: Some(self.policy.clone()),
             tenant: Some(self.name.clone()),
@@ -488,6 +547,7 @@ impl TenantSource {
             uploads: Arc::new(Semaphore::new(quotas.uploads_in_flight.max(1) as usize)),
             graphs: Mutex::new(HashMap::new()),
             folds: Mutex::new(Folds::default()),
+            forgetting: tokio::sync::RwLock::new(()),
         })
     }
 }
