@@ -161,6 +161,13 @@ impl Served {
                 }
                 request.call()
             }
+            "DELETE" => {
+                let mut request = agent.delete(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
             _ => {
                 let mut request = agent.post(&url);
                 if let Some(auth) = &auth {
@@ -2018,7 +2025,10 @@ fn runs_gc_forgets_old_ended_runs_of_its_tenant_only_and_never_a_live_one() {
         "{}",
         said.stdout
     );
-    let said = s.cli(&["runs", "gc", "--older-than", "0s", "--dry-run"], &operator);
+    let said = s.cli(
+        &["runs", "gc", "--older-than", "0s", "--dry-run"],
+        &operator,
+    );
     assert_ne!(said.code, 0, "an operator may not: {}", said.stdout);
 
     let (_, report) = gc(&admin, json!({"older_than": "0s"}));
@@ -2054,4 +2064,88 @@ fn runs_gc_forgets_old_ended_runs_of_its_tenant_only_and_never_a_live_one() {
         202
     );
     s.finished(&operator, &live);
+}
+
+#[test]
+fn a_removed_tenant_loses_its_tokens_runs_and_data_and_its_name_starts_empty() {
+    let s = Served::start();
+    assert_eq!(
+        s.post("/v1/tenants", &s.admin, json!({"name": "gone"})).0,
+        201
+    );
+    let (operator, admin) = (s.token("gone", "operator"), s.token("gone", "admin"));
+    let (_, uploaded) = s.upload(&operator, burn_chain(2, 1_000));
+    let (_, started) = s.post("/v1/runs", &operator, json!({"bundle": uploaded["id"]}));
+    let ended = started["id"].as_str().unwrap().to_owned();
+    s.finished(&operator, &ended);
+    let live = start_until_running(&s, &operator, &endless_pipeline(""), "slow");
+    let a = s.token("a", "operator");
+    let (_, uploaded) = s.upload(&a, burn_chain(2, 1_000));
+    let (_, started) = s.post("/v1/runs", &a, json!({"bundle": uploaded["id"]}));
+    let theirs = started["id"].as_str().unwrap().to_owned();
+    s.finished(&a, &theirs);
+
+    // Refused: a tenant's own admin, a tenant of server.toml, no tenant.
+    assert_eq!(
+        s.call("DELETE", "/v1/tenants/gone", Some(&admin), None).0,
+        403
+    );
+    let (status, answer) = s.call("DELETE", "/v1/tenants/a", Some(&s.admin), None);
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("server.toml"),
+        "{answer}"
+    );
+    assert_eq!(
+        s.call("DELETE", "/v1/tenants/nobody", Some(&s.admin), None)
+            .0,
+        404
+    );
+
+    // Its live run is cancelled and waited for; then it is gone.
+    let removed = s.cli(&["tenant", "remove", "gone"], &s.admin);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    for token in [&operator, &admin] {
+        assert_eq!(s.get("/v1/runs", token).0, 401, "its tokens are gone");
+    }
+    assert!(!s.dir.path().join("data/tenants/gone").exists());
+    let listed = s.get("/v1/tenants", &s.admin).1.to_string();
+    assert!(!listed.contains("\"gone\""), "{listed}");
+    let audit = std::fs::read_to_string(s.dir.path().join("data/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("tenants.remove") && l.contains("gone") && l.contains("removed")),
+        "{audit}"
+    );
+    // Another tenant is untouched.
+    assert_eq!(s.get(&format!("/v1/runs/{theirs}"), &a).0, 200);
+
+    // The same name again: nothing of the old tenant, and across a restart.
+    assert_eq!(
+        s.post("/v1/tenants", &s.admin, json!({"name": "gone"})).0,
+        201
+    );
+    let fresh = s.token("gone", "admin");
+    let check = |s: &Served| {
+        let (status, runs) = s.get("/v1/runs", &fresh);
+        assert_eq!(status, 200, "{runs}");
+        let text = runs.to_string();
+        assert!(!text.contains(&ended) && !text.contains(&live), "{text}");
+        assert_eq!(s.get(&format!("/v1/runs/{ended}"), &fresh).0, 404);
+        assert_eq!(s.get("/v1/bundles", &fresh).1, json!([]));
+        let tokens = s.get("/v1/tokens", &fresh).1;
+        assert_eq!(
+            tokens.as_array().unwrap().len(),
+            1,
+            "only the new tenant's own token: {tokens}"
+        );
+    };
+    check(&s);
+    let mut s = s;
+    assert_eq!(s.terminate(), Some(0));
+    let s = s.restart();
+    check(&s);
+    s.cli(&["tenant", "remove", "a"], &s.admin)
+        .assert_clean_error(1, "declared in server.toml");
 }

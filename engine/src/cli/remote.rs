@@ -138,6 +138,10 @@ impl Remote {
                 }
                 request.call()
             }
+            "DELETE" => agent
+                .delete(&self.url(path))
+                .header("Authorization", &auth)
+                .call(),
             _ => agent
                 .post(&self.url(path))
                 .header("Authorization", &auth)

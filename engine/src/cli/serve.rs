@@ -192,6 +192,19 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop hosting a tenant added with `cairn tenant add`, and delete
+    /// everything it had: its tokens at once, then its runs (live ones are
+    /// cancelled), results, bundles and audit log. Needs a server-wide
+    /// admin token. A tenant declared in server.toml is taken out there.
+    Remove {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The tenant to remove.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the server's tenants with their quotas and what each uses now.
     List {
         #[command(flatten)]
@@ -286,6 +299,15 @@ pub fn tenant(command: TenantCommand) -> u8 {
                 );
             }
         }),
+        TenantCommand::Remove { server, name, json } => {
+            call(server, "DELETE", &format!("/v1/tenants/{name}"), None).map(|removed| {
+                if *json {
+                    out!("{removed}");
+                } else {
+                    say!("tenant {name} removed, with its tokens, runs, results and bundles");
+                }
+            })
+        }
         TenantCommand::List { server, json } => {
             call(server, "GET", "/v1/tenants", None).map(|list| {
                 if *json {

@@ -17,7 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{OpenApi, ToSchema};
@@ -274,6 +274,7 @@ fn start_error(e: StartError) -> ApiError {
             "unavailable",
             e.to_string(),
         ),
+        StartError::Removed => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
         StartError::Run(e) => run_error(e),
     }
 }
@@ -1905,6 +1906,56 @@ pub async fn add_tenant(
     }
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct RemovedTenant {
+    pub tenant: String,
+    pub removed: bool,
+}
+
+/// Stop hosting a tenant added over the API and delete everything it had:
+/// its tokens (and so its dashboard sessions) at once, then its runs
+/// (live and queued ones are cancelled first), results, bundles, outputs
+/// and its own audit log. The server's audit log keeps the removal. A
+/// tenant declared in `server.toml` is refused (409): take it out there.
+#[utoipa::path(delete, path = "/v1/tenants/{name}", tag = "server-admin",
+    params(("name" = String, Path, description = "the tenant")),
+    responses((status = 200, body = RemovedTenant), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn remove_tenant(
+    State(server): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<RemovedTenant>, ApiError> {
+    let caller = server_admin(&server, &headers)?;
+    let removed = server.remove_tenant(&name).await;
+    // The name is the client's: cut before it goes into the log.
+    let target: String = name.chars().take(80).collect();
+    let outcome = match &removed {
+        Ok(()) => "removed".to_owned(),
+        Err(e) => format!("refused: {e}"),
+    };
+    server.audit(None, &caller, "tenants.remove", &target, &outcome);
+    match removed {
+        Ok(()) => Ok(Json(RemovedTenant {
+            tenant: name,
+            removed: true,
+        })),
+        Err(super::RemoveTenantError::Unknown(_)) => Err(ApiError::not_found("tenant")),
+        Err(e @ super::RemoveTenantError::Configured(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            e.to_string(),
+        )),
+        Err(e @ super::RemoveTenantError::Busy(..)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
 /// A path no route serves.
 async fn unknown() -> ApiError {
     ApiError::not_found("route")
@@ -1937,7 +1988,7 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Cairn", description = "The Cairn run service: tenants' bundles and runs. \
         Each operation's tag is the least role it needs."),
     paths(healthz, openapi, create_token, list_tokens, revoke_token, upload_bundle, bundles,
-        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, step_input, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, gc_runs, audit, quota, tenants, add_tenant),
+        bundle, sign_in, whoami, sign_out, start_run, list_runs, show_run, step_output, step_input, run_logs, run_events, run_output, cancel_run, resume_run, replay_run, run_verification, run_lineage, run_report, gc_runs, audit, quota, tenants, add_tenant, remove_tenant),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -2080,6 +2131,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/quota", get(quota))
         .route("/v1/tenants", get(tenants).post(add_tenant))
+        .route("/v1/tenants/{name}", delete(remove_tenant))
         .fallback(unknown)
         .method_not_allowed_fallback(wrong_method)
         // Bodies are read with each route's own cap.

@@ -213,6 +213,20 @@ impl Tokens {
         Ok(true)
     }
 
+    /// Delete every token of `tenant` (being removed): none of them
+    /// authorizes anything again, and a later tenant of the same name
+    /// neither inherits nor sees them. Returns how many there were.
+    pub fn remove_tenant(&self, tenant: &str) -> Result<usize, TokenError> {
+        let mut table = self.lock();
+        let before = table.len();
+        table.retain(|_, e| e.tenant.as_deref() != Some(tenant));
+        let removed = before - table.len();
+        if removed > 0 {
+            self.save(&table)?;
+        }
+        Ok(removed)
+    }
+
     /// Every token of `tenant` (every token at all for `None`).
     pub fn list(&self, tenant: Option<&str>) -> Vec<TokenEntry> {
         self.lock()

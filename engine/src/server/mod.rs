@@ -102,6 +102,8 @@ pub struct Tenant {
     /// (exclusively) while runs are forgotten: a resume cannot pick up a
     /// run whose journal is being deleted.
     forgetting: tokio::sync::RwLock<()>,
+    /// Set once the tenant is being removed: no run starts after it.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Tenant::forget_runs`] did (or, in a dry run, would do).
@@ -292,6 +294,9 @@ impl Tenant {
             });
         }
         let _forgetting = self.forgetting.read().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StartError::Removed);
+        }
         let launch = Launch {
             policy: Some(self.policy.clone()),
             tenant: Some(self.name.clone()),
@@ -434,14 +439,17 @@ pub enum StartError {
     Queue { limit: u32 },
     #[error("the server is stopping; try again once it is back")]
     Stopping,
+    #[error("the tenant is being removed")]
+    Removed,
     #[error(transparent)]
     Run(#[from] RunError),
 }
 
 /// The tenants a server hosts: those its config declares and those its
-/// admins added while it ran (kept in `DATA/tenants.toml`). A tenant is
-/// never taken away while the server runs, so an `Arc<Tenant>` a request
-/// holds stays the tenant's.
+/// admins added while it ran (kept in `DATA/tenants.toml`). A tenant added
+/// over the API can be removed again (see [`Server::remove_tenant`]); a
+/// request that still holds its `Arc<Tenant>` then finds its tokens gone
+/// and its data directory removed.
 #[derive(Default)]
 pub struct Tenants(std::sync::RwLock<BTreeMap<String, Arc<Tenant>>>);
 
@@ -473,6 +481,13 @@ impl Tenants {
             .collect()
     }
 
+    fn remove(&self, name: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
     fn insert(&self, tenant: Arc<Tenant>) {
         self.0
             .write()
@@ -492,6 +507,25 @@ pub enum AddTenantError {
     #[error(transparent)]
     Server(#[from] ServerError),
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveTenantError {
+    #[error("the server hosts no tenant {0:?}")]
+    Unknown(String),
+    #[error(
+        "tenant {0:?} is declared in server.toml: take it out there and restart the server (only tenants added over the API are removed this way)"
+    )]
+    Configured(String),
+    #[error(
+        "tenant {0:?}'s runs did not stop within {1} s; it takes no new runs and its tokens are gone: ask again to finish removing it"
+    )]
+    Busy(String, u64),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// How long a removal waits for the tenant's cancelled runs to end.
+const REMOVAL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The file that keeps the tenants added while the server ran.
 const ADDED_TENANTS: &str = "tenants.toml";
@@ -548,6 +582,7 @@ impl TenantSource {
             graphs: Mutex::new(HashMap::new()),
             folds: Mutex::new(Folds::default()),
             forgetting: tokio::sync::RwLock::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }
@@ -570,6 +605,8 @@ pub struct Server {
     /// The tenants added while the server ran (what `tenants.toml` holds);
     /// held while one is added, so two adds cannot race.
     added: Mutex<BTreeMap<String, Quotas>>,
+    /// The tenants `server.toml` declares (they cannot be removed over the API).
+    configured: std::collections::BTreeSet<String>,
     /// The dashboard's signed-in browsers.
     pub sessions: session::Sessions,
     /// One permit per uploaded bundle being unpacked and planned (its
@@ -655,6 +692,16 @@ impl Server {
             stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let added = read_added(&data.join(ADDED_TENANTS))?;
+        // What a removal cut short by a crash left to delete.
+        if let Ok(entries) = std::fs::read_dir(data.join("tenants")) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".removed-")
+                    && let Err(e) = std::fs::remove_dir_all(entry.path())
+                {
+                    tracing::warn!("cannot delete {}: {e}", entry.path().display());
+                }
+            }
+        }
         let tenants = Tenants::default();
         // The config's quotas win over an added tenant's of the same name.
         for (name, quotas) in added.iter().chain(&config.tenants) {
@@ -672,6 +719,7 @@ impl Server {
             clock,
             source,
             added: Mutex::new(added),
+            configured: config.tenants.keys().cloned().collect(),
             sessions,
             checking: Semaphore::new(CHECKS_AT_ONCE),
         });
@@ -697,19 +745,92 @@ impl Server {
         let tenant = Arc::new(self.source.open(name, quotas)?);
         let mut next = added.clone();
         next.insert(name.to_owned(), quotas);
+        self.keep_added(name, &next)?;
+        *added = next;
+        self.tenants.insert(tenant.clone());
+        Ok(tenant)
+    }
+
+    /// Write `DATA/tenants.toml` (called holding `added`).
+    fn keep_added(&self, name: &str, added: &BTreeMap<String, Quotas>) -> Result<(), ServerError> {
         let path = self.data.join(ADDED_TENANTS);
         let text = format!(
             "# Tenants added over the API (POST /v1/tenants), with their quotas.\n\
              # Read on every start; a tenant of the same name in server.toml wins.\n\n{}",
-            toml::to_string(&next).map_err(|e| ServerError::Tenant {
+            toml::to_string(added).map_err(|e| ServerError::Tenant {
                 tenant: name.to_owned(),
                 message: e.to_string(),
             })?
         );
-        auth::write_private(&path, text.as_bytes()).map_err(ServerError::from)?;
-        *added = next;
-        self.tenants.insert(tenant.clone());
-        Ok(tenant)
+        auth::write_private(&path, text.as_bytes()).map_err(ServerError::from)
+    }
+
+    /// Stop hosting a tenant added over the API, and delete all it had:
+    /// its tokens go first (so its sessions die too), then its live and
+    /// queued runs are cancelled and waited for, then it leaves
+    /// `tenants.toml` and its data directory is deleted (runs, journals,
+    /// results, bundles, outputs, its audit log). A tenant added again
+    /// under the same name starts empty.
+    pub async fn remove_tenant(&self, name: &str) -> Result<(), RemoveTenantError> {
+        if self.configured.contains(name) {
+            return Err(RemoveTenantError::Configured(name.to_owned()));
+        }
+        let Some(tenant) = self.tenants.get(name) else {
+            return Err(RemoveTenantError::Unknown(name.to_owned()));
+        };
+        tenant.closed.store(true, Ordering::Release);
+        self.tokens.remove_tenant(name).map_err(ServerError::from)?;
+        // A run being admitted now finishes making itself live (and is
+        // cancelled below); none starts after this.
+        let _alone = tenant.forgetting.write().await;
+        let deadline = tokio::time::Instant::now() + REMOVAL_PATIENCE;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let live = tenant.live.lock().unwrap_or_else(|e| e.into_inner());
+                if live.is_empty() {
+                    break;
+                }
+                for run in live.values() {
+                    run.stop.send_replace(Halt::Now);
+                }
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err()
+                && !tenant
+                    .live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            {
+                return Err(RemoveTenantError::Busy(
+                    name.to_owned(),
+                    REMOVAL_PATIENCE.as_secs(),
+                ));
+            }
+        }
+        {
+            let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = added.clone();
+            next.remove(name);
+            self.keep_added(name, &next)?;
+            *added = next;
+            self.tenants.remove(name);
+        }
+        // Out of the way at once (a tenant of the same name may be added
+        // next), then deleted; what a crash leaves is deleted on start.
+        let graveyard = self
+            .data
+            .join("tenants")
+            .join(format!(".removed-{name}-{:016x}", rand::random::<u64>()));
+        std::fs::rename(&tenant.dir, &graveyard).map_err(io(&tenant.dir))?;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&graveyard) {
+                tracing::warn!("cannot delete {}: {e}", graveyard.display());
+            }
+        });
+        Ok(())
     }
 
     /// Go on with every run that was running when the server stopped (a
