@@ -2149,3 +2149,30 @@ fn a_removed_tenant_loses_its_tokens_runs_and_data_and_its_name_starts_empty() {
     s.cli(&["tenant", "remove", "a"], &s.admin)
         .assert_clean_error(1, "declared in server.toml");
 }
+
+#[test]
+fn a_tenant_taken_out_of_server_toml_is_not_inherited_by_a_new_tenant_of_its_name() {
+    let mut s = Served::start();
+    let old = s.token("b", "operator");
+    let (status, _) = s.upload(&old, burn_chain(1, 1));
+    assert_eq!(status, 201);
+    assert_eq!(s.terminate(), Some(0));
+    // The host takes `b` out of the config and restarts.
+    std::fs::write(
+        s.dir.path().join("server.toml"),
+        CONFIG.replace("[tenants.b]\n", ""),
+    )
+    .unwrap();
+    let s = s.restart();
+    assert_eq!(s.get("/v1/bundles", &old).0, 401, "not hosted, not served");
+    let (status, answer) = s.post("/v1/tenants", &s.admin, json!({"name": "b"}));
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("left its data"),
+        "{answer}"
+    );
+    assert_eq!(s.get("/v1/bundles", &old).0, 401, "still nothing");
+}

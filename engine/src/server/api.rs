@@ -1892,11 +1892,9 @@ pub async fn add_tenant(
     server.audit(None, &caller, "tenants.add", &target, &outcome);
     match added {
         Ok(tenant) => Ok((StatusCode::CREATED, Json(quota_of(&tenant)))),
-        Err(e @ super::AddTenantError::Exists(_)) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            e.to_string(),
-        )),
+        Err(e @ (super::AddTenantError::Exists(_) | super::AddTenantError::Leftover(..))) => Err(
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        ),
         Err(e @ super::AddTenantError::Name(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",

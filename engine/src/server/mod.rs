@@ -504,6 +504,10 @@ pub enum AddTenantError {
     Name(String),
     #[error("the server already hosts a tenant {0:?}")]
     Exists(String),
+    #[error(
+        "an earlier tenant {0:?} (taken out of server.toml) left its data in {1} or its tokens: a new tenant of that name would get them. Put it back in server.toml, or delete that directory and its tokens (`cairn token revoke`), or pick another name"
+    )]
+    Leftover(String, String),
     #[error(transparent)]
     Server(#[from] ServerError),
 }
@@ -741,6 +745,16 @@ impl Server {
         let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
         if self.tenants.get(name).is_some() {
             return Err(AddTenantError::Exists(name.to_owned()));
+        }
+        // A tenant no longer hosted (taken out of server.toml) may have
+        // left its runs and tokens: they are not a new tenant's to inherit.
+        let dir = self.data.join("tenants").join(name);
+        let tokens = self.tokens.list(Some(name)).iter().any(|t| !t.revoked);
+        if dir.exists() || tokens {
+            return Err(AddTenantError::Leftover(
+                name.to_owned(),
+                dir.display().to_string(),
+            ));
         }
         let tenant = Arc::new(self.source.open(name, quotas)?);
         let mut next = added.clone();
