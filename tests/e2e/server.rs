@@ -977,6 +977,64 @@ fn cairn_run_against_the_server_gives_the_output_and_exit_code_of_a_local_run() 
         there.stderr
     );
     assert!(there.stderr.contains("start  parse"), "{}", there.stderr);
+    // A mapped step's start line says its elements, as locally.
+    let mapped = |stderr: &str| {
+        stderr
+            .lines()
+            .find(|l| l.starts_with("start  by_product"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        mapped(&there.stderr),
+        mapped(&here.stderr),
+        "{}",
+        there.stderr
+    );
+    assert!(
+        mapped(&there.stderr).is_some_and(|l| l.ends_with(" elements)")),
+        "{}",
+        there.stderr
+    );
+    // A retried attempt says so, a last one fails: the same lines as a
+    // local run's, but for the (jittered) waits.
+    let flaky = Pipeline::new(
+        "name = \"flaky\"\n\
+         [steps.broken]\ncomponent = \"{wasm:hostile}\"\ninput = { attack = \"panic\" }\n\
+         retry = { attempts = 3, delay = \"10ms\", on = [\"trap\"] }\n",
+    );
+    let flaky = flaky.dir.path().to_str().unwrap();
+    let (flaky_here, flaky_there) = (
+        local.run(&["run", flaky]),
+        remote(&["run", flaky], &operator),
+    );
+    assert_eq!(flaky_there.code, flaky_here.code, "{}", flaky_there.stderr);
+    let failures = |stderr: &str| -> Vec<String> {
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("retry  ") || l.starts_with("fail   "))
+            .map(|l| l.split("; retrying in").next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        failures(&flaky_there.stderr),
+        failures(&flaky_here.stderr),
+        "{}",
+        flaky_there.stderr
+    );
+    assert_eq!(
+        failures(&flaky_there.stderr).len(),
+        3,
+        "{}",
+        flaky_there.stderr
+    );
+    assert!(
+        flaky_there
+            .stderr
+            .contains("retry  broken attempt 1 failed: ")
+            && flaky_there.stderr.contains("; retrying in "),
+        "{}",
+        flaky_there.stderr
+    );
     assert!(
         there.stderr.contains("[parse] info: parsed 12 rows"),
         "task logs are shown: {}",

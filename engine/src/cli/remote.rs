@@ -703,6 +703,8 @@ struct Follower {
     /// When each step was queued and first ran, in this follow.
     scheduled: HashMap<String, u64>,
     first_attempt: HashMap<String, u64>,
+    /// Mapped steps' element counts.
+    items: HashMap<String, usize>,
 }
 
 /// The terminal display.
@@ -727,6 +729,7 @@ impl Follower {
             live,
             scheduled: HashMap::new(),
             first_attempt: HashMap::new(),
+            items: HashMap::new(),
         }
     }
 
@@ -752,16 +755,23 @@ impl Follower {
                     live.total.set_length(steps.unwrap_or(0) as u64);
                 }
             }
-            JournalEvent::StepScheduled { at_ms, step } => {
+            JournalEvent::StepScheduled { at_ms, step, items } => {
                 self.scheduled.insert(step.clone(), *at_ms);
                 self.first_attempt.remove(step);
+                if let Some(items) = items {
+                    self.items.insert(step.clone(), *items);
+                }
             }
             JournalEvent::AttemptStarted { at_ms, step, .. } => {
                 if self.first_attempt.contains_key(step) {
                     return;
                 }
                 self.first_attempt.insert(step.clone(), *at_ms);
-                self.say(format!("start  {step}"));
+                // As a local run says it.
+                match self.items.get(step) {
+                    Some(items) => self.say(format!("start  {step} ({items} elements)")),
+                    None => self.say(format!("start  {step}")),
+                }
                 if let Some(live) = &mut self.live {
                     let bar = step_spinner();
                     bar.set_prefix(step.clone());
@@ -777,6 +787,7 @@ impl Follower {
                 class,
                 message,
                 logs,
+                retry_in_ms,
                 ..
             } => {
                 let at = index.map(|i| format!("[{i}]")).unwrap_or_default();
@@ -787,11 +798,16 @@ impl Follower {
                         line.message
                     ));
                 }
-                if class.is_some() {
-                    self.say(format!(
-                        "fail   {step}{at} attempt {attempt}: {}",
-                        message.as_deref().unwrap_or_default()
-                    ));
+                let message = message.as_deref().unwrap_or_default();
+                match (class, retry_in_ms) {
+                    (Some(_), Some(ms)) => self.say(format!(
+                        "retry  {step}{at} attempt {attempt} failed: {message}; retrying in {}",
+                        super::pipeline::format_duration(Duration::from_millis(*ms))
+                    )),
+                    (Some(_), None) => {
+                        self.say(format!("fail   {step}{at} attempt {attempt}: {message}"))
+                    }
+                    (None, _) => {}
                 }
             }
             JournalEvent::StepSucceeded {

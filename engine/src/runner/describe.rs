@@ -92,7 +92,7 @@ impl StepFold {
 
     fn apply_one(&mut self, event: &JournalEvent) {
         match event {
-            JournalEvent::StepScheduled { at_ms, step } => {
+            JournalEvent::StepScheduled { at_ms, step, .. } => {
                 self.scheduled.insert(step.clone(), *at_ms);
                 // A resumed run schedules the step again: time this try.
                 self.first_attempt.remove(step);
@@ -233,6 +233,7 @@ mod tests {
             peak_memory: 0,
             logs: Vec::new(),
             http: Vec::new(),
+            retry_in_ms: None,
         }
     }
 
@@ -250,6 +251,7 @@ mod tests {
         let scheduled = |at_ms, step: &str| JournalEvent::StepScheduled {
             at_ms,
             step: step.into(),
+            items: None,
         };
         let succeeded = |at_ms, step: &str, keys: usize| JournalEvent::StepSucceeded {
             at_ms,

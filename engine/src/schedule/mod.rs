@@ -1067,6 +1067,7 @@ impl<E: Executor> Run<E> {
             ledger.append(JournalEvent::StepScheduled {
                 at_ms: now_ms(),
                 step: step.name.clone(),
+                items: step.map.is_some().then_some(inputs.len()),
             });
         }
         let state = &mut self.states[id];
@@ -1697,21 +1698,42 @@ async fn attempt_loop<E: Executor>(
                 .await
         };
         // Recorded responses are durable before the journal points at them.
+        // Whether a failed attempt is tried again is decided before its
+        // journal event, which says so.
+        let attempt_retry = match &attempt {
+            Ok(Attempt {
+                result: Err(failure),
+                ..
+            }) => plan_retry(step, &failure.class().into(), done.attempts),
+            _ => None,
+        };
         let attempt = match (&ledger, attempt) {
             (Some(ledger), Ok(attempt)) => match keep_recordings(ledger, &secrets, &attempt) {
                 Ok(http) => {
-                    ledger.append(attempt_finished(step, index, done.attempts, &attempt, http));
+                    ledger.append(attempt_finished(
+                        step,
+                        index,
+                        done.attempts,
+                        &attempt,
+                        http,
+                        attempt_retry,
+                    ));
                     Ok(attempt)
                 }
                 Err(e) => Err(e),
             },
             (_, attempt) => attempt,
         };
-        let failure = match attempt {
-            Err(e) => StepFailure {
-                class: StepFailureClass::Engine(EngineFailure::Engine),
-                message: e.to_string(),
-            },
+        let (failure, retry_in) = match attempt {
+            Err(e) => {
+                let class = StepFailureClass::Engine(EngineFailure::Engine);
+                let retry_in = plan_retry(step, &class, done.attempts);
+                let failure = StepFailure {
+                    class,
+                    message: e.to_string(),
+                };
+                (failure, retry_in)
+            }
             Ok(attempt) => {
                 done.fuel += attempt.fuel_used;
                 match attempt.result {
@@ -1723,18 +1745,16 @@ async fn attempt_loop<E: Executor>(
                         done.result = Ok(decode_output(step, &bytes));
                         return done;
                     }
-                    Err(failure) => StepFailure {
-                        class: failure.class().into(),
-                        message: failure.to_string(),
-                    },
+                    Err(failure) => (
+                        StepFailure {
+                            class: failure.class().into(),
+                            message: failure.to_string(),
+                        },
+                        attempt_retry,
+                    ),
                 }
             }
         };
-        let retry = failure
-            .class
-            .attempt()
-            .is_some_and(|class| step.retry.retries(class, done.attempts));
-        let retry_in = retry.then(|| step.retry.delay(done.attempts, rand::random::<f64>()));
         observer.event(Event::AttemptFailed {
             step,
             index,
@@ -1756,6 +1776,15 @@ async fn attempt_loop<E: Executor>(
             }
         }
     }
+}
+
+/// How long to wait before trying a step again after its `attempts`-th
+/// attempt failed so; `None`: it is not tried again.
+fn plan_retry(step: &Step, class: &StepFailureClass, attempts: u32) -> Option<Duration> {
+    let retry = class
+        .attempt()
+        .is_some_and(|class| step.retry.retries(class, attempts));
+    retry.then(|| step.retry.delay(attempts, rand::random::<f64>()))
 }
 
 /// A stored result this unit of work may use instead of running: one the
@@ -1858,6 +1887,7 @@ fn attempt_finished(
     attempt: u32,
     outcome: &Attempt,
     http: Vec<HttpRecord>,
+    retry_in: Option<Duration>,
 ) -> JournalEvent {
     let (class, message) = match &outcome.result {
         Ok(_) => (None, None),
@@ -1883,6 +1913,7 @@ fn attempt_finished(
             })
             .collect(),
         http,
+        retry_in_ms: retry_in.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     }
 }
 

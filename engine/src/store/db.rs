@@ -1048,6 +1048,7 @@ mod tests {
         JournalEvent::StepScheduled {
             at_ms: 1,
             step: "a".into(),
+            items: None,
         }
     }
 
@@ -1255,7 +1256,11 @@ mod tests {
             RunId("00000000000bbbb2".into()),
         );
         for i in 0..20 {
-            let scheduled = |step: String| JournalEvent::StepScheduled { at_ms: i, step };
+            let scheduled = |step: String| JournalEvent::StepScheduled {
+                at_ms: i,
+                step,
+                items: None,
+            };
             store.append(&a, &scheduled(format!("s{i}"))).unwrap();
             store.append(&b, &scheduled("other".into())).unwrap();
         }
@@ -1265,7 +1270,8 @@ mod tests {
             events[13],
             JournalEvent::StepScheduled {
                 at_ms: 13,
-                step: "s13".into()
+                step: "s13".into(),
+                items: None,
             }
         );
         for id in [&a, &b] {
@@ -1341,6 +1347,7 @@ mod tests {
             duration_us: 1,
             peak_memory: 0,
             logs: Vec::new(),
+            retry_in_ms: None,
             http: responses
                 .iter()
                 .map(|hash| crate::store::records::HttpRecord {

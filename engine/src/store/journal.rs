@@ -316,6 +316,7 @@ mod tests {
         JournalEvent::StepScheduled {
             at_ms: i,
             step: format!("s{i}"),
+            items: None,
         }
     }
 

@@ -104,6 +104,10 @@ pub enum JournalEvent {
     StepScheduled {
         at_ms: u64,
         step: String,
+        /// A mapped step's element count (`None` for a plain step, and in
+        /// journals written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        items: Option<usize>,
     },
     AttemptStarted {
         at_ms: u64,
@@ -129,6 +133,10 @@ pub enum JournalEvent {
         /// each with its response kept in the store: what a replay serves.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         http: Vec<HttpRecord>,
+        /// A failed attempt that will be tried again: after how long
+        /// (`None`: it was the last, or it succeeded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
     },
     /// One element of a mapped step (or a whole step) has its result stored.
     ItemSucceeded {
