@@ -236,6 +236,7 @@ function showUsage() {
       ["bundle storage", size(u.bundle_storage_bytes), size(q.bundle_storage_bytes)],
       ["uploads", u.uploads_in_flight, q.uploads_in_flight],
       ["largest upload", "", size(q.upload_bytes)],
+      ["runs kept for", "", q.keep_runs ?? "ever"],
     ].map(([what, used, quota]) => el("tr", {}, el("th", { scope: "row" }, what), el("td", {}, used), el("td", {}, quota))));
   });
   return () => { stopped = true; };
@@ -660,6 +661,9 @@ function showRun(id) {
   let source = null;
   let pending = null;
   let events = null;
+  // The stream said the run finished: its events are all here, and the
+  // run is only waiting for its end to be recorded.
+  let finished = false;
   let lastDrawn = null;
   // The step panel's place, filled from what was last drawn: choosing
   // another step fetches nothing but that step's output.
@@ -709,7 +713,7 @@ function showRun(id) {
     // Drawn again only when something changed: a redraw loses focus.
     const drawn = JSON.stringify(answer.body) + (events?.length ?? 0);
     if (drawn === lastDrawn) {
-      if (run.live && !source) follow();
+      goOn(run);
       return;
     }
     lastDrawn = drawn;
@@ -794,7 +798,14 @@ function showRun(id) {
         el("thead", {}, el("tr", {}, ["step", "status", "attempts", "duration", "fuel", "detail"].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, rows)),
       logs));
-    if (run.live && !source) follow();
+    goOn(run);
+  };
+  // A live run is followed; one whose end is being recorded is asked for
+  // again shortly (following it anew would start its events over).
+  const goOn = (run) => {
+    if (!run.live || source) return;
+    if (finished) { if (!pending) pending = setTimeout(load, 100); }
+    else follow();
   };
   const follow = () => {
     source = new EventSource(`/v1/runs/${encodeURIComponent(id)}/events`);
@@ -814,7 +825,9 @@ function showRun(id) {
       "step-succeeded", "step-failed", "step-skipped", "step-cancelled"]) {
       source.addEventListener(kind, changed);
     }
-    source.addEventListener("run-finished", (message) => { changed(message); source.close(); source = null; load(); });
+    source.addEventListener("run-finished", (message) => {
+      changed(message); finished = true; source.close(); source = null; load();
+    });
     // The stream ends when the run does; a dropped one reconnects by itself
     // and carries on from the last event it had.
     source.onerror = () => { if (source && source.readyState === EventSource.CLOSED) { source = null; load(); } };
