@@ -2234,3 +2234,53 @@ fn a_tenant_taken_out_of_server_toml_is_not_inherited_by_a_new_tenant_of_its_nam
     );
     assert_eq!(s.get("/v1/bundles", &old).0, 401, "still nothing");
 }
+
+#[test]
+fn a_tenants_keep_runs_forgets_its_old_ended_runs_when_the_server_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("server.toml"),
+        "policy = \"policy.toml\"\n[tenants.a]\n[tenants.brief]\nkeep_runs = \"0s\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+    let mut s = Served::start_in_with_args(dir, &[], &[], false);
+    let (brief, a) = (s.token("brief", "operator"), s.token("a", "operator"));
+    assert_eq!(s.get("/v1/quota", &brief).1["quotas"]["keep_runs"], "0s");
+    assert_eq!(s.get("/v1/quota", &a).1["quotas"]["keep_runs"], Value::Null);
+    let run = |token: &str| {
+        let (_, uploaded) = s.upload(token, burn_chain(2, 1_000));
+        let (_, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
+        let id = started["id"].as_str().unwrap().to_owned();
+        assert_eq!(s.finished(token, &id)["run"]["status"], "succeeded");
+        id
+    };
+    let (ended, kept) = (run(&brief), run(&a));
+    let cancelled = start_until_running(&s, &brief, &endless_pipeline(""), "slow");
+    assert_eq!(
+        s.post(&format!("/v1/runs/{cancelled}/cancel"), &brief, json!({}))
+            .0,
+        202
+    );
+    s.finished(&brief, &cancelled);
+    assert_eq!(s.terminate(), Some(0));
+
+    let s = s.restart();
+    assert_eq!(s.get(&format!("/v1/runs/{ended}"), &brief).0, 404);
+    assert_eq!(
+        s.get(&format!("/v1/runs/{cancelled}"), &brief).0,
+        200,
+        "a resumable run is kept"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/runs/{kept}"), &a).0,
+        200,
+        "a tenant without keep_runs keeps its runs"
+    );
+    let (status, answer) = s.post(
+        "/v1/tenants",
+        &s.admin,
+        json!({"name": "x", "quotas": {"keep_runs": "soon"}}),
+    );
+    assert_eq!(status, 422, "{answer}");
+}

@@ -34,6 +34,9 @@ pub struct ServeArgs {
     grace: Duration,
 }
 
+/// How often tenants' `keep_runs` are applied while the server runs.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 pub async fn serve(args: ServeArgs) -> u8 {
     let default_data = PathBuf::from("cairn-server");
     let mut config = match &args.config {
@@ -80,6 +83,18 @@ pub async fn serve(args: ServeArgs) -> u8 {
     if resumed > 0 {
         say!("resumed {resumed} interrupted run(s)");
     }
+    // Tenants' `keep_runs`: at start, then every hour.
+    let forgotten = started.server.apply_retention().await;
+    if forgotten > 0 {
+        say!("forgot {forgotten} run(s) past their tenant's keep_runs");
+    }
+    let keeping = started.server.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RETENTION_EVERY).await;
+            keeping.apply_retention().await;
+        }
+    });
     say!(
         "listening on http://{addr} (tenants: {}); stop with Ctrl-C or SIGTERM",
         started.server.tenants.names().join(", ")
@@ -185,6 +200,10 @@ pub enum TenantCommand {
         /// refused (default 2).
         #[arg(long, value_name = "N")]
         uploads_in_flight: Option<u32>,
+        /// Forget its runs that ended longer ago than this, e.g. 30d
+        /// (default: keep them); resumable runs stay.
+        #[arg(long, value_name = "AGE")]
+        keep_runs: Option<String>,
         /// All its bundles together, e.g. 1GiB (the default).
         #[arg(long, value_name = "SIZE")]
         bundle_storage: Option<crate::sandbox::ByteSize>,
@@ -271,6 +290,7 @@ pub fn tenant(command: TenantCommand) -> u8 {
             queued_runs,
             upload,
             uploads_in_flight,
+            keep_runs,
             bundle_storage,
             json,
         } => call(
@@ -285,6 +305,7 @@ pub fn tenant(command: TenantCommand) -> u8 {
                     "queued_runs": queued_runs,
                     "upload_bytes": upload.map(|s| s.bytes()),
                     "uploads_in_flight": uploads_in_flight,
+                    "keep_runs": keep_runs,
                     "bundle_storage_bytes": bundle_storage.map(|s| s.bytes()),
                 },
             })),

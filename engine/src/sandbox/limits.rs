@@ -151,6 +151,33 @@ pub fn parse_age(s: &str) -> Result<Duration, DurationError> {
     Ok(duration)
 }
 
+/// An age as a config spells it (`"30d"`, `"12h"`, `"0s"`), read with
+/// [`parse_age`] and written back the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Age(pub Duration);
+
+impl<'de> serde::Deserialize<'de> for Age {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_age(&text).map(Age).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for Age {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for Age {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_zero() {
+            return f.write_str("0s");
+        }
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
 /// `text` cut to at most 200 characters for quoting in a message: an
 /// error that repeats a 20 MB input back is not an error message.
 pub fn quote_cut(text: &str) -> String {

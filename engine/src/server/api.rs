@@ -1725,6 +1725,8 @@ pub struct QuotaView {
     pub upload_bytes: u64,
     pub uploads_in_flight: u32,
     pub bundle_storage_bytes: u64,
+    /// Runs that ended longer ago are forgotten (`null`: kept).
+    pub keep_runs: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -1768,6 +1770,7 @@ fn quota_of(tenant: &Tenant) -> Quota {
             upload_bytes: q.upload.bytes(),
             uploads_in_flight: q.uploads_in_flight,
             bundle_storage_bytes: q.bundle_storage.bytes(),
+            keep_runs: q.keep_runs.map(|age| age.to_string()),
         },
         usage: UsageView {
             runs_in_flight: executing,
@@ -1825,6 +1828,9 @@ pub struct NewQuotas {
     pub upload_bytes: Option<u64>,
     pub uploads_in_flight: Option<u32>,
     pub bundle_storage_bytes: Option<u64>,
+    /// Forget runs that ended longer ago than this (e.g. `30d`); left out:
+    /// runs are kept.
+    pub keep_runs: Option<String>,
 }
 
 impl NewQuotas {
@@ -1839,7 +1845,20 @@ impl NewQuotas {
             Some(n) => Ok(n),
             None => Ok(default),
         };
+        let keep_runs = match self.keep_runs.as_deref() {
+            None => None,
+            Some(age) => Some(crate::sandbox::limits::Age(
+                crate::sandbox::limits::parse_age(age).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid",
+                        format!("quotas.keep_runs: {e}"),
+                    )
+                })?,
+            )),
+        };
         Ok(super::Quotas {
+            keep_runs,
             runs_in_flight: positive("runs_in_flight", self.runs_in_flight, base.runs_in_flight)?,
             sandboxes_in_flight: positive(
                 "sandboxes_in_flight",

@@ -15,6 +15,8 @@
 //! upload = "64MiB"              # largest bundle upload
 //! uploads_in_flight = 2         # bundle uploads read at once; more get 429
 //! bundle_storage = "1GiB"       # all of the tenant's bundles together
+//! keep_runs = "30d"             # forget runs that ended longer ago (none
+//!                               # forgotten unless set); resumable ones stay
 //!
 //! [secrets]                     # each tenant's secrets file (mode 0600):
 //! acme = "acme-secrets.toml"    # NAME = "value" lines; a step granted
@@ -34,6 +36,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::ByteSize;
+use crate::sandbox::limits::Age;
 
 /// The policy the server holds tenants to when its config names none.
 pub const DEFAULT_POLICY: &str = r#"# Written by `cairn serve` on first start: the most any tenant's pipeline
@@ -66,6 +69,10 @@ pub struct Quotas {
     /// `upload` bytes in memory); one more is refused with 429.
     pub uploads_in_flight: u32,
     pub bundle_storage: ByteSize,
+    /// Runs that ended longer ago than this are forgotten (at start and
+    /// then every hour), as `cairn runs gc` would; `None`: kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_runs: Option<Age>,
 }
 
 impl Default for Quotas {
@@ -76,6 +83,7 @@ impl Default for Quotas {
             queued_runs: 100,
             upload: ByteSize::mib(64),
             uploads_in_flight: 2,
+            keep_runs: None,
             bundle_storage: ByteSize::gib(1),
         }
     }
@@ -244,6 +252,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("a tenant name is"), "{e}");
+        std::fs::write(&file, "[tenants.acme]\nkeep_runs = \"2d\"\n").unwrap();
+        let config = ServerConfig::load(&file, "d".into()).unwrap();
+        assert_eq!(
+            config.tenants["acme"].keep_runs.map(|k| k.0),
+            Some(std::time::Duration::from_secs(2 * 86_400))
+        );
+        std::fs::write(&file, "[tenants.acme]\nkeep_runs = \"soon\"\n").unwrap();
+        let e = ServerConfig::load(&file, "d".into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
         for quota in ["runs_in_flight", "sandboxes_in_flight", "uploads_in_flight"] {
             std::fs::write(&file, format!("[tenants.acme]\n{quota} = 0\n")).unwrap();
             let e = ServerConfig::load(&file, "d".into())

@@ -847,6 +847,35 @@ impl Server {
         Ok(())
     }
 
+    /// Forget each tenant's runs older than its `keep_runs` (resumable
+    /// runs stay, as with `cairn runs gc`). Returns how many were forgotten.
+    pub async fn apply_retention(&self) -> usize {
+        let mut forgotten = 0;
+        for tenant in self.tenants.all() {
+            let Some(keep) = tenant.quotas.keep_runs else {
+                continue;
+            };
+            let retention = Retention {
+                now_ms: (self.clock)(),
+                older_than: keep.0,
+                include_interrupted: false,
+            };
+            match tenant.forget_runs(retention, false).await {
+                Ok(gone) if !gone.removed.is_empty() => {
+                    tracing::info!(
+                        "tenant {}: forgot {} runs that ended over {keep} ago",
+                        tenant.name,
+                        gone.removed.len()
+                    );
+                    forgotten += gone.removed.len();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("tenant {}: cannot forget old runs: {e}", tenant.name),
+            }
+        }
+        forgotten
+    }
+
     /// Go on with every run that was running when the server stopped (a
     /// crash, a kill): each resumes from its journal, re-running nothing
     /// that finished. Returns how many were resumed.
