@@ -409,8 +409,12 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
     let problems = accessibility_problems(&browser).await;
     assert!(problems.is_empty(), "a run's page: {problems:#?}");
 
-    // The gated run: a step waiting at the gate, live, then done.
+    // The gated run: a step waiting at the gate, live, then done. (Waited
+    // for by its own step: the page before it also says `succeeded`.)
     browser.goto(&format!("{}/#/runs/{run}", s.url)).await;
+    browser
+        .wait("#dag g.node[data-step='wait'][data-status='succeeded']")
+        .await;
     browser.wait("#run-status [data-status='succeeded']").await;
     // An operator may act: the finished run offers a replay.
     browser.wait("button[data-action='Replay']").await;
