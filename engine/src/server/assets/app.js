@@ -783,6 +783,8 @@ function showRun(id) {
           el("pre", {}, attempt.lines.map((l) => `${l.level}: ${l.message}`).join("\n"))));
       }
     }
+    // Left while the logs were read: this page is no longer the one shown.
+    if (stopped) return;
     main.replaceChildren(el("section", {},
       el("p", {}, el("a", { href: "#/runs" }, "← runs")),
       el("h1", {}, `${run.pipeline} `, el("span", { id: "run-status" }, status(shown))),
