@@ -1697,7 +1697,6 @@ async fn attempt_loop<E: Executor>(
             Box::pin(executor.execute(admission, step, index, &input, &secrets, Some(logs.clone())))
                 .await
         };
-        // Recorded responses are durable before the journal points at them.
         // Whether a failed attempt is tried again is decided before its
         // journal event, which says so.
         let attempt_retry = match &attempt {
@@ -1707,6 +1706,7 @@ async fn attempt_loop<E: Executor>(
             }) => plan_retry(step, &failure.class().into(), done.attempts),
             _ => None,
         };
+        // Recorded responses are durable before the journal points at them.
         let attempt = match (&ledger, attempt) {
             (Some(ledger), Ok(attempt)) => match keep_recordings(ledger, &secrets, &attempt) {
                 Ok(http) => {

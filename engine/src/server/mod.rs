@@ -199,9 +199,13 @@ impl Tenant {
                 freed,
             })
         };
+        let dir = self.dir.clone();
         tokio::task::spawn_blocking(forget)
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .unwrap_or_else(|e| {
+                // Only when the runtime shuts down under it (or a bug panicked).
+                Err(StoreError::io(&dir, std::io::Error::other(e.to_string())))
+            })
     }
 
     pub fn bundles_dir(&self) -> PathBuf {
