@@ -211,15 +211,6 @@ impl Relay {
     }
 }
 
-/// Start a run of `bundle` for `token`'s tenant; its id.
-fn start_run(s: &Served, token: &str, bundle: Vec<u8>) -> String {
-    let (status, uploaded) = s.upload(token, bundle);
-    assert_eq!(status, 201, "{uploaded}");
-    let (status, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
-    assert_eq!(status, 202, "{started}");
-    started["id"].as_str().unwrap().to_owned()
-}
-
 /// `GET path` with only a `Cookie` header; the status.
 fn with_cookie(s: &Served, path: &str, cookie: &str) -> u16 {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -240,7 +231,7 @@ async fn sign_in_refuses_a_wrong_token_a_viewer_gets_no_actions_and_sign_out_end
     let s = Served::start();
     let operator = s.token("a", "operator");
     let viewer = s.token("a", "viewer");
-    let run = start_run(&s, &operator, chain_bundle("looked-at"));
+    let run = s.start_bundle(&operator, chain_bundle("looked-at"));
     s.finished(&operator, &run);
     let browser = Browser::start().await;
 
@@ -319,9 +310,8 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
 
     // The gated run holds the tenant's one slot; the example ETL, started
     // behind it, is live (waiting) until the gate opens.
-    let run = start_run(&s, &operator, gate.pipeline());
-    let etl = start_run(
-        &s,
+    let run = s.start_bundle(&operator, gate.pipeline());
+    let etl = s.start_bundle(
         &operator,
         cairn::bundle::pack(std::path::Path::new(&crate::support::example("orders"))).unwrap(),
     );
@@ -462,7 +452,7 @@ async fn a_run_is_followed_live_to_its_end_and_a_failed_step_shows_its_class_and
         "name = \"breaks\"\n[steps.ok]\ncomponent = \"{wasm:echo}\"\ninput = { n = 1 }\n\
          [steps.boom]\ncomponent = \"{wasm:hostile}\"\ninput = { attack = \"panic\" }\nafter = [\"ok\"]\n",
     );
-    let failed = start_run(&s, &operator, cairn::bundle::pack(p.dir.path()).unwrap());
+    let failed = s.start_bundle(&operator, cairn::bundle::pack(p.dir.path()).unwrap());
     s.finished(&operator, &failed);
     browser.goto(&format!("{}/#/runs/{failed}", s.url)).await;
     browser
@@ -529,7 +519,7 @@ async fn one_tenants_session_never_shows_anothers_run() {
     let s = Served::start();
     let a = s.token("a", "operator");
     let b = s.token("b", "viewer");
-    let run = start_run(&s, &a, chain_bundle("a-only"));
+    let run = s.start_bundle(&a, chain_bundle("a-only"));
     s.finished(&a, &run);
     let browser = Browser::start().await;
     browser.sign_in(&s.url, &b).await;
@@ -555,7 +545,7 @@ async fn a_change_made_with_the_cookie_but_without_the_csrf_token_is_refused() {
     let gate = Gate::start().await;
     let s = gate.served();
     let operator = s.token("a", "operator");
-    let run = start_run(&s, &operator, gate.pipeline());
+    let run = s.start_bundle(&operator, gate.pipeline());
     let browser = Browser::start().await;
     browser.sign_in(&s.url, &operator).await;
     browser.wait("#runs").await;
@@ -594,12 +584,12 @@ async fn bundles_usage_and_audit_show_the_tenants_own_and_audit_only_to_admins()
     let signed = cairn::bundle::Bundle::read(&cairn::bundle::pack(p.dir.path()).unwrap())
         .unwrap()
         .sign(&key);
-    let run = start_run(&s, &admin, signed);
+    let run = s.start_bundle(&admin, signed);
     s.finished(&admin, &run);
-    let unlisted = start_run(&s, &admin, chain_bundle("unlisted"));
+    let unlisted = s.start_bundle(&admin, chain_bundle("unlisted"));
     s.finished(&admin, &unlisted);
     let other = s.token("b", "operator");
-    let hidden = start_run(&s, &other, chain_bundle("b-secret-pipeline"));
+    let hidden = s.start_bundle(&other, chain_bundle("b-secret-pipeline"));
     s.finished(&other, &hidden);
 
     let browser = Browser::start().await;
@@ -678,7 +668,7 @@ async fn a_2000_step_run_opens_and_answers_within_its_budget() {
         ));
     }
     let p = Pipeline::new(&manifest);
-    let run = start_run(&s, &operator, cairn::bundle::pack(p.dir.path()).unwrap());
+    let run = s.start_bundle(&operator, cairn::bundle::pack(p.dir.path()).unwrap());
     s.finished(&operator, &run);
 
     let browser = Browser::start().await;
@@ -800,7 +790,7 @@ async fn a_dropped_event_stream_catches_up_on_what_happened_while_it_was_down() 
     let browser = Browser::start().await;
     browser.sign_in(&relay.url, &operator).await;
     browser.wait("#runs").await;
-    let run = start_run(&s, &operator, gate.pipeline());
+    let run = s.start_bundle(&operator, gate.pipeline());
     browser.goto(&format!("{}/#/runs/{run}", relay.url)).await;
     browser
         .wait("#dag g.node[data-step='wait'][data-status='running']")

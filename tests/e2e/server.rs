@@ -242,6 +242,24 @@ impl Served {
         created["token"].as_str().unwrap().to_owned()
     }
 
+    /// A server on this config and policy, its stderr kept for
+    /// [`Self::wait_for_line`].
+    pub(crate) fn start_with(config: &str, policy: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.toml"), config).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        Self::start_in_with_args(dir, &[], &[], false)
+    }
+
+    /// Upload `bundle` (or find it stored) and start a run of it; its id.
+    pub(crate) fn start_bundle(&self, token: &str, bundle: Vec<u8>) -> String {
+        let (status, uploaded) = self.upload(token, bundle);
+        assert!(status == 201 || status == 200, "{uploaded}");
+        let (status, started) = self.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
+        assert_eq!(status, 202, "{started}");
+        started["id"].as_str().unwrap().to_owned()
+    }
+
     pub(crate) fn upload(&self, token: &str, bytes: Vec<u8>) -> (u16, Value) {
         self.call("POST", "/v1/bundles", Some(token), Some(bytes))
     }
@@ -1864,21 +1882,13 @@ async fn sigterm_stops_an_attempt_waiting_for_the_tenants_sandbox_share_before_i
     // Two steps, each held at a loopback gate, and a share of one sandbox:
     // one runs, the other waits for the share, and is not started yet.
     let gate = crate::dashboard::Gate::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("server.toml"),
+    let mut s = Served::start_with(
         "policy = \"policy.toml\"\n[tenants.a]\nsandboxes_in_flight = 1\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("policy.toml"),
-        format!(
+        &format!(
             "[default]\nmax_timeout = \"10m\"\nallow_http = [\"https://api.example.com\", \"http://{}\"]\n",
             gate.addr
         ),
-    )
-    .unwrap();
-    let mut s = Served::start_in_with_args(dir, &[], &[], false);
+    );
     let t = s.token("a", "operator");
     let step = |name: &str| {
         format!(
@@ -1893,11 +1903,7 @@ async fn sigterm_stops_an_attempt_waiting_for_the_tenants_sandbox_share_before_i
         step("one"),
         step("two")
     ));
-    let (status, uploaded) = s.upload(&t, cairn::bundle::pack(p.dir.path()).unwrap());
-    assert_eq!(status, 201, "{uploaded}");
-    let (status, started) = s.post("/v1/runs", &t, json!({"bundle": uploaded["id"]}));
-    assert_eq!(status, 202, "{started}");
-    let run = started["id"].as_str().unwrap().to_owned();
+    let run = s.start_bundle(&t, cairn::bundle::pack(p.dir.path()).unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let (running, waiting) = loop {
         let shown = s.get(&format!("/v1/runs/{run}"), &t).1;
@@ -1950,14 +1956,10 @@ async fn sigterm_stops_an_attempt_waiting_for_the_tenants_sandbox_share_before_i
 
 #[test]
 fn a_tenant_past_its_uploads_in_flight_gets_429_and_another_tenant_does_not_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("server.toml"),
+    let s = Served::start_with(
         "policy = \"policy.toml\"\n[tenants.a]\nuploads_in_flight = 1\n[tenants.b]\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-    let s = Served::start_in(dir);
+        POLICY,
+    );
     let (a, b, viewer) = (
         s.token("a", "operator"),
         s.token("b", "operator"),
@@ -2011,14 +2013,7 @@ fn a_tenant_past_its_uploads_in_flight_gets_429_and_another_tenant_does_not_wait
 fn runs_gc_forgets_old_ended_runs_of_its_tenant_only_and_never_a_live_one() {
     let s = Served::start();
     let (admin, operator) = (s.token("a", "admin"), s.token("a", "operator"));
-    let start = |token: &str, bundle: Vec<u8>| {
-        let (status, uploaded) = s.upload(token, bundle);
-        assert!(status == 201 || status == 200, "{uploaded}");
-        let (status, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
-        assert_eq!(status, 202, "{started}");
-        started["id"].as_str().unwrap().to_owned()
-    };
-    let done = start(&operator, burn_chain(2, 1_000));
+    let done = s.start_bundle(&operator, burn_chain(2, 1_000));
     assert_eq!(s.finished(&operator, &done)["run"]["status"], "succeeded");
     let cancelled = start_until_running(&s, &operator, &endless_pipeline(""), "slow");
     assert_eq!(
@@ -2041,7 +2036,7 @@ fn runs_gc_forgets_old_ended_runs_of_its_tenant_only_and_never_a_live_one() {
         "slow",
     );
     let b = s.token("b", "operator");
-    let theirs = start(&b, burn_chain(2, 1_000));
+    let theirs = s.start_bundle(&b, burn_chain(2, 1_000));
     assert_eq!(s.finished(&b, &theirs)["run"]["status"], "succeeded");
 
     let gc = |token: &str, body: Value| s.post("/v1/runs/gc", token, body);
@@ -2132,15 +2127,11 @@ fn a_removed_tenant_loses_its_tokens_runs_and_data_and_its_name_starts_empty() {
         201
     );
     let (operator, admin) = (s.token("gone", "operator"), s.token("gone", "admin"));
-    let (_, uploaded) = s.upload(&operator, burn_chain(2, 1_000));
-    let (_, started) = s.post("/v1/runs", &operator, json!({"bundle": uploaded["id"]}));
-    let ended = started["id"].as_str().unwrap().to_owned();
+    let ended = s.start_bundle(&operator, burn_chain(2, 1_000));
     s.finished(&operator, &ended);
     let live = start_until_running(&s, &operator, &endless_pipeline(""), "slow");
     let a = s.token("a", "operator");
-    let (_, uploaded) = s.upload(&a, burn_chain(2, 1_000));
-    let (_, started) = s.post("/v1/runs", &a, json!({"bundle": uploaded["id"]}));
-    let theirs = started["id"].as_str().unwrap().to_owned();
+    let theirs = s.start_bundle(&a, burn_chain(2, 1_000));
     s.finished(&a, &theirs);
 
     // Refused: a tenant's own admin, a tenant of server.toml, no tenant.
@@ -2237,21 +2228,15 @@ fn a_tenant_taken_out_of_server_toml_is_not_inherited_by_a_new_tenant_of_its_nam
 
 #[test]
 fn a_tenants_keep_runs_forgets_its_old_ended_runs_when_the_server_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("server.toml"),
+    let mut s = Served::start_with(
         "policy = \"policy.toml\"\n[tenants.a]\n[tenants.brief]\nkeep_runs = \"0s\"\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
-    let mut s = Served::start_in_with_args(dir, &[], &[], false);
+        POLICY,
+    );
     let (brief, a) = (s.token("brief", "operator"), s.token("a", "operator"));
     assert_eq!(s.get("/v1/quota", &brief).1["quotas"]["keep_runs"], "0s");
     assert_eq!(s.get("/v1/quota", &a).1["quotas"]["keep_runs"], Value::Null);
     let run = |token: &str| {
-        let (_, uploaded) = s.upload(token, burn_chain(2, 1_000));
-        let (_, started) = s.post("/v1/runs", token, json!({"bundle": uploaded["id"]}));
-        let id = started["id"].as_str().unwrap().to_owned();
+        let id = s.start_bundle(token, burn_chain(2, 1_000));
         assert_eq!(s.finished(token, &id)["run"]["status"], "succeeded");
         id
     };
