@@ -20,12 +20,26 @@ pub(crate) struct Browser {
 
 impl Browser {
     pub(crate) async fn start() -> Self {
+        // A free port is only free until someone takes it: another test's
+        // server may bind it between our probe and chromedriver's bind, and
+        // chromedriver then exits. Such a start is tried again on another.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start().await {
+                Ok(browser) => return browser,
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!("a Chromium session never started: {failures:#?}");
+    }
+
+    async fn try_start() -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new("chromedriver")
+        let mut driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -33,7 +47,13 @@ impl Browser {
             .expect("chromedriver runs (apt-get install chromium chromium-driver)");
         // Wait for it to listen (bounded: it takes well under a second).
         let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Ok(Some(status)) = driver.try_wait() {
+                return Err(format!("chromedriver on port {port} exited: {status}"));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
             assert!(Instant::now() < deadline, "chromedriver never listened");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -47,16 +67,24 @@ impl Browser {
                     "--disable-dev-shm-usage"],
             }),
         );
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("a Chromium session starts");
+        let client =
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(capabilities)
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => client,
+                Err(e) => {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    return Err(format!("no session from port {port}: {e}"));
+                }
+            };
         client
             .set_window_size(1280, 900)
             .await
             .expect("the window takes a size");
-        Self { driver, client }
+        Ok(Self { driver, client })
     }
 
     /// Save what the window shows as `NAME.png` in `CAIRN_SCREENSHOTS` (the
