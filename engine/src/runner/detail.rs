@@ -27,12 +27,17 @@ impl StoredOutput {
     /// step, the list of a mapped step's elements; each unit decoded by
     /// `decode`.
     pub fn value(&self, decode: impl Fn(&[u8]) -> Value) -> Value {
-        let mut values: Vec<Value> = self.units.iter().map(|u| decode(u)).collect();
-        if self.mapped || values.len() != 1 {
-            Value::Array(values)
-        } else {
-            values.pop().unwrap_or(Value::Null)
-        }
+        document(self.units.iter().map(|u| decode(u)).collect(), self.mapped)
+    }
+}
+
+/// A step's document from its units' values: the one value of a plain
+/// step, the list of a mapped step's elements.
+fn document(mut values: Vec<Value>, mapped: bool) -> Value {
+    if mapped || values.len() != 1 {
+        Value::Array(values)
+    } else {
+        values.pop().unwrap_or(Value::Null)
     }
 }
 
@@ -101,6 +106,14 @@ pub struct RebuiltInput {
     /// Why the input could not be rendered (as the step's failure would
     /// say), when it could not.
     pub unrenderable: Option<String>,
+}
+
+impl RebuiltInput {
+    /// The input as the step saw it: the document of a plain step, the
+    /// list of a mapped step's elements.
+    pub fn value(self) -> Value {
+        document(self.values, self.mapped)
+    }
 }
 
 /// Rebuild the input step `name` of a run planned as `plan` was given, from

@@ -256,13 +256,20 @@ fn find_run(tenant: &Tenant, text: &str) -> Result<RunRecord, ApiError> {
     }
 }
 
-/// A run's journal, read on a blocking thread (it can be tens of MB).
-async fn journal(tenant: &Tenant, record: &RunRecord) -> Result<Vec<JournalEvent>, ApiError> {
-    let (store, run) = (tenant.runner.store().clone(), record.id.clone());
-    tokio::task::spawn_blocking(move || store.journal(&run))
+/// `work` on a blocking thread: reading journals and stored results (a
+/// journal can be tens of MB) must not hold up the server's async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+}
+
+/// A run's journal, read on a blocking thread.
+async fn journal(tenant: &Tenant, record: &RunRecord) -> Result<Vec<JournalEvent>, ApiError> {
+    let (store, run) = (tenant.runner.store().clone(), record.id.clone());
+    blocking(move || store.journal(&run).map_err(ApiError::internal)).await
 }
 
 /// The answer for a run that could not be started.
@@ -1010,10 +1017,7 @@ pub async fn show_run(
     let record = find_run(&tenant, &id)?;
     let steps = {
         let (tenant, run) = (tenant.clone(), record.id.clone());
-        tokio::task::spawn_blocking(move || tenant.step_views(&run))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?
+        blocking(move || tenant.step_views(&run).map_err(ApiError::internal)).await?
     };
     Ok(Json(RunDetail {
         run: run_view(&tenant, &record),
@@ -1133,21 +1137,24 @@ pub async fn step_output(
 ) -> Result<Json<StepOutput>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record).await?;
-    let store = tenant.runner.store();
-    let stored = detail::stored_output(&**store, &journal, &step)?;
-    // Without the plan, a unit is shown as JSON if it is JSON, else as text.
-    let output = stored.value(|bytes| {
-        serde_json::from_slice(bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
-    });
-    let cache = detail::cache_reason(&**store, &record, &journal, &step)?;
-    Ok(Json(StepOutput {
-        step,
-        keys: stored.keys,
-        output,
-        cache,
-    }))
+    let store = tenant.runner.store().clone();
+    blocking(move || {
+        let journal = store.journal(&record.id).map_err(ApiError::internal)?;
+        let stored = detail::stored_output(&*store, &journal, &step)?;
+        // Without the plan, a unit is shown as JSON if it is JSON, else as text.
+        let output = stored.value(|bytes| {
+            serde_json::from_slice(bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+        });
+        let cache = detail::cache_reason(&*store, &record, &journal, &step)?;
+        Ok(Json(StepOutput {
+            step,
+            keys: stored.keys,
+            output,
+            cache,
+        }))
+    })
+    .await
 }
 
 /// The input a step of a run was given, rebuilt from its dependencies'
@@ -1181,25 +1188,24 @@ pub async fn step_input(
 ) -> Result<Json<StepInput>, ApiError> {
     let (_, tenant) = tenant_for(&server, &headers, Role::Viewer)?;
     let record = find_run(&tenant, &id)?;
-    let journal = journal(&tenant, &record).await?;
     let plan = tenant
         .runner
         .replan(&record)
         .await
         .ok_or(DetailError::NoPlan)?;
-    let rebuilt = detail::rebuild_input(&**tenant.runner.store(), &plan, &journal, &step)?;
-    let mut values = rebuilt.values;
-    let input = if rebuilt.mapped || values.len() != 1 {
-        Value::Array(values)
-    } else {
-        values.pop().unwrap_or(Value::Null)
-    };
-    Ok(Json(StepInput {
-        step,
-        input,
-        verified: rebuilt.verified,
-        unrenderable: rebuilt.unrenderable,
-    }))
+    let store = tenant.runner.store().clone();
+    blocking(move || {
+        let journal = store.journal(&record.id).map_err(ApiError::internal)?;
+        let rebuilt = detail::rebuild_input(&*store, &plan, &journal, &step)?;
+        let (verified, unrenderable) = (rebuilt.verified, rebuilt.unrenderable.clone());
+        Ok(Json(StepInput {
+            step,
+            input: rebuilt.value(),
+            verified,
+            unrenderable,
+        }))
+    })
+    .await
 }
 
 /// The pipeline's output, once the run has succeeded.
